@@ -1,0 +1,31 @@
+"""torchdoctor: a doctor for PyTorch training. Importing it never imports torch.
+
+Public API (each a twin of a CLI command, returning the same ``Report``):
+``run_env``, ``resolve_target``, ``run_training_step``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+# name -> module that defines it; loaded on first use so `import torchdoctor` stays torch-free.
+_LAZY = {
+    "run_env": "torchdoctor.env.api",
+    "resolve_target": "torchdoctor.targets",
+    "run_training_step": "torchdoctor.step",
+    "Report": "torchdoctor.report",
+    "Finding": "torchdoctor.report",
+    "Severity": "torchdoctor.report",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'torchdoctor' has no attribute {name!r}")
