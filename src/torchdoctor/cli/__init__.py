@@ -1,0 +1,41 @@
+"""The ``torchdoctor`` command line: a thin Typer layer over the Python API (no torch import here)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from torchdoctor import __version__
+from torchdoctor.cli.env import env_command
+from torchdoctor.cli.explain import explain_command
+
+app = typer.Typer(
+    name="torchdoctor",
+    help="A doctor for PyTorch training: judges the machine, names the cause, says the fix.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("env")(env_command)
+app.command("explain")(explain_command)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"torchdoctor {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    """A doctor for PyTorch training: judges the machine, names the cause, says the fix."""
+
+
+def main() -> None:
+    app()

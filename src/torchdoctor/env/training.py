@@ -1,0 +1,264 @@
+"""The ``training`` check: a real training step on every device and precision, judged against the CPU.
+
+A small conv net (so cuDNN convolutions run) takes two SGD steps per mode through the shared
+harness (``torchdoctor.step``); each mode's first loss and gradient norm are compared with the
+CPU float32 reference, so a GPU that trains but computes wrong numbers is caught too.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from contextlib import contextmanager
+from typing import Any
+
+from torchdoctor.codes import make_finding
+from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.child import ChildOutcome, ChildProcess
+from torchdoctor.report import Finding
+
+# Relative tolerance of the first-step loss per mode (grad norms get GRAD_TOLERANCE_FACTOR x this).
+# float32 allows for cuDNN's default TF32 convolutions on Ampere and newer.
+LOSS_TOLERANCE = {"float32": 2e-3, "float32-cudnn-benchmark": 2e-3, "float16-amp": 2e-2, "bfloat16-amp": 5e-2}
+GRAD_TOLERANCE_FACTOR = 5
+BATCH_SHAPE = (32, 3, 32, 32)
+CHILD_MODULE = "torchdoctor.env._training_child"
+NUM_CLASSES = 10
+
+
+def build_reference_net() -> Any:
+    """The embedded model: conv → BN → ReLU → conv → ReLU → pool → linear, seeded, without touching global RNG."""
+    import torch
+    from torch import nn
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Sequential(
+            nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 16, 3, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, NUM_CLASSES),
+        )
+
+
+def build_reference_batch() -> tuple[Any, Any]:
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(BATCH_SHAPE, generator=generator)
+    targets = torch.randint(0, NUM_CLASSES, (BATCH_SHAPE[0],), generator=generator)
+    return inputs, targets
+
+
+def plan_modes(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Which (device, precision) steps to run: CPU float32 first (the reference), then every GPU."""
+    modes = [_mode("cpu", "float32")]
+    for device in devices.get("devices", []):
+        name = f"cuda:{device['index']}"
+        modes += [_mode(name, "float32"), _mode(name, "float32-cudnn-benchmark"),
+                  _mode(name, "float16-amp")]
+        if tuple(device["capability"]) >= (8, 0) or devices.get("hip_compiled_version"):
+            modes.append(_mode(name, "bfloat16-amp"))
+    if devices.get("mps_available"):
+        modes.append(_mode("mps", "float32"))
+    return modes
+
+
+def _mode(device: str, mode: str) -> dict[str, Any]:
+    return {"device": device, "mode": mode}
+
+
+def collect_training(context: EnvContext) -> dict[str, Any]:
+    """Run every planned mode; facts hold each step's outcome and the TF32 settings."""
+    from torchdoctor.step import run_training_step
+
+    model = (context.model_factory or build_reference_net)()
+    batch = build_reference_batch()
+    steps = []
+    for mode in plan_modes(context.devices):
+        with _mode_settings(mode["mode"]):
+            outcome = run_training_step(model, batch, device=mode["device"], steps=2, **_precision(mode["mode"]))
+        steps.append({**mode, **_step_facts(outcome)})
+    return {"model": _describe(model), "batch_shape": list(BATCH_SHAPE), "steps": steps, "tf32": _tf32_settings()}
+
+
+def _precision(mode: str) -> dict[str, Any]:
+    if mode == "float16-amp":
+        return {"autocast_dtype": "float16", "grad_scaler": True}
+    if mode == "bfloat16-amp":
+        return {"autocast_dtype": "bfloat16"}
+    return {}
+
+
+@contextmanager
+def _mode_settings(mode: str):
+    """cudnn.benchmark on for its mode only, restored afterwards (it is process-global state)."""
+    import torch
+
+    previous = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = mode == "float32-cudnn-benchmark" or previous
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = previous
+
+
+def _step_facts(outcome: Any) -> dict[str, Any]:
+    return {
+        "ok": outcome.ok,
+        "loss": outcome.loss,
+        "grad_norm": outcome.grad_norm,
+        "ms_per_step": outcome.timings_ms.get("total") if outcome.timings_ms else None,
+        "timings_ms": dict(outcome.timings_ms or {}),
+        "failure": outcome.failure.to_dict() if outcome.failure else None,
+    }
+
+
+def _tf32_settings() -> dict[str, Any]:
+    import torch
+
+    return {
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
+    }
+
+
+def _describe(model: Any) -> str:
+    parameters = sum(p.numel() for p in model.parameters())
+    return f"{type(model).__name__} ({parameters} parameters)"
+
+
+# ---- judgements (pure) ----------------------------------------------------------------------
+
+
+def check_training(facts: Mapping[str, Any], devices: Mapping[str, Any]) -> list[Finding]:
+    findings = [_failure_finding(step) for step in facts["steps"] if not step["ok"]]
+    if facts.get("child_error"):
+        findings.append(_child_finding(facts["child_error"]))
+    reference = next((s for s in facts["steps"] if s["device"] == "cpu" and s["ok"]), None)
+    if reference is not None:
+        findings += [f for s in facts["steps"] if s is not reference and s["ok"]
+                     for f in [_numerics_finding(s, reference)] if f is not None]
+    for device in devices.get("devices", []):
+        findings += judge_precision_support(device, facts["tf32"], devices.get("hip_compiled_version"))
+    return findings
+
+
+def _failure_finding(step: Mapping[str, Any]) -> Finding:
+    failure = step["failure"] or {}
+    frame = failure.get("user_frame")
+    where = f" at {frame['file']}:{frame['line']}" if frame else ""
+    return make_finding(
+        "training-step-failed",
+        f"The {step['mode']} training step on {step['device']} failed in {failure.get('phase', '?')}{where}: "
+        f"{failure.get('exc_type', 'Error')}: {_first_line(failure.get('message', ''))}",
+        location=step["device"],
+        details={"mode": step["mode"], **failure},
+    )
+
+
+def _child_finding(error: Mapping[str, Any]) -> Finding:
+    last = f": {error['last_line']}" if error.get("last_line") else ""
+    return make_finding(
+        "training-step-failed",
+        f"The training-step process {error['how']}{last}",
+        details=dict(error),
+    )
+
+
+def _numerics_finding(step: Mapping[str, Any], reference: Mapping[str, Any]) -> Finding | None:
+    tolerance = LOSS_TOLERANCE.get(step["mode"], 2e-3)
+    loss_diff = relative_difference(step["loss"], reference["loss"])
+    grad_diff = relative_difference(step["grad_norm"], reference["grad_norm"])
+    if step["mode"] == "float16-amp" and not _finite(step["grad_norm"]):
+        grad_diff = 0.0  # GradScaler's first scale (2**16) may overflow; it skips that step by design
+    if loss_diff <= tolerance and grad_diff <= tolerance * GRAD_TOLERANCE_FACTOR:
+        return None
+    return make_finding(
+        "numerics-mismatch",
+        f"The {step['mode']} step on {step['device']} gave loss {step['loss']:.6g} and grad norm "
+        f"{step['grad_norm']:.6g} vs the CPU float32 reference {reference['loss']:.6g} / "
+        f"{reference['grad_norm']:.6g} (relative difference {max(loss_diff, grad_diff):.2g}).",
+        location=step["device"],
+        details={"mode": step["mode"], "loss": step["loss"], "reference_loss": reference["loss"],
+                 "grad_norm": step["grad_norm"], "reference_grad_norm": reference["grad_norm"],
+                 "loss_relative_difference": loss_diff, "grad_relative_difference": grad_diff,
+                 "tolerance": tolerance},
+    )
+
+
+def judge_precision_support(device: Mapping[str, Any], tf32: Mapping[str, Any], hip: str | None) -> list[Finding]:
+    """Tensor Cores: fp16 from compute capability 7.0, bf16 and TF32 from 8.0 (NVIDIA only)."""
+    if hip:
+        return []
+    capability = tuple(device["capability"])
+    name, location = f"GPU {device['index']} ({device['name']}, compute capability {capability[0]}.{capability[1]})", f"cuda:{device['index']}"
+    if capability < (7, 0):
+        return [make_finding("no-tensor-cores", f"{name} has no Tensor Cores; float16 autocast will save "
+                             "memory but little time.", location=location)]
+    if capability < (8, 0):
+        return [make_finding("amp-unsupported", f"{name} has no bfloat16 Tensor Cores; bfloat16 autocast "
+                             "is emulated and slow there.", location=location,
+                             details={"dtype": "bfloat16"})]
+    if not tf32.get("matmul_allow_tf32") and tf32.get("float32_matmul_precision") == "highest":
+        return [make_finding("tf32-disabled", f"{name} supports TF32 but float32 matmuls run in full "
+                             "precision (torch.backends.cuda.matmul.allow_tf32 is False).", location=location)]
+    return []
+
+
+def relative_difference(value: float | None, reference: float | None) -> float:
+    if value is None or reference is None or not (_finite(value) and _finite(reference)):
+        return 0.0 if value == reference else math.inf
+    return abs(value - reference) / max(abs(reference), 1e-12)
+
+
+def _finite(value: float | None) -> bool:
+    return value is not None and math.isfinite(value)
+
+
+def _first_line(text: str) -> str:
+    return text.strip().splitlines()[0] if text.strip() else ""
+
+
+def headline_training(facts: Mapping[str, Any]) -> str:
+    if facts.get("child_error"):
+        return f"the training-step process {facts['child_error']['how']}"
+    parts = [f"{s['device']} {s['mode']} {s['ms_per_step']:.1f} ms/step" if s["ok"] and s["ms_per_step"]
+             else f"{s['device']} {s['mode']} failed" for s in facts["steps"]]
+    return "; ".join(parts)
+
+
+def start_training(context: EnvContext) -> None:
+    """Start the isolated training child now, so its torch import overlaps the other checks."""
+    if context.model_factory is None:
+        argv = [context.python, "-m", CHILD_MODULE]
+        context.started_probes["training"] = ChildProcess(argv, timeout_s=context.training_timeout_s)
+
+
+def run_training(context: EnvContext) -> CheckOutcome:
+    """Training facts from the isolated child, or in-process when a model factory was injected."""
+    if context.model_factory is not None:
+        facts = collect_training(context)
+    else:
+        child = context.started_probes.pop("training", None)
+        if child is None:
+            start_training(context)
+            child = context.started_probes.pop("training")
+        facts = facts_from_child(child.finish())
+    return CheckOutcome(facts, check_training(facts, context.devices), headline_training(facts))
+
+
+def facts_from_child(outcome: ChildOutcome) -> dict[str, Any]:
+    """The child's facts, or a record of how it died (crash, signal, timeout) with its last stderr line."""
+    if outcome.result is not None and outcome.returncode == 0:
+        return outcome.result
+    if outcome.timed_out:
+        how = f"timed out after {outcome.wall_seconds:.0f} s"
+    elif outcome.signal:
+        how = f"was killed by {outcome.signal}"
+    else:
+        how = outcome.start_error or f"exited with code {outcome.returncode}"
+    lines = [line.strip() for line in outcome.stderr.splitlines() if line.strip()]
+    return {"model": None, "batch_shape": list(BATCH_SHAPE), "steps": [], "tf32": {},
+            "child_error": {"how": how, "last_line": lines[-1] if lines else None,
+                            "signal": outcome.signal, "timed_out": outcome.timed_out}}

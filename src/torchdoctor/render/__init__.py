@@ -1,0 +1,1 @@
+"""Renderers: Rich for people (``human``), plain JSON for machines (``json``)."""

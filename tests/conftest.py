@@ -1,0 +1,66 @@
+"""Shared test fixtures: the repo root on sys.path (for ``fixtures/``), a CLI runner, the report schema."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.insert(0, str(REPO_ROOT))
+
+SCHEMA_CANDIDATES = (REPO_ROOT.parent / "shared" / "contract" / "report.schema.json",
+                     REPO_ROOT / "tests" / "report.schema.json")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def report_schema() -> dict:
+    """The report contract; the shared copy when present, else the one vendored in tests/."""
+    for candidate in SCHEMA_CANDIDATES:
+        if candidate.exists():
+            return json.loads(candidate.read_text())
+    pytest.fail("report.schema.json not found")
+
+
+@pytest.fixture()
+def validate_report(report_schema):
+    import jsonschema
+
+    def validate(report: dict) -> dict:
+        jsonschema.validate(report, report_schema)
+        return report
+
+    return validate
+
+
+@pytest.fixture()
+def cli():
+    """Invoke the Typer app in-process; returns typer's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from torchdoctor.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str, env: dict | None = None):
+        return runner.invoke(app, list(args), env=env)
+
+    return invoke
+
+
+def run_torchdoctor(*args: str, env: dict | None = None, prefix: tuple[str, ...] = (),
+                    timeout: float = 120) -> subprocess.CompletedProcess:
+    """``python -m torchdoctor ARGS`` in a real subprocess (exit codes, stdout/stderr separation)."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*prefix, sys.executable, "-m", "torchdoctor", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)

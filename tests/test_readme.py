@@ -1,0 +1,23 @@
+"""The README's quickstart is a contract: exactly two set-up commands, and CI runs the test one."""
+
+import re
+
+
+def quickstart_commands(repo_root) -> list[str]:
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+    return [line for line in block.splitlines() if line.strip()]
+
+
+def test_quickstart_has_exactly_two_commands_env_and_tests(repo_root):
+    commands = quickstart_commands(repo_root)
+    assert len(commands) == 2
+    assert commands[0].endswith("torchdoctor env")
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command_verbatim(repo_root):
+    ci = (repo_root / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert quickstart_commands(repo_root)[1] in ci
+    assert any("torch==2.13.0" in line for line in ci)
