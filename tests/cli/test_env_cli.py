@@ -4,8 +4,8 @@ import json
 import re
 
 import pytest
-
 from tests.conftest import run_torchdoctor
+
 from torchdoctor.env.api import CHECK_NAMES
 
 ANSI = re.compile(r"\x1b\[")

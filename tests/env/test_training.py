@@ -14,7 +14,7 @@ from torchdoctor.env.training import (
     relative_difference,
 )
 
-CPU_ONLY = {"devices": [], "mps_available": False}
+CPU_ONLY = {"devices": [], "mps_available": False, "hip_compiled_version": None}
 DEFAULT_TF32 = {"matmul_allow_tf32": False, "cudnn_allow_tf32": True, "float32_matmul_precision": "highest"}
 
 
@@ -31,14 +31,14 @@ def test_real_cpu_step_is_clean_and_timed():
     (step,) = facts["steps"]
     assert step["device"] == "cpu" and step["mode"] == "float32" and step["ok"]
     assert math.isfinite(step["loss"]) and step["grad_norm"] > 0 and step["ms_per_step"] > 0
-    assert check_training(facts, CPU_ONLY) == []
+    assert check_training(facts) == []
 
 
 def test_a_model_that_raises_gives_training_step_failed_with_the_user_line(repo_root):
     from fixtures.models import RaisesInForward
 
     facts = collect_training(CpuOnly(model_factory=RaisesInForward))
-    (finding,) = check_training(facts, CPU_ONLY)
+    (finding,) = check_training(facts)
     assert finding.id == "training-step-failed" and finding.severity.value == "error"
     assert "forward" in finding.message and "models.py" in finding.message
     assert "boom from forward" in finding.message
@@ -64,15 +64,16 @@ def _step(device, mode, loss, grad_norm, ok=True):
 def test_numerics_mismatch_against_the_cpu_reference():
     facts = {"steps": [_step("cpu", "float32", 2.30, 1.0), _step("cuda:0", "float32", 2.30001, 1.00001),
                        _step("cuda:0", "bfloat16-amp", 2.31, 1.02), _step("cuda:0", "float16-amp", 9.9, 1.0)],
-             "tf32": {**DEFAULT_TF32, "matmul_allow_tf32": True}}
-    (finding,) = check_training(facts, CPU_ONLY)
+             "tf32": {**DEFAULT_TF32, "matmul_allow_tf32": True}, "devices": [], "hip_compiled_version": None}
+    (finding,) = check_training(facts)
     assert finding.id == "numerics-mismatch" and finding.details["mode"] == "float16-amp"
 
 
 def test_nan_loss_on_a_device_is_a_mismatch_but_scaler_overflow_is_not():
     facts = {"steps": [_step("cpu", "float32", 2.3, 1.0), _step("cuda:0", "float32", float("nan"), 1.0),
-                       _step("cuda:0", "float16-amp", 2.3, float("inf"))], "tf32": DEFAULT_TF32}
-    findings = check_training(facts, CPU_ONLY)
+                       _step("cuda:0", "float16-amp", 2.3, float("inf"))], "tf32": DEFAULT_TF32,
+             "devices": [], "hip_compiled_version": None}
+    findings = check_training(facts)
     assert [(f.id, f.details["mode"]) for f in findings] == [("numerics-mismatch", "float32")]
 
 
@@ -104,3 +105,27 @@ def test_plan_modes_per_card(repo_root):
 def test_precision_support_per_card(repo_root, name, tf32, expected):
     (device,) = card(repo_root, name)["devices"]
     assert [f.id for f in judge_precision_support(device, tf32, None)] == expected
+
+
+def test_precision_findings_come_from_the_devices_in_the_training_facts(repo_root):
+    a100 = card(repo_root, "a100")
+    facts = {"steps": [_step("cpu", "float32", 2.3, 1.0)], "tf32": DEFAULT_TF32,
+             "devices": a100["devices"], "hip_compiled_version": None}
+    assert [f.id for f in check_training(facts)] == ["tf32-disabled"]
+
+
+def test_momentum_sgd_matches_torch_optim_sgd():
+    import torch
+
+    from torchdoctor.env.training import MomentumSGD
+
+    torch.manual_seed(0)
+    ours, theirs = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
+    theirs.load_state_dict(ours.state_dict())
+    optimizers = [MomentumSGD(ours.parameters()), torch.optim.SGD(theirs.parameters(), lr=0.01, momentum=0.9)]
+    for _ in range(3):
+        for model, optimizer in zip((ours, theirs), optimizers, strict=True):
+            optimizer.zero_grad()
+            model(torch.ones(2, 4)).pow(2).sum().backward()
+            optimizer.step()
+    assert all(torch.allclose(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))

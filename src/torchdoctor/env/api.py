@@ -1,4 +1,8 @@
-"""``run_env``: the Python twin of ``torchdoctor env`` — run the selected checks, return one Report."""
+"""``run_env``: the Python twin of ``torchdoctor env`` — run the selected checks, return one Report.
+
+Collectors that import torch run together in one child process (``_collect_child``) and the
+DataLoader probe in another, both started first so they overlap; this process only judges.
+"""
 
 from __future__ import annotations
 
@@ -7,92 +11,28 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvCheck, EnvContext
+from torchdoctor.env.base import EnvCheck, EnvContext, Facts
+from torchdoctor.env.child import ChildOutcome, ChildProcess
+from torchdoctor.env.registry import BY_NAME, CHECK_NAMES, CHECKS
 from torchdoctor.errors import UsageError
-from torchdoctor.report import Report, Section
+from torchdoctor.report import Finding, Report, Section
 
+COLLECTOR_MODULE = "torchdoctor.env._collect_child"
+MARKER = "torchdoctor-collect: "
 
-def _run_shm(context: EnvContext) -> CheckOutcome:
-    from torchdoctor.env.shm import check_shm, collect_shm
-    from torchdoctor.units import format_bytes
-
-    facts = collect_shm(context.shm_path, root=context.root, environ=context.environ)
-    headline = (f"{context.shm_path}: {format_bytes(facts['free_bytes'])} free of "
-                f"{format_bytes(facts['total_bytes'])}" if facts["exists"] else f"{context.shm_path} is missing")
-    if facts.get("in_container"):
-        headline += " (in a container)"
-    return CheckOutcome(facts, check_shm(facts), headline)
-
-
-def _start_dataloader(context: EnvContext) -> None:
-    from torchdoctor.env.workers import start_worker_probe
-
-    context.started_probes["dataloader"] = start_worker_probe(
-        python=context.python, timeout_s=context.worker_timeout_s)
-
-
-def _run_dataloader(context: EnvContext) -> CheckOutcome:
-    from torchdoctor.env.workers import check_worker_probe
-
-    probe = context.started_probes.pop("dataloader", None)
-    if probe is None:
-        _start_dataloader(context)
-        probe = context.started_probes.pop("dataloader")
-    facts = probe.collect()
-    if facts["ok"]:
-        headline = (f"{facts['num_workers']} workers moved {facts['batches']} batches of "
-                    f"{facts['batch_bytes'] / 2**20:.0f} MiB at {facts['mib_per_s']:.0f} MiB/s "
-                    f"({facts['start_method']})")
-    else:
-        headline = f"worker step failed ({facts.get('cause')})"
-    return CheckOutcome(facts, check_worker_probe(facts), headline)
-
-
-def _lazy(module: str, function: str) -> Callable[[EnvContext], CheckOutcome]:
-    def run(context: EnvContext) -> CheckOutcome:
-        import importlib
-
-        return getattr(importlib.import_module(f"torchdoctor.env.{module}"), function)(context)
-
-    return run
-
-
-CHECKS: tuple[EnvCheck, ...] = (
-    EnvCheck("build", "PyTorch build", "torch version, CUDA/ROCm/MPS/XPU build flags, loaded cuDNN and NCCL",
-             _lazy("build", "run_build")),
-    EnvCheck("devices", "Devices", "visible GPUs, compute capability vs the wheel's arch list, driver",
-             _lazy("devices", "run_devices")),
-    EnvCheck("training", "Training steps", "a real training step per device and precision, checked against "
-             "the CPU, in a subprocess", _lazy("training", "run_training"),
-             start=_lazy("training", "start_training")),
-    EnvCheck("shm", "Shared memory", "/dev/shm size and free space, container detection", _run_shm),
-    EnvCheck("dataloader", "DataLoader workers", "a real 2-worker DataLoader step through shared memory, "
-             "in a subprocess", _run_dataloader, start=_start_dataloader),
-    EnvCheck("threads", "CPU threads", "intra-op/interop/OpenMP threads vs usable CPUs (affinity, cgroup quota)",
-             _lazy("threads", "run_threads")),
-    EnvCheck("memory", "Memory", "RAM available (and the container limit), free memory per GPU",
-             _lazy("memory", "run_memory")),
-    EnvCheck("reproducibility", "Reproducibility", "determinism flags and CUBLAS_WORKSPACE_CONFIG",
-             _lazy("reproducibility", "run_reproducibility")),
-)
-
-CHECK_NAMES = tuple(check.name for check in CHECKS)
+__all__ = ["CHECKS", "CHECK_NAMES", "run_env", "select_checks"]
 
 
 def select_checks(names: Sequence[str] | None, checks: Sequence[EnvCheck] = CHECKS) -> list[EnvCheck]:
     """The checks named (in registry order), all when ``names`` is empty; ``UsageError`` for unknown names."""
     if not names:
         return list(checks)
-    known = {check.name for check in checks}
-    unknown = [name for name in names if name not in known]
+    unknown = [name for name in names if name not in {check.name for check in checks}]
     if unknown:
-        raise UsageError(f"unknown check {', '.join(map(repr, unknown))}; valid checks: {', '.join(known_order(checks))}",
+        valid = ", ".join(check.name for check in checks)
+        raise UsageError(f"unknown check {', '.join(map(repr, unknown))}; valid checks: {valid}",
                          "torchdoctor env --list-checks")
     return [check for check in checks if check.name in names]
-
-
-def known_order(checks: Sequence[EnvCheck]) -> list[str]:
-    return [check.name for check in checks]
 
 
 def run_env(
@@ -105,32 +45,111 @@ def run_env(
     """Run the named env checks (all by default) and judge the machine. Never raises for a crashing check."""
     selected = select_checks(checks, registry)
     context = context or EnvContext()
-    for check in selected:  # subprocess probes first, so they overlap with the in-process checks
-        if check.start is not None:
-            _guarded(check, check.start, context)
+    children = _Children(selected, context)
     sections, result = [], {}
     for check in selected:
         if on_progress is not None:
             on_progress(check.title)
-        outcome = _guarded(check, check.run, context)
-        result[check.name] = dict(outcome.facts)
-        sections.append(Section(check.name, check.title, outcome.headline, tuple(outcome.findings)))
+        facts = children.facts_for(check)
+        findings, headline = _judge(check, facts)
+        result[check.name] = dict(facts)
+        sections.append(Section(check.name, check.title, headline, tuple(findings)))
     result["checks_run"] = [check.name for check in selected]
-    findings = tuple(finding for section in sections for finding in section.findings)
-    return Report("env", findings, result, tuple(sections))
+    return Report("env", tuple(f for section in sections for f in section.findings), result, tuple(sections))
 
 
-def _guarded(check: EnvCheck, step: Callable[[EnvContext], Any], context: EnvContext) -> Any:
-    """Run one step of a check; an unexpected exception becomes a check-crashed finding, not a traceback."""
+class _Children:
+    """The child processes of one run, started at once; hands each check its facts."""
+
+    def __init__(self, selected: Sequence[EnvCheck], context: EnvContext) -> None:
+        self.context = context
+        self.probe = None
+        if any(check.process == "dataloader" for check in selected):
+            self.probe = _guarded_call(lambda: _start_dataloader(context))
+        isolated = [c.name for c in selected if c.process == "collector" and BY_NAME.get(c.name) is c]
+        self.collector = None
+        if isolated and not context.in_process:
+            argv = [context.python, "-m", COLLECTOR_MODULE, *isolated]
+            self.collector = ChildProcess(argv, timeout_s=context.collector_timeout_s)
+        self.isolated = set(isolated) if self.collector else set()
+
+    def facts_for(self, check: EnvCheck) -> dict[str, Any]:
+        if check.name in self.isolated:
+            return _facts_from_collector(check.name, self.collector.finish())
+        if check.process == "dataloader" and not isinstance(self.probe, dict):
+            return _guarded_collect(lambda: check.collect(self.context, self.probe))
+        return _guarded_collect(lambda: check.collect(self.context))
+
+
+def _start_dataloader(context: EnvContext) -> Any:
+    from torchdoctor.env.workers import start_dataloader_probe
+
+    return start_dataloader_probe(context)
+
+
+def _guarded_call(call: Callable[[], Any]) -> Any:
     try:
-        return step(context)
+        return call()
+    except Exception as exc:  # reported when the check's facts are asked for
+        return _crash_facts(exc)
+
+
+def _guarded_collect(collect: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    try:
+        return collect()
     except Exception as exc:  # a bug in one check must not hide the others' findings
-        trace = traceback.format_exc()
-        finding = make_finding(
-            "check-crashed",
-            f"The {check.name} check crashed: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}",
-            location=check.name,
-            details={"check": check.name, "exception": type(exc).__name__, "traceback": trace},
-        )
-        return CheckOutcome({"crashed": True, "error": f"{type(exc).__name__}: {exc}"}, [finding],
-                            "check crashed")
+        return _crash_facts(exc)
+
+
+def _crash_facts(exc: BaseException) -> dict[str, Any]:
+    return {"crashed": {"exception": type(exc).__name__, "message": str(exc), "traceback": traceback.format_exc()}}
+
+
+def _facts_from_collector(name: str, outcome: ChildOutcome) -> dict[str, Any]:
+    """This check's facts from the collector child, or how the child died and whether it was running this check."""
+    if outcome.result is not None and name in outcome.result:
+        return outcome.result[name]
+    reached = [line[len(MARKER):].strip() for line in outcome.stderr.splitlines() if line.startswith(MARKER)]
+    running = reached[-1] if reached else None
+    how = _how_it_ended(outcome)
+    lines = [line.strip() for line in outcome.stderr.splitlines() if line.strip() and not line.startswith(MARKER)]
+    death = {"died": True, "how": how, "while": running, "last_line": lines[-1] if lines else None,
+             "signal": outcome.signal, "timed_out": outcome.timed_out}
+    if running != name:
+        death["message"] = f"not run: the collector process {how} while collecting {running or 'nothing yet'}"
+    return {"crashed": death}
+
+
+def _how_it_ended(outcome: ChildOutcome) -> str:
+    if outcome.start_error:
+        return outcome.start_error
+    if outcome.timed_out:
+        return f"timed out after {outcome.wall_seconds:.0f} s"
+    if outcome.signal:
+        return f"was killed by {outcome.signal}"
+    return f"exited with code {outcome.returncode} without a result"
+
+
+def _judge(check: EnvCheck, facts: Facts) -> tuple[list[Finding], str]:
+    if "crashed" in facts:
+        return [_crash_finding(check, facts["crashed"])], "check crashed"
+    try:
+        return check.judge(facts), check.headline(facts)
+    except Exception as exc:
+        return [_crash_finding(check, _crash_facts(exc)["crashed"])], "check crashed"
+
+
+def _crash_finding(check: EnvCheck, crash: Facts) -> Finding:
+    if crash.get("died") and crash.get("while") == check.name == "training":
+        # the step itself took the process down (a segfaulting kernel, a hung driver): that is the finding
+        last = f": {crash['last_line']}" if crash.get("last_line") else ""
+        return make_finding("training-step-failed", f"The training-step process {crash['how']}{last}",
+                            details=dict(crash))
+    if crash.get("died"):
+        reason = crash.get("message") or f"the collector process {crash['how']}"
+        last = f" ({crash['last_line']})" if crash.get("last_line") and crash.get("while") == check.name else ""
+        message = f"The {check.name} check crashed: {reason}{last}"
+    else:
+        first = str(crash.get("message", "")).strip().splitlines()
+        message = f"The {check.name} check crashed: {crash.get('exception')}: {first[0] if first else ''}"
+    return make_finding("check-crashed", message, location=check.name, details={"check": check.name, **crash})

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.base import EnvContext
 
 # Packages whose versions matter when PyTorch misbehaves (collect_env greps pip for similar names).
 RELATED_PACKAGES = (
@@ -77,11 +77,6 @@ def headline_build(facts: Mapping[str, Any]) -> str:
         parts.append("CPU-only build")
     parts.append(f"Python {facts['python_version'].split()[0]}")
     return ", ".join(parts)
-
-
-def run_build(context: EnvContext) -> CheckOutcome:
-    facts = collect_build(context)
-    return CheckOutcome(facts, check_build(facts), headline_build(facts))
 
 
 def collect_packages() -> dict[str, str]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.base import EnvContext
 from torchdoctor.report import Finding, Severity
 
 # Oldest Linux driver for each CUDA major version, from NVIDIA's CUDA toolkit release notes
@@ -80,6 +80,11 @@ def _xpu_available(torch: Any) -> bool:
         return bool(xpu is not None and xpu.is_available())
     except Exception:  # a broken XPU runtime is not our concern here
         return False
+
+
+def collect_devices_facts(context: EnvContext) -> dict[str, Any]:
+    """The ``devices`` check's facts: the context's (cached) device facts."""
+    return dict(context.devices)
 
 
 def read_driver_version(version_path: str) -> str | None:
@@ -198,11 +203,6 @@ def headline_devices(facts: Mapping[str, Any]) -> str:
         return f"{len(devices)} GPU(s): {names}"
     extra = "; MPS available" if facts.get("mps_available") else ""
     return f"no CUDA device{extra}"
-
-
-def run_devices(context: EnvContext) -> CheckOutcome:
-    facts = dict(context.devices)
-    return CheckOutcome(facts, check_devices(facts), headline_devices(facts))
 
 
 def _major(version: str | None) -> int:

@@ -6,7 +6,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.base import EnvContext
 from torchdoctor.report import Finding
 from torchdoctor.units import format_bytes
 
@@ -103,8 +103,3 @@ def headline_memory(facts: Mapping[str, Any]) -> str:
     for gpu in facts.get("gpus", []):
         parts.append(f"cuda:{gpu['index']} {format_bytes(gpu['free_bytes'])} free")
     return ", ".join(parts) or "memory facts unavailable on this platform"
-
-
-def run_memory(context: EnvContext) -> CheckOutcome:
-    facts = collect_memory(context)
-    return CheckOutcome(facts, check_memory(facts), headline_memory(facts))

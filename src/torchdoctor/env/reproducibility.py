@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.base import EnvContext
 from torchdoctor.report import Finding
 
 # cuBLAS only honours these two workspace configurations in deterministic mode (CUDA >= 10.2).
@@ -44,8 +44,3 @@ def check_reproducibility(facts: Mapping[str, Any]) -> list[Finding]:
 def headline_reproducibility(facts: Mapping[str, Any]) -> str:
     return (f"deterministic algorithms {'on' if facts['deterministic_algorithms'] else 'off'}, "
             f"cudnn.deterministic={facts['cudnn_deterministic']}, cudnn.benchmark={facts['cudnn_benchmark']}")
-
-
-def run_reproducibility(context: EnvContext) -> CheckOutcome:
-    facts = collect_reproducibility(context)
-    return CheckOutcome(facts, check_reproducibility(facts), headline_reproducibility(facts))

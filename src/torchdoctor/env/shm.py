@@ -119,3 +119,15 @@ def shm_fix(facts: Mapping[str, Any] | None) -> str:
     if facts.get("in_container"):
         return f"Restart the container with more shared memory: {_CONTAINER_FIX}"
     return f"{remount}  (if missing: sudo mount -t tmpfs -o size=8G tmpfs {path})"
+
+
+def collect_shm_facts(context: Any) -> dict[str, Any]:
+    """The ``shm`` check's facts for an ``EnvContext``."""
+    return collect_shm(context.shm_path, root=context.root, environ=context.environ)
+
+
+def headline_shm(facts: Mapping[str, Any]) -> str:
+    if not facts.get("exists") or facts.get("free_bytes") is None:
+        return f"{facts['path']} is missing or unreadable"
+    where = " (in a container)" if facts.get("in_container") else ""
+    return f"{facts['path']}: {format_bytes(facts['free_bytes'])} free of {format_bytes(facts['total_bytes'])}{where}"

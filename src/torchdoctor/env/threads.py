@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvContext
+from torchdoctor.env.base import EnvContext
 from torchdoctor.report import Finding
 
 THREAD_ENV_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "VECLIB_MAXIMUM_THREADS",
@@ -135,8 +135,3 @@ def headline_threads(facts: Mapping[str, Any]) -> str:
     quota_text = f", cgroup quota {quota:g}" if quota is not None else ""
     return (f"{facts['torch_num_threads']} intra-op / {facts['torch_num_interop_threads']} interop threads "
             f"on {facts['usable_cpus']} usable CPU(s) (os.cpu_count() {facts['cpu_count']}{quota_text})")
-
-
-def run_threads(context: EnvContext) -> CheckOutcome:
-    facts = collect_threads(context)
-    return CheckOutcome(facts, check_threads(facts), headline_threads(facts))

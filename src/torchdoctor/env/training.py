@@ -13,8 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.env.base import CheckOutcome, EnvContext
-from torchdoctor.env.child import ChildOutcome, ChildProcess
+from torchdoctor.env.base import EnvContext
 from torchdoctor.report import Finding
 
 # Relative tolerance of the first-step loss per mode (grad norms get GRAD_TOLERANCE_FACTOR x this).
@@ -22,7 +21,6 @@ from torchdoctor.report import Finding
 LOSS_TOLERANCE = {"float32": 2e-3, "float32-cudnn-benchmark": 2e-3, "float16-amp": 2e-2, "bfloat16-amp": 5e-2}
 GRAD_TOLERANCE_FACTOR = 5
 BATCH_SHAPE = (32, 3, 32, 32)
-CHILD_MODULE = "torchdoctor.env._training_child"
 NUM_CLASSES = 10
 
 
@@ -47,6 +45,39 @@ def build_reference_batch() -> tuple[Any, Any]:
     inputs = torch.randn(BATCH_SHAPE, generator=generator)
     targets = torch.randint(0, NUM_CLASSES, (BATCH_SHAPE[0],), generator=generator)
     return inputs, targets
+
+
+class MomentumSGD:
+    """SGD with momentum in plain in-place tensor ops, shaped like a ``torch.optim`` optimizer for GradScaler.
+
+    Why not ``torch.optim.SGD``: its first use imports ``torch._dynamo`` (about 1 s of pure Python here,
+    through torch's ``_disable_dynamo`` wrapper) — a start-up cost of every training script, not a
+    property of the device. The update runs the same device kernels (``mul_``/``add_``), so the step is
+    as real for the device, and ``torchdoctor env`` stays close to ``collect_env``'s wall time.
+    """
+
+    def __init__(self, params: Any, lr: float = 0.01, momentum: float = 0.9) -> None:
+        self.param_groups = [{"params": list(params), "lr": lr, "momentum": momentum}]
+        self.state: dict[Any, dict[str, Any]] = {}
+
+    def step(self) -> None:
+        import torch
+
+        group = self.param_groups[0]
+        with torch.no_grad():
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                buffer = self.state.setdefault(param, {}).get("momentum_buffer")
+                if buffer is None:
+                    buffer = self.state[param]["momentum_buffer"] = param.grad.detach().clone()
+                else:
+                    buffer.mul_(group["momentum"]).add_(param.grad)
+                param.add_(buffer, alpha=-group["lr"])
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for param in self.param_groups[0]["params"]:
+            param.grad = None
 
 
 def plan_modes(devices: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -76,9 +107,13 @@ def collect_training(context: EnvContext) -> dict[str, Any]:
     steps = []
     for mode in plan_modes(context.devices):
         with _mode_settings(mode["mode"]):
-            outcome = run_training_step(model, batch, device=mode["device"], steps=2, **_precision(mode["mode"]))
+            outcome = run_training_step(model, batch, device=mode["device"], steps=2,
+                                        optimizer_factory=MomentumSGD, **_precision(mode["mode"]))
         steps.append({**mode, **_step_facts(outcome)})
-    return {"model": _describe(model), "batch_shape": list(BATCH_SHAPE), "steps": steps, "tf32": _tf32_settings()}
+    return {"model": _describe(model), "batch_shape": list(BATCH_SHAPE), "steps": steps, "tf32": _tf32_settings(),
+            # the judgement needs each GPU's capability even when the devices check is not selected
+            "devices": list(context.devices.get("devices", [])),
+            "hip_compiled_version": context.devices.get("hip_compiled_version")}
 
 
 def _precision(mode: str) -> dict[str, Any]:
@@ -131,16 +166,14 @@ def _describe(model: Any) -> str:
 # ---- judgements (pure) ----------------------------------------------------------------------
 
 
-def check_training(facts: Mapping[str, Any], devices: Mapping[str, Any]) -> list[Finding]:
+def check_training(facts: Mapping[str, Any]) -> list[Finding]:
     findings = [_failure_finding(step) for step in facts["steps"] if not step["ok"]]
-    if facts.get("child_error"):
-        findings.append(_child_finding(facts["child_error"]))
     reference = next((s for s in facts["steps"] if s["device"] == "cpu" and s["ok"]), None)
     if reference is not None:
         findings += [f for s in facts["steps"] if s is not reference and s["ok"]
                      for f in [_numerics_finding(s, reference)] if f is not None]
-    for device in devices.get("devices", []):
-        findings += judge_precision_support(device, facts["tf32"], devices.get("hip_compiled_version"))
+    for device in facts["devices"]:
+        findings += judge_precision_support(device, facts["tf32"], facts["hip_compiled_version"])
     return findings
 
 
@@ -154,15 +187,6 @@ def _failure_finding(step: Mapping[str, Any]) -> Finding:
         f"{failure.get('exc_type', 'Error')}: {_first_line(failure.get('message', ''))}",
         location=step["device"],
         details={"mode": step["mode"], **failure},
-    )
-
-
-def _child_finding(error: Mapping[str, Any]) -> Finding:
-    last = f": {error['last_line']}" if error.get("last_line") else ""
-    return make_finding(
-        "training-step-failed",
-        f"The training-step process {error['how']}{last}",
-        details=dict(error),
     )
 
 
@@ -192,7 +216,8 @@ def judge_precision_support(device: Mapping[str, Any], tf32: Mapping[str, Any], 
     if hip:
         return []
     capability = tuple(device["capability"])
-    name, location = f"GPU {device['index']} ({device['name']}, compute capability {capability[0]}.{capability[1]})", f"cuda:{device['index']}"
+    name = f"GPU {device['index']} ({device['name']}, compute capability {capability[0]}.{capability[1]})"
+    location = f"cuda:{device['index']}"
     if capability < (7, 0):
         return [make_finding("no-tensor-cores", f"{name} has no Tensor Cores; float16 autocast will save "
                              "memory but little time.", location=location)]
@@ -221,44 +246,6 @@ def _first_line(text: str) -> str:
 
 
 def headline_training(facts: Mapping[str, Any]) -> str:
-    if facts.get("child_error"):
-        return f"the training-step process {facts['child_error']['how']}"
     parts = [f"{s['device']} {s['mode']} {s['ms_per_step']:.1f} ms/step" if s["ok"] and s["ms_per_step"]
              else f"{s['device']} {s['mode']} failed" for s in facts["steps"]]
     return "; ".join(parts)
-
-
-def start_training(context: EnvContext) -> None:
-    """Start the isolated training child now, so its torch import overlaps the other checks."""
-    if context.model_factory is None:
-        argv = [context.python, "-m", CHILD_MODULE]
-        context.started_probes["training"] = ChildProcess(argv, timeout_s=context.training_timeout_s)
-
-
-def run_training(context: EnvContext) -> CheckOutcome:
-    """Training facts from the isolated child, or in-process when a model factory was injected."""
-    if context.model_factory is not None:
-        facts = collect_training(context)
-    else:
-        child = context.started_probes.pop("training", None)
-        if child is None:
-            start_training(context)
-            child = context.started_probes.pop("training")
-        facts = facts_from_child(child.finish())
-    return CheckOutcome(facts, check_training(facts, context.devices), headline_training(facts))
-
-
-def facts_from_child(outcome: ChildOutcome) -> dict[str, Any]:
-    """The child's facts, or a record of how it died (crash, signal, timeout) with its last stderr line."""
-    if outcome.result is not None and outcome.returncode == 0:
-        return outcome.result
-    if outcome.timed_out:
-        how = f"timed out after {outcome.wall_seconds:.0f} s"
-    elif outcome.signal:
-        how = f"was killed by {outcome.signal}"
-    else:
-        how = outcome.start_error or f"exited with code {outcome.returncode}"
-    lines = [line.strip() for line in outcome.stderr.splitlines() if line.strip()]
-    return {"model": None, "batch_shape": list(BATCH_SHAPE), "steps": [], "tf32": {},
-            "child_error": {"how": how, "last_line": lines[-1] if lines else None,
-                            "signal": outcome.signal, "timed_out": outcome.timed_out}}

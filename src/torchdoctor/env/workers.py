@@ -216,3 +216,26 @@ def _fix(cause: str, shm_facts: Mapping[str, Any] | None) -> str:
         return ("Define the dataset, its transforms and collate_fn at module level (no lambdas or local "
                 "functions), or use multiprocessing_context='fork' on Linux.")
     return "Rerun with --debug to see the probe's full stderr; as a stopgap use num_workers=0."
+
+
+def collect_dataloader_facts(context: Any, probe: WorkerProbe | None = None) -> dict[str, Any]:
+    """The ``dataloader`` check's facts: the probe's (started now unless given) plus /dev/shm's for the advice."""
+    from torchdoctor.env.shm import collect_shm_facts
+
+    probe = probe or start_dataloader_probe(context)
+    return {**probe.collect(), "shm": collect_shm_facts(context)}
+
+
+def start_dataloader_probe(context: Any) -> WorkerProbe:
+    return start_worker_probe(python=context.python, timeout_s=context.worker_timeout_s)
+
+
+def check_dataloader(facts: Mapping[str, Any]) -> list[Finding]:
+    return check_worker_probe(facts, facts.get("shm"))
+
+
+def headline_dataloader(facts: Mapping[str, Any]) -> str:
+    if not facts.get("ok"):
+        return f"the worker step failed ({facts.get('cause')})"
+    return (f"{facts['num_workers']} workers moved {facts['batches']} batches of "
+            f"{format_bytes(facts['batch_bytes'])} at {facts['mib_per_s']:.0f} MiB/s ({facts['start_method']})")
