@@ -63,3 +63,36 @@ def test_oversubscribed_threads_warn_and_strict_fails():
     assert "threads-oversubscribed" in completed.stdout and "fix: export OMP_NUM_THREADS=" in completed.stdout
     strict = run_torchdoctor("env", "-c", "threads", "--strict", env={"OMP_NUM_THREADS": "64"})
     assert strict.returncode == 1
+
+
+def _unshare_available() -> bool:
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if sys.platform != "linux" or os.geteuid() != 0 or not shutil.which("unshare"):
+        return False
+    return subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _unshare_available(), reason="needs root on Linux with unshare -m to mount a tiny /dev/shm")
+def test_full_env_in_a_4_mib_shm_names_shm_and_the_failed_worker_step(validate_report):
+    import sys
+
+    command = (f"mount -t tmpfs -o size=4m tmpfs /dev/shm && exec {sys.executable} -m torchdoctor env "
+               "--check shm --check dataloader --json")
+    completed = run_torchdoctor_shell(command)
+    assert completed.returncode == 1, completed.stderr
+    report = validate_report(json.loads(completed.stdout))
+    by_id = {f["id"]: f for f in report["findings"]}
+    assert by_id["shm-too-small"]["severity"] == "error"
+    assert by_id["dataloader-workers-failed"]["details"]["cause"] in ("shm-exhausted", "bus-error")
+    assert "4.0 MiB" in by_id["dataloader-workers-failed"]["message"]
+
+
+def run_torchdoctor_shell(command: str):
+    import subprocess
+
+    return subprocess.run(["unshare", "-m", "sh", "-c", command], capture_output=True, text=True, timeout=180)

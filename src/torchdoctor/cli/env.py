@@ -39,9 +39,9 @@ def env_command(
 
 
 def _progress(enabled: bool):
-    """A spinner on stderr only when stderr is a terminal: never in pipes, logs or CI."""
+    """A spinner on stderr only when stdout and stderr are both terminals: never in pipes, logs or CI."""
     console = stderr_console()
-    if not enabled or not console.is_terminal:
+    if not enabled or not (console.is_terminal and stdout_console().is_terminal):
         return nullcontext(None)
     return console.status("checking…")
 

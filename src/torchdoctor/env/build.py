@@ -20,9 +20,38 @@ RELATED_PACKAGES = (
     "onnx", "onnxruntime", "intel-extension-for-pytorch", "torchdoctor",
 )
 
+# Where each field of `python -m torch.utils.collect_env` (its SystemEnv) lives in `result`: env's
+# result is a judging superset of collect_env's torch-related fields (tests/env/test_build.py checks it).
+COLLECT_ENV_FIELDS = {
+    "torch_version": "build.torch_version",
+    "is_debug_build": "build.is_debug_build",
+    "cuda_compiled_version": "build.cuda_compiled_version",
+    "hip_compiled_version": "build.hip_compiled_version",
+    "os": "build.os",
+    "libc_version": "build.libc_version",
+    "python_version": "build.python_version",
+    "python_platform": "build.python_platform",
+    "is_cuda_available": "devices.cuda_available",
+    "cuda_runtime_version": "build.loaded_libraries",  # the libcudart actually loaded, not the system nvcc
+    "cuda_module_loading": "build.cuda_module_loading",
+    "nvidia_driver_version": "devices.driver_version",
+    "nvidia_gpu_models": "devices.devices",
+    "cudnn_version": "build.cudnn_version",
+    "is_xpu_available": "devices.xpu_available",
+    "hip_runtime_version": "build.loaded_libraries",  # libamdhip64 as loaded
+    "miopen_runtime_version": "build.loaded_libraries",
+    "caching_allocator_config": "build.caching_allocator_config",
+    "is_xnnpack_available": "build.xnnpack_available",
+    "pip_packages": "build.packages",
+    "conda_packages": "build.packages",
+    "cpu_info": "build.cpu_model",
+}
+# Toolchain facts collect_env also prints; not about torch, so env does not gather them.
+COLLECT_ENV_NOT_TORCH = frozenset({"gcc_version", "clang_version", "cmake_version", "pip_version"})
+
 # Names of the shared libraries whose loaded paths we report: the ones actually mapped into this
 # process, which is what matters when a system copy shadows the wheel's (pytorch#78489).
-LOADED_LIBRARIES = ("libcudnn", "libnccl", "libcudart", "libcublas", "libtorch_cuda", "libamdhip64")
+LOADED_LIBRARIES = ("libcudnn", "libnccl", "libcudart", "libcublas", "libtorch_cuda", "libamdhip64", "libMIOpen")
 
 
 def collect_build(context: EnvContext) -> dict[str, Any]:

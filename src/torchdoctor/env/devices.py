@@ -197,12 +197,14 @@ def arch_supported(capability: tuple[int, int], arch_list: list[str]) -> bool:
 
 def headline_devices(facts: Mapping[str, Any]) -> str:
     devices = facts.get("devices", [])
+    visible = facts.get("cuda_visible_devices")
+    shown = f" (CUDA_VISIBLE_DEVICES={visible!r})" if visible is not None else ""
     if devices:
         names = ", ".join(f"cuda:{d['index']} {d['name']} (sm_{d['capability'][0]}{d['capability'][1]})"
                           for d in devices)
-        return f"{len(devices)} GPU(s): {names}"
+        return f"{len(devices)} GPU(s){shown}: {names}"
     extra = "; MPS available" if facts.get("mps_available") else ""
-    return f"no CUDA device{extra}"
+    return f"no CUDA device{shown}{extra}"
 
 
 def _major(version: str | None) -> int:

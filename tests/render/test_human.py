@@ -1,0 +1,73 @@
+"""Golden renders of the human output (regenerate with TORCHDOCTOR_REGEN_GOLDEN=1), and colour rules."""
+
+import io
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from torchdoctor.codes import make_finding
+from torchdoctor.render.human import render_human, summary_line
+from torchdoctor.report import Report, Section, Severity
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def sample_report() -> Report:
+    shm = make_finding("shm-too-small", "/dev/shm has 64.0 MiB free of 64.0 MiB.", severity=Severity.ERROR)
+    threads = make_finding("threads-oversubscribed", "OMP_NUM_THREADS=64 exceed the 2 usable CPU(s).",
+                           fix="export OMP_NUM_THREADS=2")
+    info = make_finding("cuda-unavailable", "This PyTorch build is CPU-only.", severity=Severity.INFO, fix=None)
+    sections = (
+        Section("devices", "Devices", "no CUDA device", (info,)),
+        Section("shm", "Shared memory", "/dev/shm: 64.0 MiB free of 64.0 MiB", (shm,)),
+        Section("threads", "CPU threads", "2 intra-op threads", (threads,)),
+        Section("memory", "Memory", "RAM 20 GiB available", ()),
+    )
+    return Report("env", (info, shm, threads), {}, sections)
+
+
+def render(report: Report) -> str:
+    buffer = io.StringIO()
+    render_human(report, Console(file=buffer, width=100, color_system=None, soft_wrap=True))
+    return buffer.getvalue()
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("TORCHDOCTOR_REGEN_GOLDEN"):
+        path.write_text(text, encoding="utf-8")
+    assert text == path.read_text(encoding="utf-8")
+
+
+def test_env_report_golden():
+    check_golden("env_report.txt", render(sample_report()))
+
+
+def test_clean_report_golden():
+    report = Report("env", (), {}, (Section("memory", "Memory", "RAM 20 GiB available", ()),))
+    check_golden("clean_report.txt", render(report))
+
+
+def test_summary_counts_and_pluralises():
+    assert summary_line(sample_report()).plain == "✗ 1 error, 1 warning, 1 info."
+
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _env_output(**env_vars: str) -> str:
+    env = {k: v for k, v in os.environ.items() if k not in ("NO_COLOR", "FORCE_COLOR")}
+    env.update(env_vars)
+    return subprocess.run([sys.executable, "-m", "torchdoctor", "env", "-c", "shm"], capture_output=True,
+                          text=True, env=env, check=True).stdout
+
+
+def test_colour_only_when_forced_and_never_with_no_color():
+    assert not ANSI.search(_env_output())  # a pipe is not a terminal: plain text
+    coloured = _env_output(FORCE_COLOR="1")
+    assert "\x1b[32m" in coloured  # green ✓
+    assert not re.search(r"\x1b\[3[0-9]m", _env_output(FORCE_COLOR="1", NO_COLOR="1"))
