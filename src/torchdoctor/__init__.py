@@ -1,7 +1,8 @@
 """torchdoctor: a doctor for PyTorch training. Importing it never imports torch.
 
 Public API (each a twin of a CLI command, returning the same ``Report``):
-``run_env``, ``resolve_target``, ``run_training_step``.
+``run_env``, ``inspect_checkpoint``, ``fix_checkpoint``, ``diff_checkpoints``, ``resolve_target``,
+``run_training_step``.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ _LAZY = {
     "run_env": "torchdoctor.env.api",
     "resolve_target": "torchdoctor.targets",
     "run_training_step": "torchdoctor.step",
+    "inspect_checkpoint": "torchdoctor.ckpt.inspect",
+    "fix_checkpoint": "torchdoctor.ckpt.fix",
+    "diff_checkpoints": "torchdoctor.ckpt.diff",
     "Report": "torchdoctor.report",
     "Finding": "torchdoctor.report",
     "Severity": "torchdoctor.report",

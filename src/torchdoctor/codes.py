@@ -147,6 +147,116 @@ _SPECS = (
         "Your training will hit 'CUDA out of memory' at a fraction of the batch size the card allows.",
         "nvidia-smi  (find and stop the other process, or pick another GPU with CUDA_VISIBLE_DEVICES)",
     ),
+    # --- 2xx: ckpt ------------------------------------------------------------------------
+    _spec(
+        "lfs-pointer", "TD201", "error",
+        "The file is a git-lfs pointer (a few lines of text), not the checkpoint it points to.",
+        "The repository was cloned without git-lfs, so every load fails with an unpickling error.",
+        "git lfs install && git lfs pull  (in the repository the file came from)",
+    ),
+    _spec(
+        "not-a-checkpoint", "TD202", "error",
+        "The file is not a checkpoint: text, HTML (an error page saved by a download), or unknown bytes.",
+        "torch.load fails with 'invalid load key' or 'could not find MARK'; the real file was never downloaded.",
+        "Download the checkpoint again and compare its size and checksum with the source.",
+    ),
+    _spec(
+        "corrupt-checkpoint", "TD203", "error",
+        "The checkpoint is damaged: empty, truncated, or its structure is inconsistent.",
+        "A partial download or an interrupted save loads as garbage or not at all.",
+        "Download or save it again; compare the size with the source (a truncated file is shorter).",
+    ),
+    _spec(
+        "nested-state-dict", "TD204", "warning",
+        "The weights are nested inside a wrapper dict (e.g. checkpoint['state_dict']), not at the top level.",
+        "model.load_state_dict(torch.load(path)) fails with every key missing and every key unexpected.",
+        "torchdoctor ckpt fix PATH  (unwraps to a plain state dict), or load checkpoint[KEY] explicitly.",
+    ),
+    _spec(
+        "training-state-present", "TD205", "info",
+        "Optimizer, LR-scheduler or GradScaler state is stored beside the weights.",
+        "Handy for resuming; it can double the file size when only the weights are needed.",
+        "torchdoctor ckpt fix PATH  (writes the weights alone), or keep it to resume training.",
+    ),
+    _spec(
+        "module-prefix", "TD206", "warning",
+        "Every key starts with 'module.': the checkpoint was saved from nn.DataParallel or DDP.",
+        "Loading into a plain model fails with missing keys 'x' and unexpected keys 'module.x'.",
+        "torchdoctor ckpt fix PATH  (or torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, 'module.'))",
+    ),
+    _spec(
+        "compile-prefix", "TD207", "warning",
+        "Keys start with '_orig_mod.': the checkpoint was saved from a torch.compile'd model.",
+        "Loading into the uncompiled model fails with every key missing and unexpected.",
+        "torchdoctor ckpt fix PATH  (or save model._orig_mod.state_dict() next time)",
+    ),
+    _spec(
+        "key-prefix", "TD208", "warning",
+        "The checkpoint's keys differ from the model's only by a prefix (e.g. 'model.' from Lightning, 'backbone.').",
+        "load_state_dict reports every key missing and unexpected although the weights fit.",
+        "torchdoctor ckpt fix PATH --model SPEC  (renames the keys to the model's)",
+    ),
+    _spec(
+        "legacy-format", "TD209", "warning",
+        "The checkpoint uses the legacy (pre-1.6) pickle format, not the zip format.",
+        "It loads slower, cannot be memory-mapped (torch.load(mmap=True)) and some tools cannot read it.",
+        "torchdoctor ckpt fix PATH --to zip",
+    ),
+    _spec(
+        "torchscript-archive", "TD210", "info",
+        "The file is a TorchScript archive (torch.jit.save), not a torch.save checkpoint.",
+        "torch.load refuses it ('is a zip archive (did you mean to use torch.jit.load()?)').",
+        "torch.jit.load(PATH); its state_dict() gives plain weights.",
+    ),
+    _spec(
+        "full-module-pickle", "TD211", "warning",
+        "The whole nn.Module object was pickled (torch.save(model)), not its state dict.",
+        "Loading needs the exact class code importable under the same module path and weights_only=False, "
+        "which also allows arbitrary code to run.",
+        "Load it once where the class code exists and save model.state_dict() instead.",
+    ),
+    _spec(
+        "unsafe-pickle", "TD212", "error",
+        "The pickle references a global outside what torch.save of tensors and containers produces.",
+        "Unpickling it can run arbitrary code (e.g. os.system); torch.load(weights_only=True) refuses it.",
+        "Do not load it unless you trust its source; never pass weights_only=False for files from the internet.",
+    ),
+    _spec(
+        "nonfinite-weights", "TD213", "error",
+        "Some stored tensors contain NaN or inf values.",
+        "A model loaded from it outputs NaN from the first step; the run that saved it had already diverged.",
+        "Use an earlier checkpoint; torchdoctor nan-hunt the training run that produced it.",
+    ),
+    _spec(
+        "missing-keys", "TD214", "error",
+        "The model has parameters or buffers the checkpoint does not provide.",
+        "load_state_dict(strict=True) fails; with strict=False those weights silently stay randomly initialised.",
+        "Check that the checkpoint belongs to this architecture; re-initialise or train the missing parts on purpose.",
+    ),
+    _spec(
+        "unexpected-keys", "TD215", "warning",
+        "The checkpoint has keys the model does not have.",
+        "load_state_dict(strict=True) fails; with strict=False they are ignored, which may hide a wrong model.",
+        "torchdoctor ckpt fix PATH --model SPEC  (drops or renames them), or load with strict=False on purpose.",
+    ),
+    _spec(
+        "shape-mismatch", "TD216", "error",
+        "A tensor's shape in the checkpoint differs from the model's parameter of the same name.",
+        "load_state_dict raises 'size mismatch for KEY' (e.g. a 1000-class head loaded into a 10-class model).",
+        "torchdoctor ckpt fix PATH --model SPEC --drop-mismatched  (then re-initialise those layers)",
+    ),
+    _spec(
+        "dtype-mismatch", "TD217", "info",
+        "A tensor's dtype in the checkpoint differs from the model's (e.g. float16 weights, float32 model).",
+        "load_state_dict casts silently; precision is lost or memory doubles without notice.",
+        None,
+    ),
+    _spec(
+        "cuda-saved-tensors", "TD218", "info",
+        "Tensors were saved from a CUDA device.",
+        "On a machine without that GPU, torch.load fails unless it is told where to put them.",
+        "torch.load(PATH, map_location='cpu')",
+    ),
     # --- 6xx: errors of torchdoctor itself ---------------------------------------------------
     _spec(
         "check-crashed", "TD601", "error",

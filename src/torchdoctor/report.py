@@ -79,6 +79,7 @@ class Section:
     title: str
     headline: str
     findings: tuple[Finding, ...] = ()
+    lines: tuple[str, ...] = ()  # extra facts shown under the headline (a fix plan, the largest differences)
 
     @property
     def status(self) -> Status:

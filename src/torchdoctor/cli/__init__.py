@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from torchdoctor import __version__
+from torchdoctor.cli.ckpt import app as ckpt_app
 from torchdoctor.cli.env import env_command
 from torchdoctor.cli.explain import explain_command
 
@@ -20,6 +21,7 @@ app = typer.Typer(
 )
 app.command("env")(env_command)
 app.command("explain")(explain_command)
+app.add_typer(ckpt_app, name="ckpt")
 
 
 def _version(value: bool) -> None:

@@ -30,6 +30,8 @@ def _render_section(section: Section, console: Console) -> None:
     line.append(section.title, style="bold")
     line.append(f": {section.headline}")
     console.print(line)
+    for extra in section.lines:
+        console.print(Text(f"    - {extra}", style="dim"))
     for finding in section.findings:
         _render_finding(finding, console, indent="    ")
 

@@ -1,0 +1,1 @@
+"""Checkpoints: read safely, inspect, fix, diff."""

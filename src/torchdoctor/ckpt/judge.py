@@ -1,0 +1,96 @@
+"""Pure judgements of what the safe reader found: file kind, pickle safety, format, devices, values."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from torchdoctor.ckpt.formats import Detection, Format
+from torchdoctor.codes import make_finding
+from torchdoctor.report import Finding
+from torchdoctor.units import format_bytes
+
+MAX_NAMED = 5
+
+
+def check_detection(detection: Detection, path: str) -> list[Finding]:
+    """Findings for files that are not (usable) checkpoints; [] for a readable checkpoint."""
+    if detection.format is Format.LFS_POINTER:
+        size = detection.details.get("size")
+        points_to = f" to a {format_bytes(int(size))} object" if str(size or "").isdigit() else ""
+        return [make_finding("lfs-pointer", f"{path} is a git-lfs pointer{points_to}, not the checkpoint itself; "
+                             "run git lfs pull.", location=path, details=dict(detection.details))]
+    if detection.format in (Format.TEXT, Format.UNKNOWN):
+        return [make_finding("not-a-checkpoint", f"{path} is not a checkpoint: {detection.reason}", location=path,
+                             details={"format": detection.format.value, **detection.details})]
+    if detection.format is Format.EMPTY:
+        return [make_finding("corrupt-checkpoint", f"{path} is empty (0 bytes): the save or download never wrote it.",
+                             location=path, details={"format": "empty"})]
+    if detection.corrupt:
+        return [corrupt_finding(path, detection.corrupt, detection.format.value)]
+    return []
+
+
+def corrupt_finding(path: str, what: str, format_name: str) -> Finding:
+    return make_finding("corrupt-checkpoint", f"{path} is damaged: {what}", location=path,
+                        details={"format": format_name, "problem": what})
+
+
+def check_globals(globals_: list[Mapping[str, Any]], format_name: str) -> list[Finding]:
+    """unsafe-pickle for every global outside the allow-list; full-module-pickle for pickled nn.Modules."""
+    findings = []
+    unsafe = [row["name"] for row in globals_ if row["kind"] == "unsafe"]
+    modules = [row["name"] for row in globals_ if row["kind"] == "module"]
+    if unsafe:
+        findings.append(make_finding(
+            "unsafe-pickle",
+            f"The {format_name} pickle calls or builds {_names(unsafe)}, outside what torch.save of tensors "
+            "produces; torchdoctor did not run it.",
+            details={"globals": unsafe},
+        ))
+    if modules:
+        findings.append(make_finding(
+            "full-module-pickle",
+            f"The whole model object was pickled ({_names(modules)}): loading needs that class code and "
+            "weights_only=False.",
+            details={"classes": modules},
+        ))
+    return findings
+
+
+def check_format(format_: Format) -> list[Finding]:
+    if format_ in (Format.LEGACY, Format.LEGACY_TAR):
+        return [make_finding("legacy-format", "The checkpoint uses the legacy (pre-1.6) format: slower to load, "
+                             "not mmap-able, unreadable by some tools.", details={"format": format_.value})]
+    if format_ is Format.TORCHSCRIPT:
+        return [make_finding("torchscript-archive", "This is a TorchScript archive (torch.jit.save): load it with "
+                             "torch.jit.load, not torch.load.")]
+    return []
+
+
+def check_devices(devices: Mapping[str, int]) -> list[Finding]:
+    """cuda-saved-tensors (info) when tensors were saved from a GPU: naming the devices and counts."""
+    gpu = {device: count for device, count in devices.items() if device.startswith("cuda")}
+    if not gpu:
+        return []
+    listed = ", ".join(f"{count} from {device}" for device, count in sorted(gpu.items()))
+    return [make_finding("cuda-saved-tensors", f"Tensors were saved from a GPU ({listed}); on a machine without it "
+                         "load with map_location.", details={"devices": dict(gpu)})]
+
+
+def check_nonfinite(counts: Mapping[str, tuple[int, int]]) -> list[Finding]:
+    """nonfinite-weights naming the keys with NaN/inf counts."""
+    bad = {key: {"nan": nan, "inf": inf} for key, (nan, inf) in counts.items() if nan or inf}
+    if not bad:
+        return []
+    shown = ", ".join(f"{key} ({v['nan']} NaN, {v['inf']} inf)" for key, v in list(bad.items())[:MAX_NAMED])
+    more = f" and {len(bad) - MAX_NAMED} more" if len(bad) > MAX_NAMED else ""
+    return [make_finding("nonfinite-weights", f"{len(bad)} tensor(s) hold NaN or inf values: {shown}{more}.",
+                         location=next(iter(bad)), details={"tensors": bad})]
+
+
+def _names(names: list[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMED])
+    return shown + (f" and {len(names) - MAX_NAMED} more" if len(names) > MAX_NAMED else "")
+
+
