@@ -1,9 +1,9 @@
 """ckpt diff on real files: prefixes normalised, layout and value changes found, streamed."""
 
 import torch
+from fixtures import ckpt_builders as build
 from torch import nn
 
-from fixtures import ckpt_builders as build
 from torchdoctor.ckpt.diff import diff_checkpoints
 
 
@@ -57,3 +57,9 @@ def test_a_broken_side_gives_findings_not_a_crash(tmp_path):
     (tmp_path / "a").mkdir()
     report = diff_checkpoints(build.plain_state_dict(tmp_path / "a"), build.truncated_zip(tmp_path))
     assert [f.id for f in report.findings] == ["corrupt-checkpoint"] and report.result["identical"] is None
+
+
+def test_identical_nan_and_inf_tensors_compare_equal(tmp_path):
+    weird = {"w": torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0])}
+    result = diff_checkpoints(save(tmp_path / "a.pt", weird), save(tmp_path / "b.pt", weird)).result
+    assert result["identical"] is True

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
-
 from fixtures import ckpt_builders as build
 from fixtures.models import RaisesInForward, TinyConvNet
+from torch import nn
+
 from torchdoctor.ckpt.inspect import inspect_checkpoint
 from torchdoctor.errors import InputError
 

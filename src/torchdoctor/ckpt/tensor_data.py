@@ -241,7 +241,10 @@ def _float8_table(dtype: str) -> np.ndarray:
 
 def tensor_max_abs_diff(reading_a: CheckpointReading, key_a: str, reading_b: CheckpointReading, key_b: str,
                         chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> float:
-    """``max |a - b|`` over two same-shaped tensors, streamed in lockstep (NaN if either holds a NaN)."""
+    """``max |a - b|`` over two same-shaped tensors, streamed in lockstep.
+
+    Equal values (equal infinities, NaN facing NaN) count as 0; a NaN facing a number gives NaN.
+    """
     a, b = reading_a.tensors[key_a], reading_b.tensors[key_b]
     if a.shape != b.shape:
         raise ValueError(f"cannot compare {key_a} {list(a.shape)} with {key_b} {list(b.shape)}: shapes differ")
@@ -249,8 +252,14 @@ def tensor_max_abs_diff(reading_a: CheckpointReading, key_a: str, reading_b: Che
     best = 0.0
     pairs = zip(iter_tensor_values(reading_a, key_a, elements), iter_tensor_values(reading_b, key_b, elements),
                 strict=True)
+    np = _numpy()
     for x, y in pairs:
-        diff = _numpy().abs(as_numbers(x, a.dtype) - as_numbers(y, b.dtype))
+        x, y = as_numbers(x, a.dtype), as_numbers(y, b.dtype)
+        with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: handled by `same` below
+            diff = np.abs(x - y)
+        # equal infinities and NaN facing NaN are the same value, not a difference
+        same = (x == y) | (np.isnan(x) & np.isnan(y))
+        diff = np.where(same, 0.0, diff)
         peak = float(diff.max()) if diff.size else 0.0
         if math.isnan(peak):
             return math.nan
