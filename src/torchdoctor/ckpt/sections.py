@@ -79,3 +79,29 @@ def _model(model: Mapping[str, Any]) -> str:
     else:
         outcome = "the training step failed"
     return f"{model['class']}: {len(match['matched'])} keys matched; {outcome}"
+
+
+def fix_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:
+    """Plan (each step, safe or unsafe), then what was written and verified; remaining problems under them."""
+    steps = tuple(f"[{'safe' if step.get('safe') else 'UNSAFE'}] {step['action']}: {step.get('detail', '')}"
+                  for step in result.get("plan", []))
+    plan = Section("plan", "Plan", _plan_headline(result), (), steps)
+    checks = tuple(f"{name}: {value}" for name, value in (result.get("verified") or {}).items())
+    written = Section("output", "Output", _output_headline(result), tuple(findings), checks)
+    return (plan, written)
+
+
+def _plan_headline(result: Mapping[str, Any]) -> str:
+    if result.get("nothing_to_fix"):
+        return "nothing to fix"
+    count = len(result.get("plan", []))
+    return f"{count} step(s), {result.get('format_in')} -> {result.get('format_out') or result.get('format_in')}"
+
+
+def _output_headline(result: Mapping[str, Any]) -> str:
+    if result.get("dry_run"):
+        return f"dry run: would write {result.get('output')}"
+    if not result.get("written"):
+        return "nothing written; the input is untouched"
+    size = f" ({format_bytes(result['bytes_out'])})" if result.get("bytes_out") is not None else ""
+    return f"wrote {result['output']}{size}, verified; the input is untouched"
