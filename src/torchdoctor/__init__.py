@@ -1,8 +1,8 @@
 """torchdoctor: a doctor for PyTorch training. Importing it never imports torch.
 
 Public API (each a twin of a CLI command, returning the same ``Report``):
-``run_env``, ``inspect_checkpoint``, ``fix_checkpoint``, ``diff_checkpoints``, ``resolve_target``,
-``run_training_step``.
+``run_env``, ``inspect_checkpoint``, ``fix_checkpoint``, ``diff_checkpoints``, ``nan_hunt``,
+``probe_loader``, ``count``, ``resolve_target``, ``run_training_step``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ _LAZY = {
     "inspect_checkpoint": "torchdoctor.ckpt.inspect",
     "fix_checkpoint": "torchdoctor.ckpt.fix",
     "diff_checkpoints": "torchdoctor.ckpt.diff",
+    "probe_loader": "torchdoctor.data.api",
+    "nan_hunt": "torchdoctor.nan.hunt",
+    "count": "torchdoctor.count.api",
     "Report": "torchdoctor.report",
     "Finding": "torchdoctor.report",
     "Severity": "torchdoctor.report",

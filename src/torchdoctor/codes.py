@@ -257,12 +257,188 @@ _SPECS = (
         "On a machine without that GPU, torch.load fails unless it is told where to put them.",
         "torch.load(PATH, map_location='cpu')",
     ),
+    # --- 3xx: nan-hunt ----------------------------------------------------------------------
+    _spec(
+        "nonfinite-input", "TD301", "error",
+        "A batch already held NaN or inf before the model saw it.",
+        "Every later NaN is the data's fault; the model and the learning rate are not to blame.",
+        "Find the sample (the finding names its data-set index) and fix or filter it in the Dataset.",
+    ),
+    _spec(
+        "nonfinite-forward", "TD302", "error",
+        "An op in the model's forward produced NaN or inf from finite inputs.",
+        "The loss and every gradient after it are NaN; training silently stops learning.",
+        "Guard the named op: add an eps (x / (std + eps)), clamp before log/sqrt, avoid fully masked rows.",
+    ),
+    _spec(
+        "nonfinite-loss", "TD303", "error",
+        "The loss computation produced NaN or inf from a finite model output.",
+        "A custom loss taking log of an underflowed probability is the classic cause.",
+        "Use the fused, stable form (F.cross_entropy / log_softmax instead of log(softmax)), or clamp(min=eps).",
+    ),
+    _spec(
+        "nonfinite-backward", "TD304", "error",
+        "A gradient became NaN or inf in backward although the loss was finite.",
+        "The optimizer step writes NaN into the weights; every later step is wasted.",
+        "Fix the forward op whose derivative blows up (e.g. sqrt at 0: use sqrt(x + eps)); clip gradients.",
+    ),
+    _spec(
+        "nonfinite-optimizer", "TD305", "error",
+        "A parameter became NaN or inf in optimizer.step() although its gradient was finite.",
+        "The learning rate or optimizer state (e.g. Adam's eps, a zero second moment) overflowed the weights.",
+        "Lower the learning rate, raise the optimizer's eps, or clip gradients.",
+    ),
+    _spec(
+        "divergence", "TD306", "error",
+        "The loss or gradient norm grew geometrically in the steps before the first NaN/inf.",
+        "The run was diverging, not hitting a bug in one op: the NaN is a symptom of the step size.",
+        "Lower the learning rate, add warm-up, or clip gradients (torch.nn.utils.clip_grad_norm_).",
+    ),
+    _spec(
+        "low-precision-overflow", "TD307", "error",
+        "A float16/bfloat16 value exceeded the dtype's largest finite number and became inf.",
+        "float16 overflows above 65504: a model cast to .half() or run without loss scaling produces inf.",
+        "Train under torch.autocast with torch.amp.GradScaler (or in bfloat16) instead of casting the model.",
+    ),
+    _spec(
+        "amp-skipped-steps", "TD308", "info",
+        "GradScaler skipped optimizer steps because of inf/NaN gradients (error when it skipped every step).",
+        "A few skips while the scale calibrates are normal; skipping every step means nothing trains.",
+        "If every step is skipped, look for a real NaN source (nan-hunt names it) or a too-large init_scale.",
+    ),
+    _spec(
+        "script-failed", "TD309", "error",
+        "The training script raised an exception.",
+        "The run ended early; the traceback's last user frame is where to look.",
+        "Fix the error at the named line; `torchdoctor explain` turns the message into a cause.",
+    ),
+    _spec(
+        "script-exit-code", "TD310", "error",
+        "The training script exited with a non-zero exit code by itself.",
+        "CI and schedulers treat the run as failed.",
+        "See the script's own output for why it called sys.exit with that code.",
+    ),
+    # --- 4xx: count ------------------------------------------------------------------------
+    _spec(
+        "uncounted-ops", "TD401", "warning",
+        "Some ops that ran have no FLOP formula, so their cost is not in the totals.",
+        "A silent zero makes a model look cheaper than it is; the named ops are where the gap is.",
+        "Check whether the named ops are significant; register a formula with "
+        "torch.utils.flop_counter.register_flop_formula if they are.",
+    ),
+    # --- 5xx: data -------------------------------------------------------------------------
+    _spec(
+        "label-out-of-range", "TD501", "error",
+        "A label is negative or not below the number of classes.",
+        "On CUDA this is the 'device-side assert triggered' that surfaces at an unrelated line and kills the "
+        "process; on CPU 'Target N is out of bounds'.",
+        "Remap labels to 0..C-1 (labels 1..C: subtract 1), or give the model C outputs; check --num-classes.",
+    ),
+    _spec(
+        "label-dtype", "TD502", "error",
+        "Labels have the wrong dtype for the loss (float class indices for cross-entropy, int targets for BCE).",
+        "cross_entropy wants int64 class indices; BCE wants float targets shaped like the logits.",
+        "Cross-entropy: labels.long(); BCEWithLogits: targets.float().",
+    ),
+    _spec(
+        "target-shape", "TD503", "error",
+        "Targets have the wrong shape for the loss ([B, 1] class indices, one-hot where indices are expected, ...).",
+        "cross_entropy raises '0D or 1D target tensor expected, multi-target not supported' or trains on the "
+        "wrong targets.",
+        "Class indices: target.squeeze(1) (shape [B]); one-hot: target.argmax(1), or use soft-label cross-entropy.",
+    ),
+    _spec(
+        "input-dtype-mismatch", "TD504", "error",
+        "Input dtype differs from the model's weights (e.g. float64 from numpy vs float32 weights).",
+        "The first layer raises 'expected ... Double but found Float' / 'Input type and weight type should be the same'.",
+        "Convert in the Dataset: torch.from_numpy(x.astype(np.float32)) or x.float().",
+    ),
+    _spec(
+        "uint8-input", "TD505", "error",
+        "Raw uint8 images are fed to the model (no ToTensor / scaling).",
+        "Layers refuse Byte input, or, cast blindly, train on 0..255 values.",
+        "Use torchvision.transforms.ToTensor() (or x.float() / 255) and Normalize.",
+    ),
+    _spec(
+        "channels-last-input", "TD506", "error",
+        "Images arrive as [B, H, W, C] while the first convolution expects channels first.",
+        "Conv2d raises 'expected input to have C channels, but got W channels'; x.view would scramble pixels.",
+        "x.permute(0, 3, 1, 2) in the Dataset (or ToTensor, which does it).",
+    ),
+    _spec(
+        "unnormalized-input", "TD507", "warning",
+        "Float inputs are in 0..255 or far outside a normalised range.",
+        "Training converges slowly or not at all with huge activations.",
+        "Scale to [0, 1] and Normalize(mean, std).",
+    ),
+    _spec(
+        "variable-size-samples", "TD508", "error",
+        "Samples have different shapes, which default_collate cannot stack.",
+        "The DataLoader raises 'stack expects each tensor to be equal size'.",
+        "Resize/crop to one size in the transform, pad in a collate_fn, or use batch_size=1.",
+    ),
+    _spec(
+        "batchnorm-single-sample-batch", "TD509", "error",
+        "The last batch holds one sample and the model has BatchNorm in training mode.",
+        "BatchNorm raises 'Expected more than 1 value per channel when training' at the end of the epoch.",
+        "DataLoader(..., drop_last=True), or change batch_size so len(dataset) % batch_size != 1.",
+    ),
+    _spec(
+        "unshuffled-classes", "TD510", "warning",
+        "shuffle is off and early batches hold a single class (the data set is sorted by label).",
+        "Each batch pulls the model towards one class; training oscillates and BatchNorm statistics are skewed.",
+        "DataLoader(..., shuffle=True) or a sampler that mixes classes.",
+    ),
+    _spec(
+        "negative-strides", "TD511", "error",
+        "__getitem__ returns numpy arrays with negative strides (e.g. a [::-1] flip).",
+        "torch.from_numpy and default_collate raise 'At least one stride in the given numpy array is negative'.",
+        "np.ascontiguousarray(x) (or x.copy()) before returning it.",
+    ),
+    _spec(
+        "getitem-failed", "TD512", "error",
+        "The Dataset's __getitem__ raised for some index.",
+        "The first epoch crashes when it reaches that sample.",
+        "Fix the sample or the code at the named line; skip broken files in __getitem__ deliberately if needed.",
+    ),
+    _spec(
+        "worker-failed", "TD513", "error",
+        "A DataLoader worker process died.",
+        "Training stops with 'DataLoader worker (pid N) exited unexpectedly'.",
+        "Follow the named cause (shared memory, CUDA before fork, an unpicklable dataset); try num_workers=0 to see "
+        "the underlying error.",
+    ),
+    _spec(
+        "too-many-workers", "TD514", "warning",
+        "num_workers is above the number of usable CPUs.",
+        "Workers compete for cores with each other and the training loop; loading gets slower, not faster.",
+        "num_workers = usable CPUs (or fewer).",
+    ),
+    _spec(
+        "pin-memory-without-gpu", "TD515", "info",
+        "pin_memory=True but no GPU is used.",
+        "Pinning costs time and page-locked memory for nothing.",
+        "pin_memory=torch.cuda.is_available()",
+    ),
+    _spec(
+        "dataloader-bottleneck", "TD516", "warning",
+        "Loading a batch takes longer than a training step on it.",
+        "The GPU (or CPU) waits for data; the run is input-bound.",
+        "More workers, persistent_workers=True, lighter transforms, or pre-processed data.",
+    ),
     # --- 6xx: errors of torchdoctor itself ---------------------------------------------------
     _spec(
         "check-crashed", "TD601", "error",
         "A torchdoctor check raised an unexpected exception; the other checks still ran.",
         "The facts that check gathers are missing from this report.",
         "Rerun with --debug and report the traceback at torchdoctor's issue tracker.",
+    ),
+    _spec(
+        "layer-shape-mismatch", "TD602", "error",
+        "An input does not fit a layer: its shape differs from what the layer's weight expects.",
+        "The forward raises 'mat1 and mat2 shapes cannot be multiplied' or a channel mismatch at that layer.",
+        "Fix in_features / in_channels of the named layer (or use nn.LazyLinear / AdaptiveAvgPool2d), or feed "
+        "the input shape the model was built for.",
     ),
 )
 

@@ -8,8 +8,11 @@ import typer
 
 from torchdoctor import __version__
 from torchdoctor.cli.ckpt import app as ckpt_app
+from torchdoctor.cli.count import count_command
+from torchdoctor.cli.data import data_command
 from torchdoctor.cli.env import env_command
 from torchdoctor.cli.explain import explain_command
+from torchdoctor.cli.nan import NAN_HUNT_CONTEXT, nan_hunt_command
 
 app = typer.Typer(
     name="torchdoctor",
@@ -21,7 +24,10 @@ app = typer.Typer(
 )
 app.command("env")(env_command)
 app.command("explain")(explain_command)
+app.command("data")(data_command)
+app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
 app.add_typer(ckpt_app, name="ckpt")
+app.command("count")(count_command)
 
 
 def _version(value: bool) -> None:

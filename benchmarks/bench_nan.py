@@ -1,0 +1,142 @@
+"""`torchdoctor nan-hunt` overhead vs a plain run and vs anomaly mode, and how fast it names a NaN.
+
+Workload: ``fixtures/nan_scripts/transformer_bench.py`` (4-layer nn.TransformerEncoder, d_model 64,
+4 heads, batch 16, seq 32, 40 Adam steps, CPU). Whole-process wall time of three commands, paired
+runs, medians:
+
+- plain:    ``python transformer_bench.py``
+- nan-hunt: ``python -m torchdoctor nan-hunt transformer_bench.py``
+- anomaly:  ``python -c "...torch.autograd.set_detect_anomaly(True); runpy.run_path(...)"``
+
+Goals: nan-hunt / plain <= 1.3; (nan-hunt - plain) / (anomaly - plain) <= 0.5. The training loop
+alone (from the script's ``--timestamps``) is printed too, since start-up (~2.5 s of imports) hides it.
+
+Localisation: ``--nan-at 20`` turns an activation into NaN at step 20. The time from the start of
+step 20 (the script's timestamp) to the report file's modification time (``--report``, written
+atomically once the producer is named) is compared with one step's time. Goal <= 10x.
+Every child runs with ``OMP_NUM_THREADS=1`` by default (``--threads``): on a small shared machine two
+intra-op threads per process fighting other work made single runs vary 10x; one thread keeps the
+paired ratios stable and affects all three commands alike.
+Run: ``python benchmarks/bench_nan.py [--runs 5] [--threads 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "nan_scripts" / "transformer_bench.py"
+ANOMALY = ("import runpy, sys, torch; torch.autograd.set_detect_anomaly(True); sys.argv = sys.argv[1:]; "
+           "runpy.run_path(sys.argv[0], run_name='__main__')")
+COMMANDS = {
+    "plain": [sys.executable, str(SCRIPT)],
+    "nan-hunt": [sys.executable, "-m", "torchdoctor", "nan-hunt", str(SCRIPT), "--"],
+    "anomaly": [sys.executable, "-c", ANOMALY, str(SCRIPT)],
+}
+NAN_AT = 20
+
+
+CHILD_ENV = dict(os.environ)
+
+
+def timed(command: list[str]) -> tuple[float, float, float]:
+    """Whole-process wall seconds, its CPU seconds (user + sys), and training-loop wall seconds."""
+    cpu_before = _children_cpu()
+    start = time.perf_counter()
+    done = subprocess.run([*command, "--timestamps"], capture_output=True, text=True, check=False, env=CHILD_ENV)
+    wall = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+    stamps = step_stamps(done.stderr)
+    return wall, _children_cpu() - cpu_before, stamps["end"] - stamps[0]
+
+
+def _children_cpu() -> float:
+    """CPU seconds of finished children: unlike wall time, barely moved by other work on a shared machine."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def step_stamps(stderr: str) -> dict[int | str, float]:
+    """``{step: unix time, "end": unix time}`` from the lines ``--timestamps`` prints."""
+    stamps: dict[int | str, float] = {}
+    for line in stderr.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "step" and parts[1].isdigit():
+            stamps[int(parts[1])] = float(parts[2])
+        elif len(parts) == 2 and parts[0] == "end":
+            stamps["end"] = float(parts[1])
+    return stamps
+
+
+def step_time(stamps: dict[int | str, float], last: int) -> float:
+    """Median seconds per step over steps 1..last (step 0 pays one-off warm-up costs)."""
+    return statistics.median(stamps[i + 1] - stamps[i] for i in range(1, last) if i + 1 in stamps)
+
+
+def overhead(runs: int) -> None:
+    for command in COMMANDS.values():  # warm the page cache so the first pair is not penalised
+        timed(command)
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in COMMANDS}
+    for _ in range(runs):
+        for name, command in COMMANDS.items():
+            samples[name].append(timed(command))
+    for name, values in samples.items():
+        walls = [wall for wall, _, _ in values]
+        print(f"{name:<9} process wall median {statistics.median(walls):.2f} s (min {min(walls):.2f}, "
+              f"max {max(walls):.2f}); CPU {statistics.median(v[1] for v in values):.2f} s; "
+              f"training loop {statistics.median(v[2] for v in values):.3f} s")
+    for index, label in enumerate(("process wall", "process CPU", "training loop")):
+        plain, hunt, anomaly = ([v[index] for v in samples[name]] for name in COMMANDS)
+        ratio = statistics.median(h / p for p, h in zip(plain, hunt, strict=True))
+        share = statistics.median((h - p) / (a - p) for p, h, a in zip(plain, hunt, anomaly, strict=True))
+        print(f"{label:<14} nan-hunt/plain {ratio:.2f}x (goal <= 1.3); "
+              f"(nan-hunt - plain)/(anomaly - plain) {share:.2f} (goal <= 0.5)")
+
+
+def localisation(runs: int) -> None:
+    delays, steps, ratios = [], [], []
+    for _ in range(runs):
+        with tempfile.TemporaryDirectory() as folder:
+            report_file = Path(folder) / "report.json"
+            command = [sys.executable, "-m", "torchdoctor", "nan-hunt", str(SCRIPT), "--report", str(report_file),
+                       "--", "--nan-at", str(NAN_AT), "--timestamps"]
+            done = subprocess.run(command, capture_output=True, text=True, check=False, env=CHILD_ENV)
+            report = json.loads(report_file.read_text())
+            written = os.stat(report_file).st_mtime_ns / 1e9
+        first = report["result"].get("first_nonfinite") or {}
+        if done.returncode != 1 or first.get("step") != NAN_AT:
+            sys.exit(f"expected a NaN named at step {NAN_AT}, got exit {done.returncode}: {first}")
+        stamps = step_stamps(done.stderr)
+        delays.append(written - stamps[NAN_AT])
+        steps.append(step_time(stamps, NAN_AT))
+        ratios.append(delays[-1] / steps[-1])
+    print(f"localisation: NaN injected at step {NAN_AT}, named as {first.get('phase')} {first.get('op')} "
+          f"in {first.get('module')!r} at line {(first.get('source') or {}).get('line')}")
+    print(f"  start of step {NAN_AT} -> report written: median {statistics.median(delays) * 1000:.0f} ms; "
+          f"one step under nan-hunt: median {statistics.median(steps) * 1000:.1f} ms")
+    print(f"  localisation / one step: {statistics.median(ratios):.1f}x  (goal <= 10x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the children (0: inherit)")
+    args = parser.parse_args()
+    if args.threads:
+        CHILD_ENV["OMP_NUM_THREADS"] = str(args.threads)
+    print(f"{args.runs} paired runs, OMP_NUM_THREADS={CHILD_ENV.get('OMP_NUM_THREADS', 'unset')}")
+    overhead(args.runs)
+    localisation(args.runs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""``count``: parameters, MACs and FLOPs of a model under one stated convention, as a ``Report``.
+
+collect (params, a counted forward or training step, peer tools) -> check (uncounted ops, failures)
+-> result dict and sections.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any
+
+from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
+from torchdoctor.count.compare import collect_comparisons, parse_tools
+from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
+from torchdoctor.count.inputs import as_call, build_inputs, describe_inputs, parse_dtype, prepare_inputs
+from torchdoctor.count.layers import layer_rows
+from torchdoctor.count.ops import CONVENTION, OpKind
+from torchdoctor.count.params import collect_params
+from torchdoctor.count.sections import count_sections
+from torchdoctor.errors import UsageError, UserCodeError
+from torchdoctor.report import Finding, Report
+
+DEFAULT_DEPTH = 2
+
+
+def count(model: Any, inputs: Any = None, *, input_shapes: Sequence[Sequence[int]] | None = None,
+          dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
+          compare: str | Sequence[str] | None = None) -> Report:
+    """Count ``model`` on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword inputs).
+
+    Without ``inputs``, tensors of ``input_shapes`` are made, or one input is guessed from the first layer.
+    ``meta`` counts on the meta device (no weights allocated; the caller's model is not touched),
+    ``train_step`` measures a real training step on a copy, ``compare`` names peer tools (thop, torchinfo).
+    """
+    return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
+                  meta=meta, compare=compare, owned=False)
+
+
+def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None, input_spec: str | None = None,
+               dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
+               compare: str | Sequence[str] | None = None) -> Report:
+    """``count`` for a target spec (``torchvision.models:resnet50``, ``model.py:Net``); with ``meta`` the model
+    is built under ``torch.device("meta")`` (see ``build_on_meta``), so a 7B-parameter config allocates nothing."""
+    import torch
+
+    from torchdoctor.count.meta import build_on_meta
+    from torchdoctor.targets import resolve_target
+
+    def build() -> Any:
+        return resolve_target(spec, expect=(torch.nn.Module,))
+
+    model = build_on_meta(build) if meta else build()
+    inputs = None
+    if input_spec is not None:
+        inputs = resolve_target(input_spec, expect=(torch.Tensor, tuple, list, dict))
+    return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
+                  meta=meta, compare=compare, owned=True, spec=spec)
+
+
+def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_step: bool, meta: bool,
+           compare, owned: bool, spec: str | None = None) -> Report:
+    model = _original_module(model)
+    dtype, tools = parse_dtype(dtype), parse_tools(compare)
+    meta = _check_options(model, depth, train_step, meta)
+    device = "meta" if meta else _device_of(model)
+    if inputs is None:
+        inputs = build_inputs(model, input_shapes, dtype=dtype, device=device)
+    else:
+        inputs = prepare_inputs(inputs, dtype=dtype, device=device)
+    args, kwargs = as_call(inputs)
+    params = collect_params(model, dtype)
+    step = None
+    if train_step:  # on a copy (the CLI's own model needs none): a training step changes the weights
+        model = model if owned else copy.deepcopy(model)
+        facts, step = collect_training_step(model.to(dtype) if dtype is not None else model, inputs)
+    else:
+        facts = collect_forward(model, args, kwargs, substitute_tensors(model, dtype=dtype, meta=meta))
+    findings = _judge(facts, model, train_step)
+    result = {
+        "model": type(model).__name__, "spec": spec, "device": device,
+        "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
+        "mode": "train-step" if train_step else "forward",
+        "inputs": describe_inputs(args, kwargs),
+        "convention": CONVENTION,
+        "params": params.to_dict(),
+        **_compute_result(facts, model, depth),
+    }
+    if step is not None:
+        result["training_step"] = step.to_dict()
+    if tools and facts.failure is None:
+        result["compare"] = [row.to_dict(facts.macs) for row in
+                             collect_comparisons(tools, model, args, kwargs, meta=meta)]
+    return Report("count", tuple(findings), result, count_sections(result, findings))
+
+
+def _original_module(model: Any) -> Any:
+    """A ``torch.compile``d module is counted through the module it wraps (``_orig_mod``).
+
+    Told apart by class name: ``isinstance(model, torch._dynamo.OptimizedModule)`` would import dynamo (~1 s).
+    """
+    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+        return model._orig_mod
+    return model
+
+
+def _is_on_meta(model: Any) -> bool:
+    tensors = [*model.parameters(), *model.buffers()]
+    return bool(tensors) and all(tensor.is_meta for tensor in tensors)
+
+
+def _device_of(model: Any) -> str:
+    first = next(iter([*model.parameters(), *model.buffers()]), None)
+    return str(first.device) if first is not None else "cpu"
+
+
+def _check_options(model: Any, depth: int, train_step: bool, meta: bool) -> bool:
+    """Usage errors for impossible requests; returns whether to count on the meta device (a model already
+    there is counted there)."""
+    import torch
+
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"count needs a torch.nn.Module, got {type(model).__name__}")
+    if depth < 0:
+        raise UsageError(f"--depth must be 0 or more, got {depth}")
+    meta = meta or _is_on_meta(model)
+    if train_step and meta:
+        raise UsageError("--train-step runs a real training step and cannot run on the meta device",
+                         hint="drop --meta (or --train-step)")
+    return meta
+
+
+def _judge(facts: ComputeFacts, model: Any, train_step: bool) -> list[Finding]:
+    findings = check_uncounted(facts.ops)
+    if facts.failure is None:
+        return findings
+    failed = check_failure(facts.failure, type(model).__name__, training_step=train_step)
+    if not failed:
+        failure = facts.failure
+        raise UserCodeError(
+            f"{type(model).__name__}'s forward raised{where_failed(failure)}: {failure.exc_type}: {failure.headline}",
+            hint="nothing was counted; rerun with --debug for the traceback",
+        ) from failure.exception
+    return failed + findings
+
+
+def _compute_result(facts: ComputeFacts, model: Any, depth: int) -> dict[str, Any]:
+    """The counted numbers; ``macs``/``flops`` are None (and the tables empty) when the model failed."""
+    uncounted = [{"op": tally.op, "calls": tally.calls, "kind": tally.kind.value}
+                 for tally in facts.of_kind(OpKind.UNKNOWN, OpKind.ELEMENTWISE)]
+    free = {tally.op: tally.calls for tally in facts.of_kind(OpKind.FREE)}
+    if facts.failure is not None:
+        return {"macs": None, "flops": None, "phases": {}, "by_op": [], "depth": depth, "layers": [],
+                "uncounted_ops": uncounted, "free_ops": free}
+    by_op = [{"op": tally.op, "calls": tally.calls, "macs": tally.macs, "flops": tally.flops}
+             for tally in facts.of_kind(OpKind.COUNTED)]
+    return {
+        "macs": facts.macs,
+        "flops": facts.flops,
+        "phases": facts.phases,
+        "by_op": by_op,
+        "depth": depth,
+        "layers": layer_rows(model, facts.output_shapes, facts.module_counts, facts.macs, depth),
+        "uncounted_ops": uncounted,
+        "free_ops": free,
+    }

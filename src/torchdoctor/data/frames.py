@@ -1,0 +1,70 @@
+"""Where a user's exception came from: their innermost frame, and what torch's fetcher was doing at the time."""
+
+from __future__ import annotations
+
+import linecache
+import re
+import traceback
+from typing import Any
+
+from torchdoctor.step import _is_library_file, _user_frame
+
+_FETCH_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]fetch\.py$")
+_TEXT_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)', re.MULTILINE)
+
+
+def user_frame(exc: BaseException) -> dict[str, Any] | None:
+    """The innermost frame outside torch, torchdoctor and the standard library: from the traceback, or, for an
+    exception re-raised from a DataLoader worker, from the worker's traceback text."""
+    frame = _user_frame(exc.__traceback__)
+    if frame is None:
+        return user_frame_from_text(str(exc))
+    return _named(frame, [(f.f_code.co_filename, f.f_code.co_name) for f, _ in traceback.walk_tb(exc.__traceback__)])
+
+
+def user_frame_from_text(text: str) -> dict[str, Any] | None:
+    found, chain = None, []
+    for match in _TEXT_FRAME.finditer(text):
+        filename = match["file"]
+        chain.append((filename, match["function"]))
+        if not _is_library_file(filename):
+            line = int(match["line"])
+            found = {"file": filename, "line": line, "function": match["function"],
+                     "code": linecache.getline(filename, line).strip()}
+    return _named(found, chain) if found else None
+
+
+def _named(frame: dict[str, Any], chain: list[tuple[str, str]]) -> dict[str, Any]:
+    """``<listcomp>`` → ``__getitem__``: a comprehension (its own frame before 3.12) is named by its function."""
+    if not frame["function"].startswith("<") or frame["function"] == "<module>":
+        return frame
+    enclosing = [name for filename, name in chain if filename == frame["file"] and not name.startswith("<")]
+    return {**frame, "function": enclosing[-1]} if enclosing else frame
+
+
+def fetch_context(exc: BaseException) -> dict[str, Any]:
+    """What torch's single-process fetcher held when ``exc`` passed through it (``num_workers=0`` only).
+
+    ``indices``: the batch's data-set indices; ``index``: the one ``__getitem__`` was called with (Python
+    3.11 keeps it in the comprehension's frame); ``samples``: the fetched samples when collation failed.
+    Reading these locals is the only way to name an index under shuffle without reading the data twice.
+    """
+    context: dict[str, Any] = {}
+    for frame, _line in traceback.walk_tb(exc.__traceback__):
+        if not _FETCH_FILE.search(frame.f_code.co_filename):
+            continue
+        local = frame.f_locals
+        if isinstance(local.get("possibly_batched_index"), (list, tuple)):
+            context["indices"] = [_as_int(i) for i in local["possibly_batched_index"]]
+        if "idx" in local:
+            context["index"] = _as_int(local["idx"])
+        if isinstance(local.get("data"), list):
+            context["samples"] = local["data"]
+    return context
+
+
+def _as_int(value: Any) -> Any:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return value

@@ -1,0 +1,110 @@
+"""Group a data report's findings into check groups for the human renderer, each with a one-line headline."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from torchdoctor.report import Finding, Section
+
+GROUPS = (
+    ("loader", "Loader", ("too-many-workers", "pin-memory-without-gpu", "batchnorm-single-sample-batch",
+                          "unshuffled-classes")),
+    ("batches", "Batches", ("getitem-failed", "worker-failed", "variable-size-samples", "negative-strides",
+                            "dataloader-bottleneck")),
+    ("labels", "Labels", ("label-out-of-range", "label-dtype", "target-shape")),
+    ("inputs", "Inputs", ("nonfinite-input", "input-dtype-mismatch", "uint8-input", "channels-last-input",
+                          "unnormalized-input")),
+    ("step", "Training step", ("training-step-failed",)),
+)
+GROUPED = {finding_id for _name, _title, ids in GROUPS for finding_id in ids}
+
+
+def data_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:
+    """Loader, Batches, Labels, Inputs, Training step; a finding of any other id joins the last group."""
+    headlines = {"loader": _loader(result), "batches": _batches(result), "labels": _labels(result),
+                 "inputs": _inputs(result), "step": _step(result)}
+    sections = []
+    for name, title, ids in GROUPS:
+        members = tuple(f for f in findings if f.id in ids or (name == "step" and f.id not in GROUPED))
+        if name == "step":
+            members += tuple(_confirmed_here(f) for f in findings if "confirmed_by_step" in f.details)
+        sections.append(Section(name, title, headlines[name], members))
+    return tuple(sections)
+
+
+def _confirmed_here(finding: Finding) -> Finding:
+    """A pointer under Training step to a finding the step's own error confirmed (shown once in each group)."""
+    group = next(title for _name, title, ids in GROUPS if finding.id in ids)
+    return dataclasses.replace(finding, message=f"The training step met it too: {finding.details['confirmed_by_step']} "
+                                                f"(see {group}).", fix=None)
+
+
+def _loader(result: Mapping[str, Any]) -> str:
+    loader = result["loader"]
+    size = f" ({loader['dataset_len']:,} samples)" if loader["dataset_len"] is not None else ""
+    wrapped = " (wrapped by torchdoctor)" if loader["wrapped"] else ""
+    shuffle = {True: "on", False: "off", None: f"by {loader['sampler']}"}[loader["shuffle"]]
+    return (f"DataLoader{wrapped} over {loader['dataset_class']}{size}: batch_size {loader['batch_size']}, "
+            f"shuffle {shuffle}, {loader['num_workers']} worker(s), drop_last {'on' if loader['drop_last'] else 'off'}")
+
+
+def _batches(result: Mapping[str, Any]) -> str:
+    reading, speed = result["reading"], result["throughput"]
+    if reading["read"] == 0:
+        return "no batch could be read"
+    text = f"read {reading['read']} of {reading['requested']} batches ({speed['samples']:,} samples)"
+    text += f"; first {speed['first_batch_ms']:.1f} ms"
+    if speed["per_batch_ms"] is not None:
+        text += f", then {speed['per_batch_ms']:.1f} ms per batch"
+    if speed["samples_per_s"]:
+        text += f" ({speed['samples_per_s']:,.0f} samples/s)"
+    return text + ("; then it failed" if reading["failure"] else "")
+
+
+def _labels(result: Mapping[str, Any]) -> str:
+    reading, task = result["reading"], result["task"]
+    target = reading["target"]
+    if target is None:
+        return "no target in the batches"
+    text = f"{reading['target_field']} {target['dtype']} {target['shape']}"
+    if target.get("histogram"):
+        counts = ", ".join(f"{k}: {v}" for k, v in list(target["histogram"].items())[:10])
+        text += f", classes in the batches {{{counts}}}"
+    scan = result.get("dataset_labels")
+    if scan and scan.get("integral"):
+        text += f"; whole data set {scan['min']}..{scan['max']} ({scan['source']}, {scan['seconds'] * 1000:.0f} ms)"
+    if task["name"]:
+        classes = f", {task['num_classes']} classes" if task["num_classes"] else ""
+        text += f"; loss {task['loss'] or task['name']}{classes}"
+    return text
+
+
+def _inputs(result: Mapping[str, Any]) -> str:
+    reading = result["reading"]
+    name = reading["input"]
+    if name is None:
+        return "inputs: " + (", ".join(reading["fields"]) or "no tensors")
+    field = reading["fields"][name]
+    if field["min"] is None:
+        return f"{name} {field['dtype']} {field['shape']}"
+    return (f"{name} {field['dtype']} {field['shape']} in [{field['min']:.3g}, {field['max']:.3g}], "
+            f"mean {field['mean']:.3g}, std {field['std']:.3g}")
+
+
+def _step(result: Mapping[str, Any]) -> str:
+    step = result.get("step") or {}
+    if "skipped" in step:
+        return f"skipped: {step['skipped']}"
+    failure = step.get("failure")
+    if failure:
+        headline = next((line.strip() for line in failure["message"].splitlines() if line.strip()), "")
+        return f"failed in {failure['phase']}: {failure['exc_type']}: {headline}"
+    losses = " → ".join(f"{loss:.4g}" for loss in step["losses"] if isinstance(loss, (int, float)))
+    grad = f", grad norm {step['grad_norm']:.3g}" if isinstance(step.get("grad_norm"), float) else ""
+    speed = result["throughput"]
+    per_batch = f" vs {speed['per_batch_ms']:.1f} ms to load a batch" if speed["per_batch_ms"] is not None else ""
+    timing = "first step, an upper bound" if step["timing"] == "first step" else step["timing"]
+    return (f"{step['loss_name']} loss {losses}{grad}; forward+backward {speed['step_ms']:.1f} ms ({timing}) "
+            f"on {step['device']}{per_batch}")

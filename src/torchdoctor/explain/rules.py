@@ -1,0 +1,295 @@
+"""The rule table that maps an exception (or its text) to the finding id that explains it.
+
+Each ``Rule`` is one row: the finding id, the exception types it applies to, a regular expression over the
+normalised message, and a function building the finding's sentence from the match. Rules are tried in
+order, so specific rows (raw uint8 input) come before general ones (any dtype mismatch). The table is
+data: adding an explanation is adding a row and a test that produces the real error. No torch import.
+"""
+
+from __future__ import annotations
+
+import builtins
+import re
+import unicodedata
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from torchdoctor.codes import make_finding
+from torchdoctor.report import Finding
+
+__all__ = ["RULES", "Explanation", "Rule", "explain_exception", "match_exception", "normalize_message"]
+
+MAX_QUOTE_CHARS = 240
+
+Match = re.Match[str]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One row: ``pattern`` (searched in the normalised message) explains an error as finding ``id``."""
+
+    id: str
+    pattern: str
+    message: Callable[[Match], str]
+    exception_types: tuple[str, ...] = ()  # class names anywhere in the exception's MRO; () = any type
+    applies: Callable[[Match], bool] | None = None  # a further test of the match, when a regex is not enough
+
+    def match(self, text: str) -> Match | None:
+        found = re.search(self.pattern, text)
+        if found is None or (self.applies is not None and not self.applies(found)):
+            return None
+        return found
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A rule that matched: the sentence it builds, and the real exception's type and normalised message."""
+
+    rule: Rule
+    sentence: str
+    exc_type: str | None
+    error: str
+
+    @property
+    def id(self) -> str:
+        return self.rule.id
+
+    @property
+    def quote(self) -> str:
+        """``Type: message``, shortened: the error the user saw, as evidence for the sentence."""
+        text = f"{self.exc_type}: {self.error}" if self.exc_type else self.error
+        return text if len(text) <= MAX_QUOTE_CHARS else text[: MAX_QUOTE_CHARS - 1] + "…"
+
+    def finding(self) -> Finding:
+        return make_finding(self.rule.id, f"{self.sentence} ({self.quote})",
+                            details={"exception": self.exc_type, "error": self.error, "pattern": self.rule.pattern})
+
+
+# --- message builders ---------------------------------------------------------------------------------
+
+
+def _fixed(text: str) -> Callable[[Match], str]:
+    return lambda _match: text
+
+
+def _dtype_name(raw: str) -> str:
+    """``torch.cuda.DoubleTensor`` / ``double`` / ``Double`` → ``double``; ``unsigned char`` → ``uint8``."""
+    name = raw.strip().lower().removeprefix("c10::").removeprefix("torch.").removeprefix("cuda.").removesuffix("tensor")
+    aliases = {"unsigned char": "uint8", "byte": "uint8", "long": "int64", "int": "int32", "half": "float16",
+               "double": "float64", "float": "float32", "bfloat16": "bfloat16", "char": "int8", "short": "int16"}
+    return aliases.get(name, name)
+
+
+def _different_dtypes(match: Match) -> bool:
+    # "Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor)" is a device mismatch, not dtype
+    if match["a"] is None:  # a message that does not name the dtypes
+        return True
+    return _dtype_name(match["a"]) != _dtype_name(match["b"])
+
+
+def _maybe_dtype_mismatch(match: Match) -> str:
+    if match["a"] is None:
+        return "A matrix multiply got operands of different dtypes: the input's dtype differs from the weights'."
+    return _dtype_mismatch(match)
+
+
+def _dtype_mismatch(match: Match) -> str:
+    return (f"The model's input is {_dtype_name(match['a'])} but its weights are {_dtype_name(match['b'])}: "
+            "convert the input in the Dataset.")
+
+
+def _float_index(match: Match) -> str:
+    return (f"cross_entropy needs int64 class indices but the targets are {_dtype_name(match['got'])}: "
+            "use labels.long().")
+
+
+def _channels_last(match: Match) -> bool:
+    dims = [int(d) for d in match["shape"].split(",") if d.strip()]
+    return len(dims) >= 3 and dims[-1] == int(match["want"]) and dims[1] != int(match["want"])
+
+
+def _channels_last_message(match: Match) -> str:
+    return (f"The first convolution expects {match['want']} channels in dim 1, but the input "
+            f"[{match['shape']}] has them last ([B, H, W, C]): permute it to [B, C, H, W].")
+
+
+def _stack_message(match: Match) -> str:
+    return (f"default_collate cannot stack samples of different shapes ([{match['a']}] at entry {match['i']}, "
+            f"[{match['b']}] at entry {match['j']}).")
+
+
+def _worker_pids(match: Match) -> str:
+    signal = match.groupdict().get("signal")
+    how = f"was killed by signal {signal}" if signal else "exited unexpectedly"
+    return f"A DataLoader worker process (pid {match['pids']}) {how}."
+
+
+# --- the table ----------------------------------------------------------------------------------------
+
+_NUM = r"(?P<value>-?\d+)"
+_SIZE = r"torch\.Size\(\[[\d, ]*\]\)"
+
+RULES: tuple[Rule, ...] = (
+    # label-out-of-range: CPU says it plainly; CUDA asserts in the kernel and the text reaches stderr.
+    Rule("label-out-of-range", rf"Target {_NUM} is out of bounds",
+         lambda m: f"A label ({m['value']}) is negative or not below the number of classes the model outputs.",
+         ("IndexError", "RuntimeError")),
+    Rule("label-out-of-range", r"t >= 0 && t < n_classes",
+         _fixed("A CUDA device-side assert in the loss (t < n_classes): a label is negative or not below the "
+                "number of classes the model outputs.")),
+    # uint8-input before the general dtype rows: raw images are the usual way a Byte tensor reaches a layer.
+    Rule("uint8-input", r"Input type \((?:unsigned char|torch\.(?:cuda\.)?ByteTensor)\) and (?:weight|bias) type",
+         _fixed("Raw uint8 images reached the model: layers need float input scaled to [0, 1]."),
+         ("RuntimeError", "TypeError")),
+    Rule("uint8-input", r"(?:mat1 and mat2 must have the same dtype, but got Byte and"
+                        r"|expected m1 and m2 to have the same dtype, but got: (?:unsigned char|Byte) !="
+                        r"|expected scalar type \w+ but found Byte|\"\w+\" not implemented for 'Byte')",
+         _fixed("Raw uint8 input reached the model: layers need float input (x.float() / 255, then normalise)."),
+         ("RuntimeError",)),
+    Rule("label-dtype", r"expected target dtype to be Long or Byte, but got (?P<got>\w+)", _float_index,
+         ("RuntimeError",)),
+    Rule("label-dtype", r"expected scalar type Long but found (?P<got>\w+)", _float_index, ("RuntimeError",)),
+    Rule("label-dtype", r"\"\w*(?:nll_loss|cross_entropy)\w*\" not implemented for '(?P<got>\w+)'", _float_index,
+         ("RuntimeError",)),
+    Rule("label-dtype", r"result type (?:Float|Double|Half|BFloat16) can't be cast to the desired output type "
+                        r"(?P<got>Long|Int|Short|Char|Byte|Bool)",
+         lambda m: f"A float loss (BCE, MSE) got {_dtype_name(m['got'])} targets: use targets.float().",
+         ("RuntimeError",)),
+    Rule("target-shape", r"0D or 1D target tensor expected, multi-target not supported",
+         _fixed("cross_entropy got 2-D class indices ([B, 1] or one-hot [B, C]); it wants shape [B]."),
+         ("RuntimeError", "ValueError")),
+    Rule("target-shape", r"Expected floating point type for target with class probabilities, got (?P<got>\w+)",
+         _fixed("cross_entropy got integer targets shaped like the logits (one-hot) where class indices of shape "
+                "[B] are expected: use target.argmax(1)."),
+         ("RuntimeError",)),
+    Rule("target-shape", rf"Target size \((?P<target>{_SIZE})\) must be the same as input size \((?P<input>{_SIZE})\)",
+         lambda m: f"The loss needs targets shaped like the output: targets {m['target']}, output {m['input']}.",
+         ("ValueError", "RuntimeError")),
+    Rule("target-shape", r"Expected input batch_size \((?P<input>\d+)\) to match target batch_size \((?P<target>\d+)\)",
+         lambda m: f"The output has {m['input']} rows but the targets have {m['target']}: targets of the wrong shape.",
+         ("ValueError", "RuntimeError")),
+    Rule("target-shape", rf"Using a target size \((?P<target>{_SIZE})\) that is different to the input size "
+                         rf"\((?P<input>{_SIZE})\)",
+         lambda m: f"The loss broadcasts targets {m['target']} against the output {m['input']}: wrong results.",
+         ()),
+    Rule("input-dtype-mismatch", r"mat1 and mat2 must have the same dtype, but got (?P<a>\w+) and (?P<b>\w+)",
+         _dtype_mismatch, ("RuntimeError",), _different_dtypes),
+    # the CUDA matmul's wording (torch 1.13-2.x); older builds stop after "dtype"
+    Rule("input-dtype-mismatch", r"expected m1 and m2 to have the same dtype(?:, but got: (?P<a>[\w: ]+?) != "
+                                 r"(?P<b>[\w:]+))?", _maybe_dtype_mismatch, ("RuntimeError",), _different_dtypes),
+    Rule("input-dtype-mismatch", r"Input type \((?P<a>[^)]+)\) and (?:weight|bias) type \((?P<b>[^)]+)\) should be "
+                                 r"the same", _dtype_mismatch, ("RuntimeError", "TypeError"), _different_dtypes),
+    # raised by backward (torch < 2): float64 data, inputs or regression targets, met float32 weights
+    Rule("input-dtype-mismatch", r"[Ff]ound dtype (?P<a>\w+) but expected (?P<b>\w+)",
+         lambda m: (f"{_dtype_name(m['a'])} data (numpy's default, in the inputs or the regression targets) met "
+                    f"{_dtype_name(m['b'])} weights in backward: convert both in the Dataset."),
+         ("RuntimeError",), _different_dtypes),
+    Rule("input-dtype-mismatch", r"expected scalar type (?P<b>\w+) but found (?P<a>\w+)", _dtype_mismatch,
+         ("RuntimeError",), _different_dtypes),
+    Rule("input-dtype-mismatch", r"Expected tensor for argument #1 'indices' to have one of the following scalar "
+                                 r"types: Long, Int; but got torch\.(?:cuda\.)?(?P<a>\w+) instead",
+         lambda m: f"An embedding got {_dtype_name(m['a'])} input; it needs integer token ids (x.long()).",
+         ("RuntimeError",)),
+    Rule("channels-last-input", r"expected input\[(?P<shape>[\d, ]+)\] to have (?P<want>\d+) channels, but got "
+                                r"(?P<got>\d+) channels instead", _channels_last_message, ("RuntimeError",),
+         _channels_last),
+    Rule("variable-size-samples", r"stack expects each tensor to be equal size, but got \[(?P<a>[\d, ]*)\] at entry "
+                                  r"(?P<i>\d+) and \[(?P<b>[\d, ]*)\] at entry (?P<j>\d+)", _stack_message,
+         ("RuntimeError",)),
+    # with worker processes default_collate stacks into shared memory and fails earlier, with this message
+    Rule("variable-size-samples", r"Trying to resize storage that is not resizable",
+         _fixed("default_collate in a worker cannot stack samples of different shapes into one batch."),
+         ("RuntimeError",)),
+    Rule("variable-size-samples", r"each element in list of batch should be of equal size",
+         _fixed("default_collate got samples whose lists have different lengths."), ("RuntimeError",)),
+    Rule("batchnorm-single-sample-batch", rf"Expected more than 1 value per channel when training, got input size "
+                                          rf"(?P<size>{_SIZE})",
+         lambda m: f"BatchNorm in training mode got a batch of one sample ({m['size']}).", ("ValueError",)),
+    Rule("negative-strides", r"stride in the given numpy array is negative|negative strides? (?:is|are) not "
+                             r"(?:currently )?supported",
+         _fixed("A numpy array with negative strides (a [::-1] flip) reached torch: copy it first."),
+         ("ValueError", "RuntimeError")),
+    Rule("worker-failed", r"DataLoader worker \(pid\(s\) (?P<pids>[\d, ]+)\) exited unexpectedly", _worker_pids,
+         ("RuntimeError",)),
+    Rule("worker-failed", r"DataLoader worker \(pid (?P<pids>\d+)\) is killed by signal: (?P<signal>[^.]+)",
+         _worker_pids, ("RuntimeError",)),
+    Rule("worker-failed", r"Cannot re-initialize CUDA in forked subprocess",
+         _fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."),
+         ("RuntimeError",)),
+    Rule("worker-failed", r"insufficient shared memory|unable to write to file </torch_|unable to allocate shared "
+                          r"memory",
+         _fixed("DataLoader workers ran out of shared memory (/dev/shm)."), ()),
+)
+
+
+# --- matching -----------------------------------------------------------------------------------------
+
+_QUOTES = str.maketrans({"‘": "'", "’": "'", "‚": "'", "‛": "'", "“": '"', "”": '"', "„": '"', "‟": '"'})
+_WORKER_HEADER = re.compile(r"Caught \w+ in DataLoader worker process \d+\.?")
+_TRACEBACK_HEADER = "Original Traceback (most recent call last):"
+_EXCEPTION_LINE = re.compile(r"^(?P<type>[A-Za-z_][\w.]*): ?(?P<message>.*)$")
+_TYPED_TEXT = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt|Exit|Warning)): (?P<message>.*)",
+                         re.DOTALL)
+
+
+def normalize_message(text: str) -> str:
+    """NFKC, curly quotes made straight, whitespace runs collapsed to one space: what the patterns see."""
+    return " ".join(unicodedata.normalize("NFKC", text).translate(_QUOTES).split())
+
+
+def match_exception(exc: BaseException | str) -> Explanation | None:
+    """The first rule that explains ``exc`` (an exception, or its text such as ``"IndexError: Target 5 ..."``)."""
+    type_names, exc_type, raw = _type_and_text(exc)
+    worker_type, raw = _unwrap_worker(raw)
+    if worker_type is not None:  # a worker's exception arrives re-raised in its own type; the text names it
+        exc_type = worker_type
+        type_names = type_names or _builtin_mro(worker_type)
+    text = normalize_message(raw)
+    for rule in RULES:
+        if rule.exception_types and type_names and not set(rule.exception_types) & set(type_names):
+            continue
+        found = rule.match(text)
+        if found is not None:
+            return Explanation(rule, rule.message(found), exc_type, text)
+    return None
+
+
+def explain_exception(exc: BaseException | str) -> Finding | None:
+    """The finding that explains ``exc``, or None when no rule knows its message."""
+    explanation = match_exception(exc)
+    return explanation.finding() if explanation is not None else None
+
+
+def _type_and_text(exc: BaseException | str) -> tuple[tuple[str, ...], str | None, str]:
+    if isinstance(exc, BaseException):
+        names = tuple(cls.__name__ for cls in type(exc).__mro__)
+        # KeyError's str() is the repr of its argument; its argument is the message
+        raw = exc.args[0] if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str) \
+            else str(exc)
+        return names, type(exc).__name__, raw
+    typed = _TYPED_TEXT.match(exc.strip())
+    if typed is None:
+        return (), None, exc
+    name = typed["type"].rsplit(".", 1)[-1]
+    return _builtin_mro(name), name, typed["message"]
+
+
+def _builtin_mro(name: str) -> tuple[str, ...]:
+    """MRO names of a builtin exception type; () for others (torch.AcceleratorError...): then any rule may apply."""
+    cls = getattr(builtins, name, None)
+    if isinstance(cls, type) and issubclass(cls, BaseException):
+        return tuple(c.__name__ for c in cls.__mro__)
+    return ()
+
+
+def _unwrap_worker(raw: str) -> tuple[str | None, str]:
+    """``Caught X in DataLoader worker process 0. Original Traceback ... X: msg`` → ``("X", "msg")``."""
+    if _TRACEBACK_HEADER not in raw or not _WORKER_HEADER.search(raw):
+        return None, raw
+    lines = raw.split(_TRACEBACK_HEADER, 1)[1].splitlines()
+    last_frame = max((i for i, line in enumerate(lines) if line.lstrip().startswith('File "')), default=-1)
+    for index in range(last_frame + 1, len(lines)):
+        found = _EXCEPTION_LINE.match(lines[index])
+        if found and not lines[index].startswith((" ", "\t")):
+            return found["type"].rsplit(".", 1)[-1], "\n".join([found["message"], *lines[index + 1:]])
+    return None, raw

@@ -1,0 +1,149 @@
+"""Judgements of a nan-hunt run: recorded facts in, findings out (pure, no torch)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from torchdoctor.codes import make_finding
+from torchdoctor.nan.records import NonFinite
+from torchdoctor.report import Finding, Severity
+
+PHASE_IDS = {
+    "input": "nonfinite-input",
+    "forward": "nonfinite-forward",
+    "loss": "nonfinite-loss",
+    "backward": "nonfinite-backward",
+    "optimizer": "nonfinite-optimizer",
+}
+# Divergence: the magnitudes just before the bad step rose at least this many times in a row, by this much.
+MIN_INCREASES = 2
+MIN_GROWTH = 10.0
+# GradScaler halves its scale on every skip; this many skips in a row is no longer calibration.
+STUCK_SKIPS = 20
+_DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
+
+Point = tuple[int, float]
+
+
+@dataclass(frozen=True)
+class HuntFacts:
+    """What a run recorded, as plain values."""
+
+    first: NonFinite | None
+    steps: int
+    stopped: str | None = None
+    later_nonfinite_steps: int = 0
+    losses: Sequence[Point] = ()
+    grad_norms: Sequence[Point] = ()
+    amp_steps: int = 0
+    amp_skipped: int = 0
+    amp_trailing_skips: int = 0
+    no_grad_first: NonFinite | None = None
+    no_grad_count: int = 0
+    models: Sequence[str] = field(default_factory=tuple)
+
+
+def check_hunt(facts: HuntFacts) -> list[Finding]:
+    """Every finding of a run: the first non-finite value and what explains it, logging NaNs, AMP skips."""
+    findings = []
+    if facts.first is not None:
+        findings.append(check_first(facts.first))
+        findings.extend(f for f in (check_overflow(facts.first), check_divergence(facts)) if f is not None)
+    if facts.no_grad_first is not None:
+        findings.append(check_first(facts.no_grad_first, count=facts.no_grad_count))
+    amp = check_amp(facts.amp_steps, facts.amp_skipped, facts.amp_trailing_skips)
+    return findings + ([amp] if amp is not None else [])
+
+
+def check_first(event: NonFinite, count: int = 1) -> Finding:
+    """The phase finding; only a warning when the forward ran under no_grad (evaluation, logging)."""
+    message = describe(event)
+    if event.no_grad:
+        message += f" It ran under no_grad ({count} time(s)), so training was not affected."
+    return make_finding(
+        PHASE_IDS[event.phase], message, severity=Severity.WARNING if event.no_grad else None,
+        location=location(event), details=event.to_dict(),
+    )
+
+
+def describe(event: NonFinite) -> str:
+    """One sentence naming kind, step, phase, op, module, param and line."""
+    what = "NaN" if event.kind == "nan" else "inf"
+    op = event.op or "an unidentified op"
+    module = f" in module '{event.module}'" if event.module else ""
+    at = f" at {location(event)}" if event.source else ""
+    dtype = f" ({event.dtype})" if event.dtype else ""
+    if event.phase == "input":
+        sample = f" (data-set sample {event.sample_index})" if event.sample_index is not None else ""
+        text = f"The batch at step {event.step} already held {what}{sample} before the model saw it{at}."
+    elif event.phase == "optimizer":
+        text = (f"Parameter '{event.param}' turned {what} in {op} at step {event.step}{at}, "
+                f"although its gradient was finite.")
+    elif event.phase == "backward":
+        param = f", reaching the gradient of '{event.param}'" if event.param else ""
+        text = f"A gradient first turned {what}{dtype} at step {event.step} in the backward of {op}{module}{at}{param}."
+    else:
+        text = f"{what}{dtype} first produced at step {event.step} in the {event.phase} by {op}{module}{at}."
+    return text + (f" Note: {event.note}." if event.note else "")
+
+
+def location(event: NonFinite) -> str | None:
+    return f"{event.source['file']}:{event.source['line']}" if event.source else None
+
+
+def check_overflow(event: NonFinite) -> Finding | None:
+    """An inf in float16/bfloat16 whose float32 value exceeded the dtype's range."""
+    if not event.overflow:
+        return None
+    limit = _DTYPE_MAX.get(event.dtype or "", float("nan"))
+    message = (f"{event.op} overflowed {event.dtype} (largest finite value {limit:g}) at step {event.step}"
+               + (f" in module '{event.module}'" if event.module else "") + ".")
+    details = {"dtype": event.dtype, "max": limit, "op": event.op, "module": event.module, "step": event.step}
+    return make_finding("low-precision-overflow", message, location=location(event), details=details)
+
+
+def check_divergence(facts: HuntFacts) -> Finding | None:
+    """Loss or grad norm grew geometrically in the steps up to the first non-finite one."""
+    assert facts.first is not None
+    runs = {name: geometric_run(points, facts.first.step)
+            for name, points in (("loss", facts.losses), ("grad_norm", facts.grad_norms))}
+    grown = {name: run for name, run in runs.items() if run is not None}
+    if not grown:
+        return None
+    name, run = next(iter(grown.items()))
+    message = (f"The {name.replace('_', ' ')} grew {run[-1][1] / max(run[0][1], 1e-30):.3g}x over steps "
+               f"{run[0][0]}-{run[-1][0]} before the first non-finite value at step {facts.first.step}: "
+               "the run diverged.")
+    details = {"trajectory": {n: [{"step": s, "value": v} for s, v in r] for n, r in grown.items()},
+               "first_nonfinite_step": facts.first.step}
+    return make_finding("divergence", message, details=details)
+
+
+def geometric_run(points: Sequence[Point], until: int) -> list[Point] | None:
+    """The trailing run of rising magnitudes up to step ``until``, if long and steep enough to be divergence."""
+    values = [(step, abs(v)) for step, v in points if step <= until and math.isfinite(v)]
+    run = values[-1:]
+    for step, value in reversed(values[:-1]):
+        if value >= run[0][1]:
+            break
+        run.insert(0, (step, value))
+    if len(run) > MIN_INCREASES and run[-1][1] >= MIN_GROWTH * max(run[0][1], 1e-30):
+        return run
+    return None
+
+
+def check_amp(steps: int, skipped: int, trailing: int) -> Finding | None:
+    """GradScaler skips: info while calibrating, error when every step was skipped."""
+    if not skipped:
+        return None
+    if skipped == steps:
+        severity, tail = Severity.ERROR, " Every step was skipped: nothing trained."
+    elif trailing >= STUCK_SKIPS:
+        severity, tail = Severity.WARNING, f" The last {trailing} steps in a row were skipped."
+    else:
+        severity, tail = Severity.INFO, " A few skips while the scale calibrates are normal."
+    message = f"GradScaler skipped {skipped} of {steps} optimizer steps (inf/NaN gradients).{tail}"
+    details = {"skipped_steps": skipped, "steps": steps, "trailing_skips": trailing}
+    return make_finding("amp-skipped-steps", message, severity=severity, details=details)
