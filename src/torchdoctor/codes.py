@@ -350,7 +350,8 @@ _SPECS = (
     _spec(
         "input-dtype-mismatch", "TD504", "error",
         "Input dtype differs from the model's weights (e.g. float64 from numpy vs float32 weights).",
-        "The first layer raises 'expected ... Double but found Float' / 'Input type and weight type should be the same'.",
+        "The first layer raises 'mat1 and mat2 must have the same dtype' / 'Input type and weight type should be "
+        "the same'.",
         "Convert in the Dataset: torch.from_numpy(x.astype(np.float32)) or x.float().",
     ),
     _spec(

@@ -4,10 +4,10 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from fixtures import ckpt_builders as build
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures import ckpt_builders as build
 from torchdoctor.ckpt.diff import diff_checkpoints
 from torchdoctor.ckpt.inspect import inspect_checkpoint
 from torchdoctor.errors import InputError
