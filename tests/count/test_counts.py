@@ -4,6 +4,7 @@ import pytest
 import torch
 from fixtures import count_models as models
 from torch import nn
+from torch.utils.flop_counter import register_flop_formula
 
 import torchdoctor
 import torchdoctor.count
@@ -177,3 +178,33 @@ def test_cuda_attention_kernels_count_the_same():
     for model in (models.HandAttention(), models.SdpaAttention(), models.MhaBlock()):
         assert macs_of(model.cuda(), x) == attention_macs(B, L, E)
     assert macs_of(models.EncoderStack().cuda(), x) == 2 * (attention_macs(B, L, E) + B * 2 * L * E * 64)
+
+
+@torch.library.custom_op("torchdoctor_test::costly", mutates_args=())
+def costly(x: torch.Tensor) -> torch.Tensor:
+    return x.clone()
+
+
+@costly.register_fake
+def _(x):
+    return torch.empty_like(x)
+
+
+@register_flop_formula(torch.ops.torchdoctor_test.costly)
+def _costly_flops(x_shape, out_shape=None, **kwargs) -> int:
+    return 10 * x_shape[0]
+
+
+def test_formulas_registered_with_pytorch_count_as_flops_not_macs():
+    class UsesCostly(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 4, bias=False)
+
+        def forward(self, x):
+            return costly(self.fc(x))
+
+    report = count(UsesCostly(), torch.randn(3, 4))
+    assert report.result["macs"] == 3 * 16 and report.result["flops"] == 2 * 3 * 16 + 30
+    assert {"op": "torchdoctor_test.costly", "calls": 1, "macs": 0, "flops": 30} in report.result["by_op"]
+    assert not [row for row in report.result["uncounted_ops"] if row["kind"] == "unknown"]

@@ -22,12 +22,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+# in the order people meet their problems: machine, checkpoints, NaNs, data, compute, errors
 app.command("env")(env_command)
-app.command("explain")(explain_command)
-app.command("data")(data_command)
-app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
 app.add_typer(ckpt_app, name="ckpt")
+app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
+app.command("data")(data_command)
 app.command("count")(count_command)
+app.command("explain")(explain_command)
 
 
 def _version(value: bool) -> None:
