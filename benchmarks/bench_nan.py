@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "fixtures" / "nan_scripts" / "transformer_bench.py"
-ANOMALY = ("import runpy, sys, torch; torch.autograd.set_detect_anomaly(True); sys.argv = sys.argv[1:]; "
-           "runpy.run_path(sys.argv[0], run_name='__main__')")
+ANOMALY = (
+    "import runpy, sys, torch; torch.autograd.set_detect_anomaly(True); sys.argv = sys.argv[1:]; "
+    "runpy.run_path(sys.argv[0], run_name='__main__')"
+)
 COMMANDS = {
     "plain": [sys.executable, str(SCRIPT)],
     "nan-hunt": [sys.executable, "-m", "torchdoctor", "nan-hunt", str(SCRIPT), "--"],
@@ -91,15 +93,19 @@ def overhead(runs: int) -> None:
             samples[name].append(timed(command))
     for name, values in samples.items():
         walls = [wall for wall, _, _ in values]
-        print(f"{name:<9} process wall median {statistics.median(walls):.2f} s (min {min(walls):.2f}, "
-              f"max {max(walls):.2f}); CPU {statistics.median(v[1] for v in values):.2f} s; "
-              f"training loop {statistics.median(v[2] for v in values):.3f} s")
+        print(
+            f"{name:<9} process wall median {statistics.median(walls):.2f} s (min {min(walls):.2f}, "
+            f"max {max(walls):.2f}); CPU {statistics.median(v[1] for v in values):.2f} s; "
+            f"training loop {statistics.median(v[2] for v in values):.3f} s"
+        )
     for index, label in enumerate(("process wall", "process CPU", "training loop")):
         plain, hunt, anomaly = ([v[index] for v in samples[name]] for name in COMMANDS)
         ratio = statistics.median(h / p for p, h in zip(plain, hunt, strict=True))
         share = statistics.median((h - p) / (a - p) for p, h, a in zip(plain, hunt, anomaly, strict=True))
-        print(f"{label:<14} nan-hunt/plain {ratio:.2f}x (goal <= 1.3); "
-              f"(nan-hunt - plain)/(anomaly - plain) {share:.2f} (goal <= 0.5)")
+        print(
+            f"{label:<14} nan-hunt/plain {ratio:.2f}x (goal <= 1.3); "
+            f"(nan-hunt - plain)/(anomaly - plain) {share:.2f} (goal <= 0.5)"
+        )
 
 
 def localisation(runs: int) -> None:
@@ -107,8 +113,19 @@ def localisation(runs: int) -> None:
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as folder:
             report_file = Path(folder) / "report.json"
-            command = [sys.executable, "-m", "torchdoctor", "nan-hunt", str(SCRIPT), "--report", str(report_file),
-                       "--", "--nan-at", str(NAN_AT), "--timestamps"]
+            command = [
+                sys.executable,
+                "-m",
+                "torchdoctor",
+                "nan-hunt",
+                str(SCRIPT),
+                "--report",
+                str(report_file),
+                "--",
+                "--nan-at",
+                str(NAN_AT),
+                "--timestamps",
+            ]
             done = subprocess.run(command, capture_output=True, text=True, check=False, env=CHILD_ENV)
             report = json.loads(report_file.read_text())
             written = os.stat(report_file).st_mtime_ns / 1e9
@@ -119,10 +136,14 @@ def localisation(runs: int) -> None:
         delays.append(written - stamps[NAN_AT])
         steps.append(step_time(stamps, NAN_AT))
         ratios.append(delays[-1] / steps[-1])
-    print(f"localisation: NaN injected at step {NAN_AT}, named as {first.get('phase')} {first.get('op')} "
-          f"in {first.get('module')!r} at line {(first.get('source') or {}).get('line')}")
-    print(f"  start of step {NAN_AT} -> report written: median {statistics.median(delays) * 1000:.0f} ms; "
-          f"one step under nan-hunt: median {statistics.median(steps) * 1000:.1f} ms")
+    print(
+        f"localisation: NaN injected at step {NAN_AT}, named as {first.get('phase')} {first.get('op')} "
+        f"in {first.get('module')!r} at line {(first.get('source') or {}).get('line')}"
+    )
+    print(
+        f"  start of step {NAN_AT} -> report written: median {statistics.median(delays) * 1000:.0f} ms; "
+        f"one step under nan-hunt: median {statistics.median(steps) * 1000:.1f} ms"
+    )
     print(f"  localisation / one step: {statistics.median(ratios):.1f}x  (goal <= 10x)")
 
 

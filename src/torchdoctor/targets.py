@@ -18,6 +18,7 @@ from types import ModuleType
 from typing import Any
 
 from torchdoctor.errors import TargetError, UserCodeError
+from torchdoctor.paths import display_path
 
 __all__ = ["resolve_target", "split_target_spec"]
 
@@ -225,7 +226,7 @@ def _user_code_error(exc: BaseException, user_file: str | None, label: str) -> U
 
 def _syntax_location(exc: BaseException) -> str | None:
     if isinstance(exc, SyntaxError) and exc.filename and exc.lineno and not exc.filename.startswith("<"):
-        return f"{_display(exc.filename)}:{exc.lineno}"
+        return f"{display_path(exc.filename)}:{exc.lineno}"
     return None
 
 
@@ -239,7 +240,7 @@ def _frame_location(exc: BaseException, user_file: str | None) -> str | None:
     )
     for tier in tiers:
         if tier:
-            return f"{_display(tier[-1].filename)}:{tier[-1].lineno}"
+            return f"{display_path(tier[-1].filename)}:{tier[-1].lineno}"
     return None
 
 
@@ -253,10 +254,3 @@ def _is_stdlib(filename: str) -> bool:
     path = os.path.abspath(filename)
     return path.startswith(_STDLIB_DIRS) and not _THIRD_PARTY.search(path)
 
-
-def _display(filename: str) -> str:
-    """Relative to the current folder when inside it (what the user typed), else absolute."""
-    try:
-        return str(Path(filename).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return filename

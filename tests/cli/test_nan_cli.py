@@ -34,8 +34,9 @@ def marker_line(name: str, marker: str = PRODUCER) -> int:
 
 def nan_hunt(*args: str, cwd: Path = SCRIPTS) -> subprocess.CompletedProcess:
     """``python -m torchdoctor nan-hunt ARGS`` as a real process, run from the scripts' folder."""
-    return subprocess.run([sys.executable, "-m", "torchdoctor", "nan-hunt", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "torchdoctor", "nan-hunt", *args], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
 
 
 @pytest.fixture()
@@ -125,12 +126,26 @@ def test_steps_must_be_positive(cli, in_scripts_dir):
 
 @pytest.mark.slow
 def test_report_file_leaves_stdout_byte_identical_to_plain_python(tmp_path, validate_report):
-    plain = subprocess.run([sys.executable, "healthy_argparse.py", *HEALTHY_ARGS], capture_output=True,
-                           cwd=SCRIPTS, timeout=120)
+    plain = subprocess.run(
+        [sys.executable, "healthy_argparse.py", *HEALTHY_ARGS], capture_output=True, cwd=SCRIPTS, timeout=120
+    )
     report_file = tmp_path / "report.json"
-    hunted = subprocess.run([sys.executable, "-m", "torchdoctor", "nan-hunt", "healthy_argparse.py",
-                             "--report", str(report_file), "--", *HEALTHY_ARGS],
-                            capture_output=True, cwd=SCRIPTS, timeout=120)
+    hunted = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchdoctor",
+            "nan-hunt",
+            "healthy_argparse.py",
+            "--report",
+            str(report_file),
+            "--",
+            *HEALTHY_ARGS,
+        ],
+        capture_output=True,
+        cwd=SCRIPTS,
+        timeout=120,
+    )
     assert plain.returncode == 0 and hunted.returncode == 0, hunted.stderr
     assert hunted.stdout == plain.stdout
     assert hunted.stdout.decode().splitlines()[0] == ARGV_LINE

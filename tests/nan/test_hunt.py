@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
 from torchdoctor.nan.hunt import HuntStopped, NanHunt, nan_hunt
+from torchdoctor.paths import display_path
 
 THIS_FILE = __file__
 
@@ -30,7 +32,7 @@ def ids(hunt: NanHunt) -> list[str]:
 
 
 def assert_source(event: dict, marker: str) -> None:
-    assert event["source"]["file"] == THIS_FILE
+    assert Path(event["source"]["file"]).resolve() == Path(THIS_FILE).resolve()
     assert event["source"]["line"] == line_of(marker)
     assert marker in event["source"]["code"]
 
@@ -59,7 +61,7 @@ def test_log_of_underflowed_softmax_is_a_loss_producer():
     assert_source(event, "loss-log")
     assert ids(hunt) == ["nonfinite-loss"]
     assert hunt.report.result["stopped"] == "first-nonfinite"
-    assert hunt.report.findings[0].location == f"{THIS_FILE}:{line_of('loss-log')}"
+    assert hunt.report.findings[0].location == f"{display_path(THIS_FILE)}:{line_of('loss-log')}"
 
 
 class LogLoss(nn.Module):

@@ -78,8 +78,12 @@ def test_healthy_script_completes_without_errors_and_sees_its_argv(in_scripts_di
     report = run_script("healthy_argparse.py", ["--lr", "0.1", "--epochs", "2"])
     assert errors(report) == [] and report.exit_code() == 0
     assert report.result["first_nonfinite"] is None
-    assert report.result["script"] == {"path": "healthy_argparse.py", "ended": "completed", "exit_code": 0,
-                                       "argv": ["healthy_argparse.py", "--lr", "0.1", "--epochs", "2"]}
+    assert report.result["script"] == {
+        "path": "healthy_argparse.py",
+        "ended": "completed",
+        "exit_code": 0,
+        "argv": ["healthy_argparse.py", "--lr", "0.1", "--epochs", "2"],
+    }
     assert report.result["steps"] == 8  # 2 epochs x 4 batches
     out = capsys.readouterr().out
     assert out.splitlines()[0] == "argv: ['healthy_argparse.py', '--lr', '0.1', '--epochs', '2']"
@@ -116,12 +120,15 @@ def test_nonzero_exit_code_is_a_finding(in_scripts_dir, capsys):
     assert report.result["script"]["exit_code"] == 3 and report.exit_code() == 1
 
 
-@pytest.mark.parametrize(("body", "findings", "exit_code"), [
-    ("import sys\nsys.exit(0)\n", [], 0),
-    ("import sys\nsys.exit()\n", [], 0),
-    ("import sys\nsys.exit('fatal: no data')\n", ["script-exit-code"], 1),
-    ("raise KeyError('lr')\n", ["script-failed"], 1),
-])
+@pytest.mark.parametrize(
+    ("body", "findings", "exit_code"),
+    [
+        ("import sys\nsys.exit(0)\n", [], 0),
+        ("import sys\nsys.exit()\n", [], 0),
+        ("import sys\nsys.exit('fatal: no data')\n", ["script-exit-code"], 1),
+        ("raise KeyError('lr')\n", ["script-failed"], 1),
+    ],
+)
 def test_endings(tmp_path, body, findings, exit_code):
     script = tmp_path / "train.py"
     script.write_text(body)
@@ -164,8 +171,12 @@ def test_leaves_no_hook_behind(in_scripts_dir, capsys):
     from torch.nn.modules import module
     from torch.optim import optimizer
 
-    hooks = (module._global_forward_pre_hooks, module._global_forward_hooks,
-             optimizer._global_optimizer_pre_hooks, optimizer._global_optimizer_post_hooks)
+    hooks = (
+        module._global_forward_pre_hooks,
+        module._global_forward_hooks,
+        optimizer._global_optimizer_pre_hooks,
+        optimizer._global_optimizer_post_hooks,
+    )
     before = [len(h) for h in hooks]
     run_script("norm_no_eps.py")
     run_script("healthy_argparse.py", ["--epochs", "1"])

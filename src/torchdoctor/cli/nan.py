@@ -23,13 +23,17 @@ StepsOpt = Annotated[
     typer.Option("--steps", min=1, help="Stop cleanly after N optimizer steps (not a failure)."),
 ]
 KeepGoingOpt = Annotated[
-    bool, typer.Option("--keep-going", help="Do not stop at the first non-finite value; record and run on."),
+    bool,
+    typer.Option("--keep-going", help="Do not stop at the first non-finite value; record and run on."),
 ]
 NoInfOpt = Annotated[bool, typer.Option("--no-inf", help="Hunt NaN only; let inf values pass.")]
 ReportOpt = Annotated[
     Optional[Path],  # noqa: UP045
-    typer.Option("--report", metavar="FILE",
-                 help="Write the JSON report to FILE; the summary goes to stderr, so stdout is the script's alone."),
+    typer.Option(
+        "--report",
+        metavar="FILE",
+        help="Write the JSON report to FILE; the summary goes to stderr, so stdout is the script's alone.",
+    ),
 ]
 
 
@@ -50,8 +54,9 @@ def nan_hunt_command(
     with exit_on_tool_errors(debug):
         if report is not None:
             report = check_report_path(report)  # absolute now: the script may change the working folder
-        result = run_script(script, list(ctx.args), steps=steps, keep_going=keep_going, check_inf=not no_inf,
-                            stdout_to_stderr=json)
+        result = run_script(
+            script, list(ctx.args), steps=steps, keep_going=keep_going, check_inf=not no_inf, stdout_to_stderr=json
+        )
         if report is not None:
             write_report(result, report)
     if report is not None and not json:

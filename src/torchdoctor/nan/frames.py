@@ -7,6 +7,8 @@ import sys
 from types import FrameType
 from typing import Any
 
+from torchdoctor.paths import display_path
+
 # One definition of "library code" for every command: step.py's, which skips torch, torchdoctor,
 # the standard library and <frozen>/<string> pseudo-files but keeps third-party site-packages.
 from torchdoctor.step import _is_library_file
@@ -30,7 +32,7 @@ def describe_site(site: Site | None) -> dict[str, Any] | None:
     if site is None:
         return None
     filename, line = site
-    return {"file": filename, "line": line, "code": linecache.getline(filename, line).strip()}
+    return {"file": display_path(filename), "line": line, "code": linecache.getline(filename, line).strip()}
 
 
 def user_source() -> dict[str, Any] | None:

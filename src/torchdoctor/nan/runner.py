@@ -24,6 +24,7 @@ from typing import Any
 
 from torchdoctor.codes import make_finding
 from torchdoctor.errors import InputError, UserCodeError
+from torchdoctor.paths import display_path
 from torchdoctor.report import Finding, Report
 
 __all__ = ["Ending", "check_report_path", "run_script", "write_report"]
@@ -101,10 +102,10 @@ def _compile_script(path: Path, script: str) -> types.CodeType:
     try:
         return compile(source, str(path), "exec", dont_inherit=True)
     except SyntaxError as exc:
-        where = f"{_display(exc.filename or str(path))}:{exc.lineno}" if exc.lineno else _display(str(path))
+        where = f"{display_path(exc.filename or str(path))}:{exc.lineno}" if exc.lineno else display_path(str(path))
         raise UserCodeError(f"{where}: {type(exc).__name__}: {exc.msg}") from exc
     except ValueError as exc:  # e.g. "source code string cannot contain null bytes"
-        raise UserCodeError(f"{_display(str(path))}: {type(exc).__name__}: {exc}") from exc
+        raise UserCodeError(f"{display_path(str(path))}: {type(exc).__name__}: {exc}") from exc
 
 
 @contextlib.contextmanager
@@ -207,8 +208,12 @@ def _headline(exc: BaseException) -> str:
 
 
 def _script_facts(script: str, args: Sequence[str], outcome: ScriptOutcome) -> dict[str, Any]:
-    facts = {"path": script, "argv": [script, *args], "ended": outcome.ending.value,
-             "exit_code": _python_exit_code(outcome)}
+    facts = {
+        "path": script,
+        "argv": [script, *args],
+        "ended": outcome.ending.value,
+        "exit_code": _python_exit_code(outcome),
+    }
     return {"script": facts, "interrupted": outcome.ending is Ending.INTERRUPTED}
 
 
@@ -258,19 +263,12 @@ def _is_under(filename: str, root: str) -> bool:
 
 
 def _frame_location(frame: traceback.FrameSummary) -> str:
-    return f"{_display(frame.filename)}:{frame.lineno}"
+    return f"{display_path(frame.filename)}:{frame.lineno}"
 
 
 def _frame_dict(frame: traceback.FrameSummary) -> dict[str, Any]:
-    return {"file": _display(frame.filename), "line": frame.lineno, "function": frame.name, "code": frame.line}
+    return {"file": display_path(frame.filename), "line": frame.lineno, "function": frame.name, "code": frame.line}
 
-
-def _display(filename: str) -> str:
-    """Relative to the current folder when inside it (what the user typed), else absolute."""
-    try:
-        return str(Path(filename).resolve().relative_to(Path.cwd().resolve()))
-    except (ValueError, OSError):
-        return filename
 
 
 # --- writing the report --------------------------------------------------------------------------------
