@@ -441,6 +441,77 @@ _SPECS = (
         "Fix in_features / in_channels of the named layer (or use nn.LazyLinear / AdaptiveAvgPool2d), or feed "
         "the input shape the model was built for.",
     ),
+    _spec(
+        "zip-format-on-old-torch", "TD603", "error",
+        "A zip-format checkpoint (torch >= 1.6) met an older torch, or a TorchScript archive met torch.load.",
+        "torch < 1.6 cannot read the zip format; torch.load cannot read TorchScript archives.",
+        "Re-save with torch.save(obj, path, _use_new_zipfile_serialization=False) on the new torch, or use "
+        "torch.jit.load for TorchScript.",
+    ),
+    _spec(
+        "numpy-requires-grad", "TD604", "error",
+        "numpy() was called on a tensor that requires grad.",
+        "NumPy cannot hold the autograd graph, so PyTorch refuses the conversion.",
+        "tensor.detach().cpu().numpy()  (or .item() for a scalar)",
+    ),
+    _spec(
+        "deepcopy-non-leaf", "TD605", "error",
+        "copy.deepcopy met a non-leaf tensor (one with a grad_fn), e.g. a cached activation or weight_norm.",
+        "Only graph leaves support deepcopy; copying the model or a tensor fails.",
+        "Copy with tensor.detach().clone(); for models, copy via state_dict() / load_state_dict().",
+    ),
+    _spec(
+        "non-leaf-optimized", "TD606", "error",
+        "A non-leaf tensor (the result of an op, e.g. w.cuda() or w * 2) was given to an optimizer.",
+        "Optimizers can only update leaf tensors; its .grad is never populated.",
+        "Create the tensor on the device directly (torch.randn(..., device=d, requires_grad=True)) or use "
+        "nn.Parameter.",
+    ),
+    _spec(
+        "inplace-modification", "TD607", "error",
+        "A tensor needed for the backward pass was modified in place.",
+        "Autograd saved it for the gradient; the in-place op changed its version, so backward cannot run.",
+        "Replace the in-place op (x += y, relu_(), x[...] = ...) with its out-of-place form; rerun with "
+        "torch.autograd.set_detect_anomaly(True) to see which op.",
+    ),
+    _spec(
+        "backward-twice", "TD608", "error",
+        "backward was run a second time through a graph whose saved tensors were already freed.",
+        "Typical with a hidden state carried across batches or a loss summed over iterations.",
+        "Detach carried state (h = h.detach()) each step; use retain_graph=True only if you truly need two passes.",
+    ),
+    _spec(
+        "cat-zero-dim", "TD609", "error",
+        "torch.cat got zero-dimensional tensors (scalars), which have no dimension to concatenate.",
+        "Collecting losses or metrics with cat fails.",
+        "torch.stack(list_of_scalars), or t.unsqueeze(0) before cat.",
+    ),
+    _spec(
+        "cuda-fork-init", "TD610", "error",
+        "CUDA was initialised before a forked subprocess (a DataLoader worker) tried to use it.",
+        "A forked child cannot use the parent's CUDA context: workers crash.",
+        "Do not touch CUDA before starting workers, or use multiprocessing_context='spawn'.",
+    ),
+    _spec(
+        "cuda-out-of-memory", "TD611", "error",
+        "The GPU ran out of memory.",
+        "The batch, the model or leaked tensors (kept graphs, growing lists) do not fit.",
+        "Lower the batch size, use autocast/bf16, gradient checkpointing, or free leaked references; see "
+        "torch.cuda.memory_summary().",
+    ),
+    _spec(
+        "budget-exceeded", "TD612", "error",
+        "A budget configured for `torchdoctor check` (max-params, max-macs) was exceeded.",
+        "The model grew past what the project agreed to ship or to fit on its hardware.",
+        "Shrink the model, or raise the budget in [tool.torchdoctor] deliberately.",
+    ),
+    _spec(
+        "ddp-unused-parameters", "TD701", "error",
+        "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
+        "DDP's reducer waits for gradients that never come and raises at the next iteration.",
+        "Find the unused parameters (TORCH_DISTRIBUTED_DEBUG=DETAIL names them) and remove them, or pass "
+        "find_unused_parameters=True to DistributedDataParallel.",
+    ),
 )
 
 REGISTRY: Mapping[str, FindingSpec] = {spec.id: spec for spec in _SPECS}
