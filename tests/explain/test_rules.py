@@ -72,9 +72,11 @@ def test_a_device_mismatch_is_not_a_dtype_mismatch():
     assert explain_exception(double).id == "input-dtype-mismatch"
 
 
-def test_channel_mismatch_that_is_not_channels_last_is_left_alone():
+def test_channel_mismatch_that_is_not_channels_last_is_a_layer_shape_mismatch():
     exc = raised(lambda: nn.Conv2d(3, 4, 3)(torch.randn(2, 1, 32, 32)))  # grayscale into an RGB model
-    assert explain_exception(exc) is None
+    assert explain_exception(exc).id == "layer-shape-mismatch"
+    # the data probe leaves model-side errors to its own training-step-failed finding
+    assert match_exception(exc) is None and match_exception(exc, model_errors=True).id == "layer-shape-mismatch"
 
 
 def test_cuda_device_side_assert_from_a_recorded_message():
@@ -147,11 +149,14 @@ def test_dead_worker_is_worker_failed():
 def test_recorded_worker_messages():
     # Recorded from torch's own source (torch/utils/data/dataloader.py and _utils/signal_handling.py): the
     # signal handler's wording, and the message a CUDA call in a forked worker raises.
+    # a bus error in a worker is /dev/shm running out (pitfalls A7), more precise than "a worker died"
     assert explain_exception("RuntimeError: DataLoader worker (pid 4242) is killed by signal: Bus error. ").id \
+        == "shm-too-small"
+    assert explain_exception("RuntimeError: DataLoader worker (pid 4242) is killed by signal: Killed. ").id \
         == "worker-failed"
     cuda = ("RuntimeError: Cannot re-initialize CUDA in forked subprocess. To use CUDA with multiprocessing, you "
             "must use the 'spawn' start method")
-    assert explain_exception(cuda).id == "worker-failed"
+    assert explain_exception(cuda).id == "cuda-fork-init"
 
 
 def test_normalisation_handles_curly_quotes_nfkc_and_wrapped_lines():

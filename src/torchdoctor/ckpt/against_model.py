@@ -8,6 +8,7 @@ from typing import Any
 
 from torchdoctor.ckpt.reader import CheckpointReading
 from torchdoctor.codes import make_finding
+from torchdoctor.explain.rules import match_exception
 from torchdoctor.report import Finding
 
 
@@ -109,9 +110,11 @@ def _training_step(model: Any, input_shapes: Sequence[Sequence[int]] | None) -> 
         return [], facts
     failure = outcome.failure
     where = f" at {failure.user_frame['file']}:{failure.user_frame['line']}" if failure.user_frame else ""
+    explained = match_exception(failure.exception or f"{failure.exc_type}: {failure.message}", model_errors=True)
+    extra = {"explained_by": explained.id} if explained else {}
     return [make_finding(
         "training-step-failed",
         f"With the checkpoint's weights, a training step failed in {failure.phase}{where}: "
-        f"{failure.exc_type}: {failure.headline}",
-        details=failure.to_dict(),
+        f"{failure.exc_type}: {failure.headline}" + (f". {explained.sentence}" if explained else ""),
+        details={**failure.to_dict(), **extra},
     )], facts

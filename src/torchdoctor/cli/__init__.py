@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from torchdoctor import __version__
+from torchdoctor.cli.check import check_command
 from torchdoctor.cli.ckpt import app as ckpt_app
 from torchdoctor.cli.count import count_command
 from torchdoctor.cli.data import data_command
@@ -29,6 +30,7 @@ app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
 app.command("data")(data_command)
 app.command("count")(count_command)
 app.command("explain")(explain_command)
+app.command("check")(check_command)
 
 
 def _version(value: bool) -> None:

@@ -1,38 +1,61 @@
-"""``torchdoctor explain ID``: print the registry entry of a finding id."""
+"""``torchdoctor explain [ID|FILE|-]``: a finding id's registry entry, or the known errors in a traceback/log."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
 
 import typer
 
 from torchdoctor.cli._errors import exit_on_tool_errors
 from torchdoctor.cli._options import DebugOpt, JsonOpt
-from torchdoctor.cli._output import stdout_console
+from torchdoctor.cli._output import emit, stdout_console
+
+TargetArg = Annotated[
+    Optional[str],  # noqa: UP045 - typer evaluates the annotation at runtime
+    typer.Argument(metavar="[ID|FILE|-]", help="A finding id (shm-too-small) or code (TD109); a file holding a "
+                   "traceback or log; '-' (or nothing, with piped input) for stdin."),
+]
 
 
-def explain_command(
-    finding_id: Annotated[str, typer.Argument(metavar="ID", help="A finding id such as shm-too-small, or its code.")],
-    json: JsonOpt = False,
-    debug: DebugOpt = False,
-) -> None:
-    """Explain a finding id: what it means, why it matters, how to fix it."""
-    from torchdoctor.explain import explain_id
+def explain_command(target: TargetArg = None, json: JsonOpt = False, debug: DebugOpt = False) -> None:
+    """Explain a finding id, or the errors in a pasted traceback or log: cause and fix of each.
+
+    Exit codes for a traceback or log: 1 = a known error matched (an error finding);
+    0 = nothing matched, or only warnings; 2 = the input cannot be read.
+    """
+    from torchdoctor.explain import explain_id, explain_source, is_finding_id
 
     with exit_on_tool_errors(debug):
-        report = explain_id(finding_id)
-    if json:
+        if target is not None and target != "-" and (is_finding_id(target) or not _looks_like_path(target)):
+            report = explain_id(target)  # unknown ids exit 2 with a suggestion
+        else:
+            report = explain_source(target, stdin=sys.stdin)
+    if "entry" in report.result:
+        _print_entry(report, json)
+        raise typer.Exit(0)
+    if not json and not report.findings:
+        stdout_console().print(f"No known error in {report.result['source']}: "
+                               f"{len(report.result['errors_found'])} error(s) found, none that torchdoctor "
+                               "can explain.", markup=False)
+        raise typer.Exit(0)
+    emit(report, as_json=json, strict=False)
+
+
+def _looks_like_path(target: str) -> bool:
+    return Path(target).exists() or "/" in target or "\\" in target or Path(target).suffix != ""
+
+
+def _print_entry(report, as_json: bool) -> None:
+    from rich.text import Text
+
+    if as_json:
         from torchdoctor.render.json import render_json
 
         typer.echo(render_json(report))
-    else:
-        _print_entry(report.result["entry"])
-    raise typer.Exit(0)
-
-
-def _print_entry(entry: dict) -> None:
-    from rich.text import Text
-
+        return
+    entry = report.result["entry"]
     console = stdout_console()
     console.print(Text(f"{entry['id']} ({entry['code']}, {entry['severity']}, {entry['family']})", style="bold"))
     console.print(entry["summary"], markup=False)

@@ -14,6 +14,7 @@ from typing import Any
 
 from torchdoctor.codes import make_finding
 from torchdoctor.env.base import EnvContext
+from torchdoctor.explain.rules import match_exception
 from torchdoctor.report import Finding
 
 # Relative tolerance of the first-step loss per mode (grad norms get GRAD_TOLERANCE_FACTOR x this).
@@ -181,12 +182,15 @@ def _failure_finding(step: Mapping[str, Any]) -> Finding:
     failure = step["failure"] or {}
     frame = failure.get("user_frame")
     where = f" at {frame['file']}:{frame['line']}" if frame else ""
+    explained = match_exception(f"{failure.get('exc_type', 'Error')}: {failure.get('message', '')}", model_errors=True)
+    extra = {"explained_by": explained.id} if explained else {}
     return make_finding(
         "training-step-failed",
         f"The {step['mode']} training step on {step['device']} failed in {failure.get('phase', '?')}{where}: "
-        f"{failure.get('exc_type', 'Error')}: {_first_line(failure.get('message', ''))}",
+        f"{failure.get('exc_type', 'Error')}: {_first_line(failure.get('message', ''))}"
+        + (f". {explained.sentence}" if explained else ""),
         location=step["device"],
-        details={"mode": step["mode"], **failure},
+        details={"mode": step["mode"], **failure, **extra},
     )
 
 

@@ -6,6 +6,6 @@ lives in ``explain/kb.py`` now and is re-exported here for ``torchdoctor explain
 
 from __future__ import annotations
 
-from torchdoctor.explain.kb import explain_id
+from torchdoctor.explain.kb import explain_id, explain_source, is_finding_id
 
-__all__ = ["explain_id"]
+__all__ = ["explain_id", "explain_source", "is_finding_id"]

@@ -33,6 +33,7 @@ class Rule:
     message: Callable[[Match], str]
     exception_types: tuple[str, ...] = ()  # class names anywhere in the exception's MRO; () = any type
     applies: Callable[[Match], bool] | None = None  # a further test of the match, when a regex is not enough
+    model_error: bool = False  # the model, not its input, is at fault: see ``match_exception(model_errors=)``
 
     def match(self, text: str) -> Match | None:
         found = re.search(self.pattern, text)
@@ -129,6 +130,66 @@ def _worker_pids(match: Match) -> str:
 _NUM = r"(?P<value>-?\d+)"
 _SIZE = r"torch\.Size\(\[[\d, ]*\]\)"
 
+_STATE_DICT_KEY = r"(?:Missing|Unexpected) key\(s\) in state_dict: [^\n]*?\"{prefix}"
+
+_CHECKPOINT_RULES: tuple[Rule, ...] = (
+    # the prefix rows before size mismatch: a wrapped model's keys are the first thing to fix
+    Rule("compile-prefix", _STATE_DICT_KEY.format(prefix=r"_orig_mod\."),
+         _fixed("The state dict was saved from a torch.compile'd model: its keys start with '_orig_mod.'."), ()),
+    Rule("module-prefix", _STATE_DICT_KEY.format(prefix=r"module\."),
+         _fixed("The state dict and the model disagree on the 'module.' prefix that DataParallel/DDP adds to keys."),
+         ()),
+    Rule("shape-mismatch", rf"size mismatch for (?P<key>[\w.]+): copying a param with shape (?P<a>{_SIZE}) from "
+                           rf"checkpoint, the shape in current model is (?P<b>{_SIZE})",
+         lambda m: (f"The checkpoint's {m['key']} has shape {m['a']} but the model's has {m['b']}: a different "
+                    "architecture or configuration."), ()),
+    # torch >= 2.6 loads with weights_only=True by default; a pickled nn.Module names its class as a GLOBAL
+    Rule("full-module-pickle", r"Weights only load failed.*?Unsupported global: GLOBAL (?P<name>[\w.]+)",
+         lambda m: f"The file pickles a whole object ({m['name']}), not a state dict, so weights_only=True refuses it.",
+         ()),
+    Rule("zip-format-on-old-torch", r"is a zip archive \(did you mean to use torch\.jit\.load\(\)\?\)",
+         _fixed("A zip-format checkpoint (torch >= 1.6) or a TorchScript archive met an old torch.load."), ()),
+    Rule("zip-format-on-old-torch", r"with TorchScript archives passed to `*torch\.load",
+         _fixed("A TorchScript archive was passed to torch.load: load it with torch.jit.load."), ()),
+)
+
+_AUTOGRAD_RULES: tuple[Rule, ...] = (
+    Rule("numpy-requires-grad", r"Can't call numpy\(\) on (?:Tensor|Variable) that requires grad",
+         _fixed("numpy() was called on a tensor that is part of the autograd graph: use t.detach().cpu().numpy()."),
+         ("RuntimeError",)),
+    Rule("deepcopy-non-leaf", r"Only Tensors created explicitly by the user \(graph leaves\) support the deepcopy",
+         _fixed("copy.deepcopy met a tensor computed from others (a non-leaf): copy t.detach().clone() instead."),
+         ("RuntimeError",)),
+    Rule("non-leaf-optimized", r"can't optimize a non-leaf Tensor",
+         _fixed("The optimizer got a tensor computed from a parameter (w * 2, w.to(device)), not the leaf itself."),
+         ("ValueError",)),
+    Rule("inplace-modification", r"one of the variables needed for gradient computation has been modified by an "
+                                 r"inplace operation",
+         _fixed("An in-place operation changed a tensor that backward still needed."), ("RuntimeError",)),
+    Rule("backward-twice", r"Trying to backward through the graph a second time",
+         _fixed("backward ran twice through one graph, whose saved tensors the first backward freed."),
+         ("RuntimeError",)),
+    Rule("cat-zero-dim", r"zero-dimensional tensor \(at position (?P<value>\d+)\) cannot be concatenated",
+         lambda m: f"torch.cat got a 0-d tensor (position {m['value']}): use torch.stack, or unsqueeze it first.",
+         ("RuntimeError",)),
+    # DDP's reducer (torch/csrc/distributed/c10d/reducer.cpp); a RuntimeError on every rank
+    Rule("ddp-unused-parameters", r"Expected to have finished reduction in the prior iteration before starting a "
+                                  r"new one",
+         _fixed("DDP waited for gradients of parameters the forward did not use."), ()),
+)
+
+_CUDA_RULES: tuple[Rule, ...] = (
+    Rule("cuda-out-of-memory", r"CUDA out of memory\. Tried to allocate (?P<size>[\d.]+ [KMGT]?i?B)",
+         lambda m: f"The GPU ran out of memory allocating {m['size']}.", ()),
+    Rule("cuda-out-of-memory", r"CUDA error: out of memory|CUDA out of memory",
+         _fixed("The GPU ran out of memory."), ()),
+    Rule("cuda-arch-unsupported", r"no kernel image is available for execution on the device",
+         _fixed("This torch build has no kernels for the GPU's compute capability."), ()),
+    Rule("cuda-driver-too-old", r"The NVIDIA driver on your system is too old",
+         _fixed("The NVIDIA driver is older than the CUDA version this torch was built with."), ()),
+)
+
+
 RULES: tuple[Rule, ...] = (
     # label-out-of-range: CPU says it plainly; CUDA asserts in the kernel and the text reaches stderr.
     Rule("label-out-of-range", rf"Target {_NUM} is out of bounds",
@@ -149,6 +210,9 @@ RULES: tuple[Rule, ...] = (
     Rule("label-dtype", r"expected target dtype to be Long or Byte, but got (?P<got>\w+)", _float_index,
          ("RuntimeError",)),
     Rule("label-dtype", r"expected scalar type Long but found (?P<got>\w+)", _float_index, ("RuntimeError",)),
+    # torch 1.x wording (pitfalls A13)
+    Rule("label-dtype", r"Expected object of scalar type Long but got scalar type (?P<got>\w+)", _float_index,
+         ("RuntimeError",)),
     Rule("label-dtype", r"\"\w*(?:nll_loss|cross_entropy)\w*\" not implemented for '(?P<got>\w+)'", _float_index,
          ("RuntimeError",)),
     Rule("label-dtype", r"result type (?:Float|Double|Half|BFloat16) can't be cast to the desired output type "
@@ -184,6 +248,9 @@ RULES: tuple[Rule, ...] = (
          lambda m: (f"{_dtype_name(m['a'])} data (numpy's default, in the inputs or the regression targets) met "
                     f"{_dtype_name(m['b'])} weights in backward: convert both in the Dataset."),
          ("RuntimeError",), _different_dtypes),
+    # torch 1.x wording (pitfalls A12): "Expected object of scalar type Float but got scalar type Double"
+    Rule("input-dtype-mismatch", r"Expected object of scalar type (?P<b>\w+) but got scalar type (?P<a>\w+)",
+         _dtype_mismatch, ("RuntimeError",), _different_dtypes),
     Rule("input-dtype-mismatch", r"expected scalar type (?P<b>\w+) but found (?P<a>\w+)", _dtype_mismatch,
          ("RuntimeError",), _different_dtypes),
     Rule("input-dtype-mismatch", r"Expected tensor for argument #1 'indices' to have one of the following scalar "
@@ -193,6 +260,21 @@ RULES: tuple[Rule, ...] = (
     Rule("channels-last-input", r"expected input\[(?P<shape>[\d, ]+)\] to have (?P<want>\d+) channels, but got "
                                 r"(?P<got>\d+) channels instead", _channels_last_message, ("RuntimeError",),
          _channels_last),
+    # the same message when it is not channels-last, and the matmul's: the layer and its input disagree
+    Rule("layer-shape-mismatch", r"weight of size \[(?P<weight>[\d, ]+)\], expected input\[(?P<shape>[\d, ]+)\] "
+                                 r"to have (?P<want>\d+) channels, but got (?P<got>\d+) channels",
+         lambda m: (f"A convolution with weight [{m['weight']}] expects {m['want']} input channels but got "
+                    f"{m['got']} (input [{m['shape']}])."), ("RuntimeError",),
+         model_error=True),
+    Rule("layer-shape-mismatch", r"mat1 and mat2 shapes cannot be multiplied \((?P<a>\d+x\d+) and (?P<b>\d+x\d+)\)",
+         lambda m: (f"A linear layer got input {m['a']} but its weight is {m['b']} (transposed): in_features "
+                    "differs from the flattened size of what reaches it."), ("RuntimeError",),
+         model_error=True),
+    # torch 1.x wordings (pitfalls A19): the CPU BLAS check and the old matmul message
+    Rule("layer-shape-mismatch", r"On entry to SGEMM parameter number \d+ had an illegal value|size mismatch, "
+                                 r"m1: \[[\d x]+\], m2: \[[\d x]+\]",
+         _fixed("A linear layer's in_features differs from the flattened size of its input."), (),
+         model_error=True),
     Rule("variable-size-samples", r"stack expects each tensor to be equal size, but got \[(?P<a>[\d, ]*)\] at entry "
                                   r"(?P<i>\d+) and \[(?P<b>[\d, ]*)\] at entry (?P<j>\d+)", _stack_message,
          ("RuntimeError",)),
@@ -209,16 +291,19 @@ RULES: tuple[Rule, ...] = (
                              r"(?:currently )?supported",
          _fixed("A numpy array with negative strides (a [::-1] flip) reached torch: copy it first."),
          ("ValueError", "RuntimeError")),
+    # a bus error in a worker is /dev/shm running out (pitfalls A7/A8): before the generic dead-worker rows
+    Rule("shm-too-small", r"insufficient shared memory|unable to write to file </torch_|unable to allocate shared "
+                          r"memory|killed by signal: Bus error|Unexpected bus error encountered in worker",
+         _fixed("DataLoader workers ran out of shared memory (/dev/shm) handing batches to the main process."), ()),
+    Rule("cuda-fork-init", r"Cannot re-initialize CUDA in forked subprocess|CUDA error: initialization error",
+         _fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),
     Rule("worker-failed", r"DataLoader worker \(pid\(s\) (?P<pids>[\d, ]+)\) exited unexpectedly", _worker_pids,
          ("RuntimeError",)),
     Rule("worker-failed", r"DataLoader worker \(pid (?P<pids>\d+)\) is killed by signal: (?P<signal>[^.]+)",
          _worker_pids, ("RuntimeError",)),
-    Rule("worker-failed", r"Cannot re-initialize CUDA in forked subprocess",
-         _fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."),
-         ("RuntimeError",)),
-    Rule("worker-failed", r"insufficient shared memory|unable to write to file </torch_|unable to allocate shared "
-                          r"memory",
-         _fixed("DataLoader workers ran out of shared memory (/dev/shm)."), ()),
+    *_CHECKPOINT_RULES,
+    *_AUTOGRAD_RULES,
+    *_CUDA_RULES,
 )
 
 
@@ -232,13 +317,21 @@ _TYPED_TEXT = re.compile(r"^(?P<type>[A-Za-z_][\w.]*(?:Error|Exception|Interrupt
                          re.DOTALL)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # weights_only's message embeds bold escapes
+
+
 def normalize_message(text: str) -> str:
-    """NFKC, curly quotes made straight, whitespace runs collapsed to one space: what the patterns see."""
-    return " ".join(unicodedata.normalize("NFKC", text).translate(_QUOTES).split())
+    """NFKC, ANSI escapes dropped, curly quotes straight, whitespace runs collapsed: what the patterns see."""
+    return " ".join(unicodedata.normalize("NFKC", _ANSI.sub("", text)).translate(_QUOTES).split())
 
 
-def match_exception(exc: BaseException | str) -> Explanation | None:
-    """The first rule that explains ``exc`` (an exception, or its text such as ``"IndexError: Target 5 ..."``)."""
+def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> Explanation | None:
+    """The first rule that explains ``exc`` (an exception, or its text such as ``"IndexError: Target 5 ..."``).
+
+    ``model_errors`` also tries the rows that blame the model rather than its input (layer-shape-mismatch).
+    Off by default because the data probe calls this and reports those as ``training-step-failed`` with the
+    user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True.
+    """
     type_names, exc_type, raw = _type_and_text(exc)
     worker_type, raw = _unwrap_worker(raw)
     if worker_type is not None:  # a worker's exception arrives re-raised in its own type; the text names it
@@ -246,6 +339,8 @@ def match_exception(exc: BaseException | str) -> Explanation | None:
         type_names = type_names or _builtin_mro(worker_type)
     text = normalize_message(raw)
     for rule in RULES:
+        if rule.model_error and not model_errors:
+            continue
         if rule.exception_types and type_names and not set(rule.exception_types) & set(type_names):
             continue
         found = rule.match(text)
@@ -256,7 +351,7 @@ def match_exception(exc: BaseException | str) -> Explanation | None:
 
 def explain_exception(exc: BaseException | str) -> Finding | None:
     """The finding that explains ``exc``, or None when no rule knows its message."""
-    explanation = match_exception(exc)
+    explanation = match_exception(exc, model_errors=True)
     return explanation.finding() if explanation is not None else None
 
 

@@ -177,12 +177,18 @@ def _failure_finding(exc: BaseException, script_dir: Path) -> Finding:
     frames = _user_frames(exc, script_dir)
     where = _frame_location(frames[-1]) if frames else None
     headline = _headline(exc)
+    from torchdoctor.explain.rules import match_exception  # one knowledge base for every command
+
+    explained = match_exception(exc, model_errors=True)
+    headline += f" ({explained.sentence})" if explained is not None else ""  # the location stays last
     message = f"{type(exc).__name__}" + (f": {headline}" if headline else "") + (f" at {where}" if where else "")
     details = {
         "exc_type": type(exc).__name__,
         "message": str(exc)[:_MAX_MESSAGE_CHARS],
         "traceback": [_frame_dict(frame) for frame in frames[-MAX_TRACEBACK_FRAMES:]],
     }
+    if explained is not None:
+        details["explained_by"] = explained.id
     return make_finding("script-failed", message, location=where, details=details)
 
 

@@ -1,0 +1,73 @@
+"""``run_check`` on real items: count with budgets, a real nan-hunt subprocess, item errors that do not crash."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.check.project import build_project
+from torchdoctor.check.api import run_check
+from torchdoctor.codes import REGISTRY
+
+
+def _only(folder, text):
+    (folder / "pyproject.toml").write_text("[tool.torchdoctor]\n" + text)
+    return run_check(cwd=folder)
+
+
+@pytest.fixture()
+def project(tmp_path):
+    return build_project(tmp_path)
+
+
+def test_count_item_with_a_tiny_model_passes(project):
+    report = _only(project, '[[tool.torchdoctor.count]]\nmodel = "models.py:Net"\ninput-shape = [1, 8]\n'
+                            "max-params = 1000\nmax-macs = 1000\n")
+    item = report.result["items"][0]
+    assert (item["kind"], item["status"], report.exit_code()) == ("count", "ok", 0)
+    assert [b["exceeded"] for b in item["report"]["result"]["budgets"]] == [False, False]
+
+
+@pytest.mark.skipif("budget-exceeded" not in REGISTRY, reason="budget-exceeded is not registered yet")
+def test_count_budget_overrun_is_an_error(project):
+    report = _only(project, '[[tool.torchdoctor.count]]\nmodel = "models.py:Net"\ninput-shape = [1, 8]\n'
+                            "max-params = 10\n")
+    assert [f.id for f in report.findings] == ["budget-exceeded"]
+    assert report.findings[0].details == {"budget": "max-params", "limit": 10, "actual": 36}
+    assert report.exit_code() == 1
+
+
+def test_nan_hunt_item_on_a_healthy_script_passes(project):
+    report = _only(project, '[[tool.torchdoctor.nan-hunt]]\nscript = "healthy.py"\nargs = ["--steps", "2"]\n')
+    item = report.result["items"][0]
+    assert (item["status"], item["error"], report.exit_code()) == ("ok", None, 0)
+    assert item["report"]["command"] == "nan-hunt"
+
+
+def test_nan_hunt_runs_in_a_subprocess_in_the_config_folder(project):
+    calls = []
+
+    def fake_run(command, **kwargs):
+        calls.append((command, kwargs["cwd"]))
+        return subprocess.CompletedProcess(command, 2, "", "torchdoctor: error: cannot run healthy.py\n")
+
+    (project / "pyproject.toml").write_text(
+        '[tool.torchdoctor]\n[[tool.torchdoctor.nan-hunt]]\nscript = "healthy.py"\nsteps = 3\nargs = ["--x"]\n')
+    report = run_check(cwd=project, run_subprocess=fake_run)
+    command, cwd = calls[0]
+    assert command[1:] == ["-m", "torchdoctor", "nan-hunt", "healthy.py", "--json", "--steps", "3", "--", "--x"]
+    assert cwd == str(project.resolve())
+    item = report.result["items"][0]
+    assert item["status"] == "error" and "cannot run healthy.py" in item["error"]["message"]
+    assert [f.id for f in report.findings] == ["check-crashed"]
+
+
+def test_an_item_that_cannot_run_is_an_item_error(project):
+    (project / "broken.py").write_text("import not_a_module_anywhere\n")
+    report = _only(project, '[[tool.torchdoctor.count]]\nmodel = "broken.py:Net"\n'
+                            '[tool.torchdoctor.env]\nchecks = ["build"]\n')
+    env, count = report.result["items"]  # in kind order: env, ckpt, data, nan-hunt, count
+    assert count["error"] is not None and count["report"] is None
+    assert env["status"] == "ok" and env["error"] is None
+    assert report.exit_code() == 1

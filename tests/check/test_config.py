@@ -1,0 +1,135 @@
+"""Config loading: defaults, the items and their options, and errors that name the key and its line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.check.config import ConfigError, load_config
+
+
+def write(folder: Path, text: str, name: str = "pyproject.toml") -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text).lstrip())
+    return path
+
+
+def error_of(folder: Path, text: str, name: str = "pyproject.toml") -> str:
+    write(folder, text, name)
+    with pytest.raises(ConfigError) as caught:
+        load_config(Path(name) if name != "pyproject.toml" else None, folder)
+    return caught.value.message
+
+
+def test_no_config_runs_every_env_check(tmp_path):
+    config = load_config(cwd=tmp_path)
+    assert config.path is None
+    assert [(item.kind, item.options["checks"]) for item in config.items] == [("env", None)]
+
+
+def test_pyproject_without_the_table_is_no_config(tmp_path):
+    write(tmp_path, '[project]\nname = "x"\n')
+    assert load_config(cwd=tmp_path).path is None
+
+
+def test_items_and_options_are_read(tmp_path):
+    (tmp_path / "w.pth").write_bytes(b"")
+    (tmp_path / "models.py").write_text("")
+    write(tmp_path, """
+        [tool.torchdoctor]
+        fail-on = "warning"
+        ignore = ["unnormalized-input", { id = "module-prefix", reason = "we load with strict=False" }]
+        [[tool.torchdoctor.ckpt]]
+        path = "w.pth"
+        model = "models.py:Net"
+        [[tool.torchdoctor.count]]
+        model = "models.py:Net"
+        input-shape = [1, 3, 32, 32]
+        max-params = 5_000_000
+    """)
+    config = load_config(cwd=tmp_path)
+    assert config.strict and config.fail_on == "warning"
+    assert [(rule.id, rule.reason) for rule in config.ignore] == [
+        ("unnormalized-input", None), ("module-prefix", "we load with strict=False")]
+    ckpt, count = config.items
+    assert (ckpt.kind, ckpt.name, ckpt.file, ckpt.line) == ("ckpt", "w.pth", "w.pth", 4)
+    where, _, name = ckpt.options["model"].rpartition(":")
+    assert (Path(where).resolve(), name) == ((tmp_path / "models.py").resolve(), "Net")  # relative to the config
+    assert count.options["input_shape"] == ((1, 3, 32, 32),)
+    assert count.options["max_params"] == 5_000_000
+    assert count.file == "models.py"
+
+
+def test_standalone_file_has_no_prefix(tmp_path):
+    write(tmp_path, """
+        fail-on = "warning"
+        [env]
+        checks = ["threads"]
+    """, "torchdoctor.toml")
+    config = load_config(Path("torchdoctor.toml"), tmp_path)
+    assert config.fail_on == "warning"
+    assert config.items[0].options["checks"] == ("threads",)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("""
+        [tool.torchdoctor]
+        fail-on = "error"
+        colour = "red"
+    """, "line 3: unknown key 'colour'"),
+    ("""
+        [tool.torchdoctor]
+        fail-on = "sometimes"
+    """, "line 2: 'fail-on' must be one of"),
+    ("""
+        [tool.torchdoctor]
+
+        [tool.torchdoctor.env]
+        checks = ["threads", "telepathy"]
+    """, "line 4: unknown env check 'telepathy'"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.nan-hunt]]
+        script = "missing.py"
+    """, "line 3: 'nan-hunt.script': no such file 'missing.py'"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.count]]
+        model = "x:Net"
+        [[tool.torchdoctor.count]]
+        model = "y:Net"
+        max-macs = "lots"
+    """, "line 6: 'count.max-macs' must be int, not str"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.data]]
+        batches = 3
+    """, "line 2: 'data' needs 'loader'"),
+    ("""
+        [tool.torchdoctor]
+        ignore = [
+          "module-prefix",
+          "not-a-real-id",
+        ]
+    """, "line 4: unknown finding id 'not-a-real-id'"),
+    ("""
+        [tool.torchdoctor]
+        [tool.torchdoctor.widgets]
+        size = 3
+    """, "line 2: unknown key 'widgets'"),
+])
+def test_config_errors_name_the_key_and_line(tmp_path, text, expected):
+    message = error_of(tmp_path, text)
+    assert message.startswith("pyproject.toml, line ")
+    assert expected in message
+
+
+def test_invalid_toml_is_a_config_error(tmp_path):
+    assert "invalid TOML" in error_of(tmp_path, "fail-on = \n", "torchdoctor.toml")
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="no such config file"):
+        load_config(Path("nope.toml"), tmp_path)
