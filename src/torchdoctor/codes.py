@@ -512,6 +512,46 @@ _SPECS = (
         "Find the unused parameters (TORCH_DISTRIBUTED_DEBUG=DETAIL names them) and remove them, or pass "
         "find_unused_parameters=True to DistributedDataParallel.",
     ),
+    _spec(
+        "distributed-unavailable", "TD702", "error",
+        "This torch build has no torch.distributed, or not the requested backend (gloo, nccl).",
+        "init_process_group fails at once: multi-process training cannot start on this install.",
+        "Install a build with the backend (NCCL ships only with CUDA builds; "
+        "https://pytorch.org/get-started/locally/), or pick one it has: torchdoctor env --distributed --backend gloo",
+    ),
+    _spec(
+        "distributed-init-failed", "TD703", "error",
+        "A rank could not join the process group: the rendezvous (address, port, store) did not come together.",
+        "Training hangs at start or dies with a connect timeout before the first step.",
+        "Check MASTER_ADDR / MASTER_PORT (reachable, port free and not firewalled), RANK / WORLD_SIZE / LOCAL_RANK, "
+        "or let torchrun set them: torchrun --standalone --nproc-per-node N script.py",
+    ),
+    _spec(
+        "distributed-step-failed", "TD704", "error",
+        "A collective (all_reduce, broadcast, barrier, all_gather) or the DDP training step raised on some rank.",
+        "Every distributed training step runs these operations; one failing rank stops the whole job.",
+        "Read the named rank's error; rerun with TORCH_DISTRIBUTED_DEBUG=DETAIL (and NCCL_DEBUG=INFO for nccl).",
+    ),
+    _spec(
+        "distributed-hang", "TD705", "error",
+        "A rank stalled in a phase past its timeout while the others waited for it in the collective.",
+        "One slow or stuck rank blocks every rank: the job hangs until the process-group timeout kills it.",
+        "Look at what the named rank does before that collective (uneven data, a rank-only branch, I/O); "
+        "py-spy dump --pid PID shows where it is stuck.",
+    ),
+    _spec(
+        "ranks-diverged", "TD706", "error",
+        "Model parameters differ across ranks after a DDP step.",
+        "The replicas no longer train the same model; results depend on which rank saves the checkpoint.",
+        "Make every rank start from the same weights (DDP broadcasts them at construction), avoid rank-dependent "
+        "updates outside DDP, and keep the same seed and code path on every rank.",
+    ),
+    _spec(
+        "nccl-env", "TD707", "info",
+        "NCCL_* variables are set in the environment (shown so a report explains NCCL's behaviour).",
+        "NCCL_P2P_DISABLE, NCCL_IB_DISABLE, NCCL_SOCKET_IFNAME and friends change NCCL's transport and speed.",
+        None,
+    ),
 )
 
 REGISTRY: Mapping[str, FindingSpec] = {spec.id: spec for spec in _SPECS}

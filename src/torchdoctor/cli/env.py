@@ -16,11 +16,19 @@ CheckOpt = Annotated[
     typer.Option("--check", "-c", help="Run only this check (repeatable); see --list-checks."),
 ]
 ListOpt = Annotated[bool, typer.Option("--list-checks", help="List the checks and exit.")]
+DistributedOpt = Annotated[bool, typer.Option("--distributed", help="Also launch local ranks with torchrun: "
+                                              "collectives, bandwidth and a DDP step.")]
+NprocOpt = Annotated[int, typer.Option("--nproc", min=1, help="Ranks for --distributed.")]
+BackendOpt = Annotated[Optional[str],  # noqa: UP045
+                       typer.Option("--backend", help="gloo or nccl for --distributed (default: nccl with CUDA).")]
 
 
 def env_command(
     check: CheckOpt = None,
     list_checks: ListOpt = False,
+    distributed: DistributedOpt = False,
+    nproc: NprocOpt = 2,
+    backend: BackendOpt = None,
     json: JsonOpt = False,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
@@ -35,7 +43,17 @@ def env_command(
         with _progress(enabled=not json) as status:
             report = run_env(check, on_progress=(lambda title: status.update(f"checking {title}…"))
                              if status else None)
+            if distributed:
+                report = _with_distributed(report, nproc, backend, status)
     emit(report, as_json=json, strict=strict)
+
+
+def _with_distributed(report, nproc: int, backend: str | None, status):
+    from torchdoctor.dist.api import DistOptions, add_distributed
+
+    if status:
+        status.update(f"launching {nproc} ranks…")
+    return add_distributed(report, DistOptions(nproc=nproc, backend=backend))
 
 
 def _progress(enabled: bool):
