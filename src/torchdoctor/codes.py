@@ -552,6 +552,14 @@ _SPECS = (
         "NCCL_P2P_DISABLE, NCCL_IB_DISABLE, NCCL_SOCKET_IFNAME and friends change NCCL's transport and speed.",
         None,
     ),
+    _spec(
+        "syncbn-missing", "TD708", "info",
+        "BatchNorm layers train under DistributedDataParallel without SyncBatchNorm.",
+        "Each rank normalises with its own (smaller) batch's statistics and keeps its own running stats; "
+        "with small per-rank batches this trains and evaluates differently from one large batch.",
+        "model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping it in "
+        "DistributedDataParallel (fine to keep plain BatchNorm when per-rank batches are large).",
+    ),
 )
 
 REGISTRY: Mapping[str, FindingSpec] = {spec.id: spec for spec in _SPECS}

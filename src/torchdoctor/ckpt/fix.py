@@ -29,8 +29,6 @@ COMPARE_ELEMENTS = 1 << 15
 OUT_OF_SCOPE = {
     Format.TORCHSCRIPT: "is a TorchScript archive (torch.jit.save), not a torch.save checkpoint: save "
                         "torch.jit.load(PATH).state_dict() with torch.save and fix that file",
-    Format.DCP: "is a torch.distributed.checkpoint directory, which ckpt fix cannot consolidate yet: write one file "
-                "with torch.distributed.checkpoint.format_utils.dcp_to_torch_save(PATH, OUT) and fix OUT",
     Format.HF_SHARDED: "is a sharded Hugging Face checkpoint: fix its shard files one at a time, or load and "
                        "re-save it with transformers (from_pretrained, save_pretrained)",
     Format.PICKLE: "is a plain pickle without torch.save's tensor storages: there are no weights to fix",
@@ -78,6 +76,12 @@ def fix_checkpoint(
     reading = _read_or_refuse(source, result)
     if isinstance(reading, Report):
         return reading
+    if reading.format is Format.DCP:  # a directory: consolidated into one zip first (ckpt/dcp.py)
+        from torchdoctor.ckpt.dcp import fix_dcp
+
+        return fix_dcp(reading, result, output=output, to=options.to, dry_run=dry_run, force=force, model=model,
+                       strip_prefixes=strip_prefixes, drop_mismatched=drop_mismatched, keep_wrapper=keep_wrapper,
+                       input_shapes=input_shapes)
     plan = build_plan(reading, options, model.state_dict() if model is not None else None)
     target = _output_path(source, output, plan)
     fixed = plan.apply(reading.tree)

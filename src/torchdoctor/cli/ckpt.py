@@ -55,7 +55,7 @@ def inspect_command(
 @app.command("fix")
 def fix_command(
     path: PathArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: <stem>.fixed<suffix>).")] = None,  # noqa: UP045,E501
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: <stem>.fixed<suffix>; for a DCP directory DIRNAME.pt beside it).")] = None,  # noqa: UP045,E501
     model: ModelOpt = None,
     to: Annotated[Optional[TargetFormat], typer.Option("--to", help="Convert to this format.")] = None,  # noqa: UP045
     strip_prefix: Annotated[Optional[list[str]], typer.Option("--strip-prefix", help="Strip this key prefix (repeatable).")] = None,  # noqa: UP045,E501

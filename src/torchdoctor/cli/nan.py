@@ -49,19 +49,34 @@ def nan_hunt_command(
     debug: DebugOpt = False,
 ) -> None:
     """Run SCRIPT as `python SCRIPT ARGS` would (its ARGS after `--`); name the first op that made NaN or inf."""
+    from torchdoctor.nan.ranks import gather_ranks, rank_context, release_ranks
     from torchdoctor.nan.runner import check_report_path, run_script, write_report
 
+    rank = rank_context()  # under torchrun: every rank hunts, rank 0 alone reports
     with exit_on_tool_errors(debug):
         if report is not None:
             report = check_report_path(report)  # absolute now: the script may change the working folder
         result = run_script(
-            script, list(ctx.args), steps=steps, keep_going=keep_going, check_inf=not no_inf, stdout_to_stderr=json
+            script, list(ctx.args), steps=steps, keep_going=keep_going, check_inf=not no_inf, stdout_to_stderr=json,
+            distributed=rank is not None,
         )
+        if rank is not None:
+            result, exit_code = gather_ranks(rank, result)
+            if result is None:
+                raise typer.Exit(exit_code)
         if report is not None:
             write_report(result, report)
-    if report is not None and not json:
+    try:
+        _output(result, as_json=json, to_stderr=report is not None, strict=strict)
+    finally:
+        if rank is not None:
+            release_ranks(rank)  # only now: torchrun stops rank 0 as soon as another rank exits non-zero
+
+
+def _output(result, *, as_json: bool, to_stderr: bool, strict: bool) -> None:
+    if to_stderr and not as_json:
         from torchdoctor.render.human import render_human
 
         render_human(result, stderr_console())
         raise typer.Exit(result.exit_code(strict=strict))
-    emit(result, as_json=json, strict=strict)
+    emit(result, as_json=as_json, strict=strict)

@@ -60,25 +60,39 @@ def run_script(
     keep_going: bool = False,
     check_inf: bool = True,
     stdout_to_stderr: bool = False,
+    distributed: bool = False,
 ) -> Report:
     """Run ``script`` as ``__main__`` with ``sys.argv = [script, *args]`` inside ``nan_hunt``; return its report.
 
     ``stdout_to_stderr`` sends the script's ``print`` output to stderr (so stdout can hold a JSON
     report). ``sys.argv``, ``sys.path``, ``sys.modules["__main__"]`` and the working folder are
-    restored afterwards.
+    restored afterwards. ``distributed`` (a torchrun rank) also watches DistributedDataParallel models.
     """
     script = os.fspath(script)
     path = _script_path(script)
     code = _compile_script(path, script)
+    from torchdoctor.nan.ddp import DdpWatch
     from torchdoctor.nan.hunt import nan_hunt
 
     outcome = ScriptOutcome(Ending.STOPPED)  # stays so only when the hunt's HuntStopped ends the run
+    ddp = DdpWatch() if distributed else None
     with _as_main(script, path, args) as module, _stdout_redirect(stdout_to_stderr):
         hunt = nan_hunt(check_inf=check_inf, max_steps=steps, keep_going=keep_going)
-        with hunt:
+        with hunt, ddp or contextlib.nullcontext():
             outcome = _execute(code, module)
     findings = _judge_outcome(outcome, Path(os.path.realpath(path)).parent)
-    return hunt.build_report(extra_findings=findings, extra_result=_script_facts(script, args, outcome))
+    extra_result = _script_facts(script, args, outcome)
+    if ddp is not None:
+        findings += _ddp_findings(ddp, findings)
+        extra_result["ddp"] = ddp.facts.to_dict()
+    return hunt.build_report(extra_findings=findings, extra_result=extra_result)
+
+
+def _ddp_findings(ddp: Any, findings: tuple[Finding, ...]) -> tuple[Finding, ...]:
+    from torchdoctor.nan.ddp import check_ddp
+
+    explained = next((f.details.get("explained_by") for f in findings if f.id == "script-failed"), None)
+    return tuple(check_ddp(ddp.facts, failure_explained_by=explained))
 
 
 # --- preparing the script ------------------------------------------------------------------------------
