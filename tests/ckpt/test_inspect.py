@@ -141,3 +141,9 @@ def test_training_step_failure_with_the_weights_is_named(tmp_path):
 def test_unsafe_files_are_not_loaded_into_the_model(tmp_path):
     report = inspect_checkpoint(build.malicious_zip(tmp_path), model=TinyConvNet())
     assert "skipped" in report.result["model"]["training_step"]
+
+
+def test_dcp_metadata_only_says_values_were_not_scanned(tmp_path):
+    report = inspect_checkpoint(build.dcp_dir(tmp_path))
+    assert report.result["values_scanned"] is False
+    assert "not scanned" in [s for s in report.sections if s.name == "values"][0].headline

@@ -106,7 +106,8 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
         "byteorder": reading.byteorder,
         "saved_by": reading.torch_version_hint,
         "nonfinite": {key: {"nan": nan, "inf": inf} for key, (nan, inf) in counts.items() if nan or inf},
-        "values_scanned": scan_values,
+        # a dcp directory (or meta tensors) holds no tensor bytes this reader streams: nothing was scanned
+        "values_scanned": scan_values and any(r.storage_key in reading.storages for r in reading.tensors.values()),
     }
     return findings, facts
 
