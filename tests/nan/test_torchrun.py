@@ -42,6 +42,9 @@ def test_nan_on_rank_1_is_named_with_its_rank_and_step():
     assert (first["rank"], first["step"], first["phase"], first["sample_index"]) == (1, 2, "input", 21)
     finding = next(f for f in report["findings"] if f["id"] == "nonfinite-input")
     assert finding["details"]["rank"] == 1 and finding["message"].startswith("rank 1: ")
+    # rank 0 lost its peer in the backward all-reduce: an echo of rank 1's stop, reported as info, not an error
+    echoes = [f for f in report["findings"] if f["id"] == "script-failed"]
+    assert all(f["severity"] == "info" and f["details"]["consequence_of_rank"] == 1 for f in echoes)
 
 
 @pytest.mark.slow
@@ -93,3 +96,18 @@ def test_a_rank_without_a_report_is_named():
     merged = merge_reports({0: rank_report(), 1: None})
     finding = next(f for f in merged.findings if f.id == "distributed-hang")
     assert finding.details["ranks"] == [1] and merged.result["ranks"][1] == {"rank": 1, "reported": False}
+
+
+def test_a_script_failure_caused_by_another_ranks_stop_is_an_info_echo():
+    event = {"kind": "nan", "phase": "input", "step": 2}
+    stopped = {"status": "error", "result": {"stopped": "first-nonfinite", "first_nonfinite": event},
+               "findings": [{"id": "nonfinite-input", "code": "TD301", "severity": "error", "message": "NaN in batch"}]}
+    echo = {"status": "error", "result": {"stopped": None, "first_nonfinite": None},
+            "findings": [{"id": "script-failed", "code": "TD309", "severity": "error",
+                          "message": "RuntimeError: Connection closed by peer"}]}
+    merged = merge_reports({0: echo, 1: stopped})
+    failed = next(f for f in merged.findings if f.id == "script-failed")
+    assert failed.severity.value == "info" and failed.details["consequence_of_rank"] == 1
+    assert merged.exit_code() == 1  # rank 1's NaN still fails the run
+    alone = merge_reports({0: echo, 1: {**echo, "findings": []}})
+    assert next(f for f in alone.findings if f.id == "script-failed").severity.value == "error"

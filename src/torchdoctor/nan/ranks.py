@@ -153,7 +153,10 @@ def release_ranks(context: RankContext, *, wait: float = 10.0, clock: Callable[[
 def merge_reports(reports: Mapping[int, Mapping[str, Any] | None]) -> Report:
     """One report from every rank's report dict (rank -> dict, None where a rank's file never came)."""
     present = {rank: reports[rank] for rank in sorted(reports) if reports[rank] is not None}
-    findings = _deduplicated([f for rank, report in present.items() for f in _rank_findings(rank, report)])
+    stopped = [rank for rank, report in present.items()
+               if report.get("result", {}).get("stopped") == "first-nonfinite"]
+    findings = _deduplicated([_as_consequence(f, stopped) for rank, report in present.items()
+                              for f in _rank_findings(rank, report)])
     findings += _check_ranks(reports)
     result = dict(present[min(present)]["result"]) if present else {}
     result["ranks"] = [_rank_summary(rank, reports[rank]) for rank in sorted(reports)]
@@ -169,6 +172,19 @@ def _rank_findings(rank: int, report: Mapping[str, Any]) -> list[Finding]:
                 fix=f.get("fix"), location=f.get("location"), details={**(f.get("details") or {}), "rank": rank})
         for f in report.get("findings", ())
     ]
+
+
+def _as_consequence(finding: Finding, stopped: list[int]) -> Finding:
+    """A rank whose script died because another rank stopped at its NaN (a collective lost its peer) is an
+    echo of that rank's finding, not a second problem: say so and keep it as info."""
+    from dataclasses import replace
+
+    others = [rank for rank in stopped if rank != finding.details.get("rank")]
+    if finding.id != "script-failed" or not others:
+        return finding
+    cause = f"rank {others[0]} stopped at its first non-finite value, so this rank's collectives lost their peer"
+    return replace(finding, severity=Severity.INFO, message=f"{finding.message} ({cause})",
+                   details={**finding.details, "consequence_of_rank": others[0]})
 
 
 def _deduplicated(findings: list[Finding]) -> list[Finding]:
