@@ -5,16 +5,14 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import linecache
 import math
-import os
-import sys
-import sysconfig
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+from torchdoctor.frames import user_frame
 
 if TYPE_CHECKING:
     import torch
@@ -233,7 +231,7 @@ class _Run:
         self.timings[phase] = self.timings.get(phase, 0.0) + (time.perf_counter() - start) * 1000.0
 
     def fail(self, exc: Exception) -> None:
-        frame = _user_frame(exc.__traceback__)
+        frame = user_frame(exc.__traceback__)
         # The traceback's frames hold activations and the model copy (GPU memory); keep the
         # frames for the explain layer but drop their locals.
         traceback.clear_frames(exc.__traceback__)
@@ -428,48 +426,6 @@ def _forked_rng(torch, dev: torch.device) -> Iterator[None]:
 
 
 # --- failures ---------------------------------------------------------------------------------
-
-
-def _user_frame(tb) -> dict[str, Any] | None:
-    """The innermost traceback frame outside torch, torchdoctor and the standard library."""
-    found = None
-    for frame, lineno in traceback.walk_tb(tb):
-        filename = frame.f_code.co_filename
-        if not _is_library_file(filename):
-            found = {
-                "file": filename,
-                "line": lineno,
-                "function": frame.f_code.co_name,
-                "code": linecache.getline(filename, lineno).strip(),
-            }
-    return found
-
-
-@functools.lru_cache(maxsize=1024)
-def _is_library_file(filename: str) -> bool:
-    if filename.startswith("<"):  # <frozen ...>, <string>: nothing to point a user at
-        return True
-    path = os.path.realpath(filename)
-    if any(_is_under(path, root) for root in _library_roots()):
-        return True
-    paths = sysconfig.get_paths()
-    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
-    # site-packages usually sits inside the stdlib directory; third-party code is not stdlib.
-    third_party = any(part in ("site-packages", "dist-packages") for part in path.split(os.sep))
-    return not third_party and any(_is_under(path, root) for root in stdlib)
-
-
-@functools.lru_cache(maxsize=1)
-def _library_roots() -> tuple[str, ...]:
-    roots = [os.path.dirname(os.path.realpath(__file__))]
-    torch = sys.modules.get("torch")
-    if torch is not None and getattr(torch, "__file__", None):
-        roots.append(os.path.dirname(os.path.realpath(torch.__file__)))
-    return tuple(roots)
-
-
-def _is_under(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
 
 
 # --- helpers ----------------------------------------------------------------------------------

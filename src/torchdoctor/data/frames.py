@@ -7,7 +7,8 @@ import re
 import traceback
 from typing import Any
 
-from torchdoctor.step import _is_library_file, _user_frame
+from torchdoctor.frames import is_library_file
+from torchdoctor.frames import user_frame as traceback_user_frame
 
 _FETCH_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]fetch\.py$")
 _TEXT_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?P<function>\S+)', re.MULTILINE)
@@ -16,7 +17,7 @@ _TEXT_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?
 def user_frame(exc: BaseException) -> dict[str, Any] | None:
     """The innermost frame outside torch, torchdoctor and the standard library: from the traceback, or, for an
     exception re-raised from a DataLoader worker, from the worker's traceback text."""
-    frame = _user_frame(exc.__traceback__)
+    frame = traceback_user_frame(exc.__traceback__)
     if frame is None:
         return user_frame_from_text(str(exc))
     return _named(frame, [(f.f_code.co_filename, f.f_code.co_name) for f, _ in traceback.walk_tb(exc.__traceback__)])
@@ -27,7 +28,7 @@ def user_frame_from_text(text: str) -> dict[str, Any] | None:
     for match in _TEXT_FRAME.finditer(text):
         filename = match["file"]
         chain.append((filename, match["function"]))
-        if not _is_library_file(filename):
+        if not is_library_file(filename):
             line = int(match["line"])
             found = {"file": filename, "line": line, "function": match["function"],
                      "code": linecache.getline(filename, line).strip()}

@@ -7,11 +7,10 @@ import sys
 from types import FrameType
 from typing import Any
 
-from torchdoctor.paths import display_path
-
 # One definition of "library code" for every command: step.py's, which skips torch, torchdoctor,
 # the standard library and <frozen>/<string> pseudo-files but keeps third-party site-packages.
-from torchdoctor.step import _is_library_file
+from torchdoctor.frames import is_library_file
+from torchdoctor.paths import display_path
 
 Site = tuple[str, int]
 
@@ -21,7 +20,7 @@ def user_site(frame: FrameType | None = None) -> Site | None:
     frame = frame if frame is not None else sys._getframe(1)
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _is_library_file(filename):
+        if not is_library_file(filename):
             return filename, frame.f_lineno
         frame = frame.f_back
     return None

@@ -1,0 +1,57 @@
+"""Which frames are the user's: not torch, not torchdoctor, not the standard library (third-party code counts).
+
+One rule shared by the training-step harness, the data probe and nan-hunt, so every command points at the
+same line of the user's code.
+"""
+
+from __future__ import annotations
+
+import functools
+import linecache
+import os
+import sys
+import sysconfig
+import traceback
+from typing import Any
+
+
+def user_frame(tb) -> dict[str, Any] | None:
+    """The innermost traceback frame outside torch, torchdoctor and the standard library."""
+    found = None
+    for frame, lineno in traceback.walk_tb(tb):
+        filename = frame.f_code.co_filename
+        if not is_library_file(filename):
+            found = {
+                "file": filename,
+                "line": lineno,
+                "function": frame.f_code.co_name,
+                "code": linecache.getline(filename, lineno).strip(),
+            }
+    return found
+
+
+@functools.lru_cache(maxsize=1024)
+def is_library_file(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen ...>, <string>: nothing to point a user at
+        return True
+    path = os.path.realpath(filename)
+    if any(_is_under(path, root) for root in _library_roots()):
+        return True
+    paths = sysconfig.get_paths()
+    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
+    # site-packages usually sits inside the stdlib directory; third-party code is not stdlib.
+    third_party = any(part in ("site-packages", "dist-packages") for part in path.split(os.sep))
+    return not third_party and any(_is_under(path, root) for root in stdlib)
+
+
+@functools.lru_cache(maxsize=1)
+def _library_roots() -> tuple[str, ...]:
+    roots = [os.path.dirname(os.path.realpath(__file__))]
+    torch = sys.modules.get("torch")
+    if torch is not None and getattr(torch, "__file__", None):
+        roots.append(os.path.dirname(os.path.realpath(torch.__file__)))
+    return tuple(roots)
+
+
+def _is_under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
