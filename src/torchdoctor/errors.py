@@ -33,3 +33,7 @@ class UserCodeError(TargetError):
 
 class InputError(TorchdoctorError):
     """An input file is missing or unreadable."""
+
+
+class WriteFailed(TorchdoctorError):
+    """An output could not be written (disk full, permissions, ...): nothing partial is left, the input untouched."""

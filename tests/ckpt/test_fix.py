@@ -393,14 +393,60 @@ def test_a_read_only_folder_is_an_exit_2_error(tmp_path):
 
 
 def test_a_verification_mismatch_removes_the_temp_file(tmp_path, monkeypatch):
-    from torchdoctor.ckpt import writers
+    from torchdoctor.ckpt import record_copy
 
-    real_copy = writers._copy_range
-    monkeypatch.setattr(writers, "_copy_range", lambda src, dst, at, to, n: real_copy(src, dst, at + 4, to, n - 4))
+    real_copy = record_copy.copy_range
+    monkeypatch.setattr(record_copy, "copy_range", lambda src, dst, at, to, n: real_copy(src, dst, at + 4, to, n - 4))
     source = build("dataparallel_state_dict", tmp_path)
     with pytest.raises(VerificationFailed, match="differ"):
         fix(source, output=tmp_path / "out.pt")
     assert not (tmp_path / "out.pt").exists() and leftovers(tmp_path) == []
+
+
+def test_a_mismatch_in_a_shared_storage_names_a_tensor_and_the_byte(tmp_path, monkeypatch):
+    from torchdoctor.ckpt import record_copy
+
+    real_copy = record_copy.copy_range
+
+    def flip_one_byte(src, dst, at, to, n):
+        done = real_copy(src, dst, at, to, n)
+        byte = os.pread(dst, 1, to + 100)
+        os.pwrite(dst, bytes([byte[0] ^ 1]), to + 100)
+        return done
+
+    monkeypatch.setattr(record_copy, "copy_range", flip_one_byte)
+    source = build("tied_dataparallel", tmp_path)
+    with pytest.raises(VerificationFailed, match=r"module\.0\.weight: the written bytes differ .* at byte 100 "):
+        fix(source, output=tmp_path / "out.pt")
+    assert leftovers(tmp_path) == []
+
+
+def test_storages_are_compared_while_copying_and_located_again_in_the_reread_file(tmp_path):
+    source = build("views_state_dict", tmp_path)
+    report = fix(source, strip_prefixes=("s",), output=tmp_path / "out.pt")
+    verified = report.result["verified"]
+    with zipfile.ZipFile(tmp_path / "out.pt") as archive:
+        storages = [info for info in archive.infolist() if "/data/" in info.filename]
+    assert verified["storages_compared_while_copying"] == len(storages) > 0
+    assert verified["bytes_compared"] == sum(info.file_size for info in storages)
+
+
+def test_a_storage_compared_at_the_wrong_place_is_compared_again_by_value(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from torchdoctor.ckpt import verify
+
+    real_call = verify.StorageComparer.__call__
+    monkeypatch.setattr(verify.StorageComparer, "__call__",  # as if the writer had reported another offset
+                        lambda self, copied: real_call(self, replace(copied, start=copied.start - 64)))
+    source = build("dataparallel_state_dict", tmp_path)
+    with pytest.raises(VerificationFailed, match="differ"):
+        fix(source, output=tmp_path / "out.pt")
+    monkeypatch.setattr(verify.StorageComparer, "__call__", lambda self, copied: None)  # compared nothing
+    report = fix(source, output=tmp_path / "out.pt")
+    verified = report.result["verified"]
+    assert verified["storages_compared_while_copying"] == 0 and verified["bit_identical"]
+    assert verified["bytes_compared"] == sum(t.nbytes for t in load(tmp_path / "out.pt").values())
 
 
 ENOSPC_SCRIPT = textwrap.dedent("""
@@ -456,7 +502,7 @@ def test_the_buffered_fallback_writes_the_same_file(tmp_path, monkeypatch):
     fix(source, output=tmp_path / "reserved.pt")
 
     def layout_changed(*args):
-        raise writers._LayoutChanged
+        raise writers.LayoutChanged
 
     monkeypatch.setattr(writers, "_write_reserved", layout_changed)
     report = fix(source, output=tmp_path / "buffered.pt")
@@ -478,3 +524,13 @@ def test_cli_fix_json_and_exit_codes(tmp_path, cli):
 
 def test_errors_are_torchdoctor_errors():
     assert issubclass(VerificationFailed, WriteFailed) and issubclass(WriteFailed, TorchdoctorError)
+
+
+def test_progress_counts_the_storage_bytes_copied(tmp_path):
+    source = build("tied_dataparallel", tmp_path)
+    seen = []
+    report = fix(source, output=tmp_path / "out.pt", on_progress=lambda done, total: seen.append((done, total)))
+    with zipfile.ZipFile(tmp_path / "out.pt") as archive:
+        stored = sum(info.file_size for info in archive.infolist() if "/data/" in info.filename)
+    assert seen and seen[-1] == (stored, stored) and report.result["written"]
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)

@@ -80,7 +80,8 @@ def _consolidated_temp(reading: CheckpointReading, target: Path) -> Path:
     """A fsynced torch.save zip of the whole directory in the output folder (so the final rename is atomic)."""
     import torch
 
-    from torchdoctor.ckpt.fix import WriteFailed, _one_line
+    from torchdoctor.ckpt.verify import one_line
+    from torchdoctor.errors import WriteFailed
 
     try:
         fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".consolidated.tmp")
@@ -100,7 +101,7 @@ def _consolidated_temp(reading: CheckpointReading, target: Path) -> Path:
         temp.unlink(missing_ok=True)
         if isinstance(e, TorchdoctorError) or not isinstance(e, Exception):
             raise
-        raise WriteFailed(f"consolidating {reading.path} failed: {_one_line(e)}") from e
+        raise WriteFailed(f"consolidating {reading.path} failed: {one_line(e)}") from e
     return temp
 
 
@@ -169,9 +170,9 @@ def _verify_consolidated(temp: Path, reading: CheckpointReading) -> dict[str, An
     """Keys, shapes and dtypes equal ``.metadata``'s; every tensor bit for bit equal to ``dcp.load``'s."""
     import torch
 
-    from torchdoctor.ckpt.fix import VerificationFailed, _real_tensors
+    from torchdoctor.ckpt.verify import VerificationFailed, real_tensors
 
-    written = _real_tensors(torch.load(temp, weights_only=True, map_location="cpu"))
+    written = real_tensors(torch.load(temp, weights_only=True, map_location="cpu"))
     if set(written) != set(reading.tensors):
         missing, extra = sorted(set(reading.tensors) - set(written)), sorted(set(written) - set(reading.tensors))
         raise VerificationFailed(f"the consolidated keys differ from .metadata's (missing {missing[:3]}, "

@@ -9,6 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from torchdoctor.cli._errors import exit_on_tool_errors
+from torchdoctor.cli._gc import collector_paused
 from torchdoctor.cli._options import DebugOpt, JsonOpt, StrictOpt
 from torchdoctor.cli._output import emit
 from torchdoctor.cli._progress import progress_bar
@@ -46,10 +47,11 @@ def inspect_command(
     """Keys, shapes, dtypes, wrappers, prefixes, pickle safety and NaN/inf, without running the file."""
     from torchdoctor.ckpt.inspect import inspect_checkpoint
 
-    with exit_on_tool_errors(debug), progress_bar("scanning tensor values", enabled=not json) as on_progress:
-        report = inspect_checkpoint(path, model=load_model(model), input_shapes=parse_shapes(input_shape),
-                                    scan_values=not no_values, on_progress=on_progress)
-    emit(report, as_json=json, strict=strict)
+    with collector_paused():  # until the report is rendered: importing rich would trigger full collections
+        with exit_on_tool_errors(debug), progress_bar("scanning tensor values", enabled=not json) as on_progress:
+            report = inspect_checkpoint(path, model=load_model(model), input_shapes=parse_shapes(input_shape),
+                                        scan_values=not no_values, on_progress=on_progress)
+        emit(report, as_json=json, strict=strict)
 
 
 @app.command("fix")
@@ -71,12 +73,13 @@ def fix_command(
     """Strip prefixes, unwrap, rename to --model, drop mismatched keys, convert; verify, never touch the input."""
     from torchdoctor.ckpt.fix import fix_checkpoint
 
-    with exit_on_tool_errors(debug):
-        report = fix_checkpoint(path, output=output, model=load_model(model), to=to.value if to else None,
-                                strip_prefixes=tuple(strip_prefix or ()), drop_mismatched=drop_mismatched,
-                                keep_wrapper=keep_wrapper, dry_run=dry_run, force=force,
-                                input_shapes=parse_shapes(input_shape))
-    emit(report, as_json=json, strict=strict)
+    with collector_paused():
+        with exit_on_tool_errors(debug), progress_bar("copying and verifying", enabled=not json) as on_progress:
+            report = fix_checkpoint(path, output=output, model=load_model(model), to=to.value if to else None,
+                                    strip_prefixes=tuple(strip_prefix or ()), drop_mismatched=drop_mismatched,
+                                    keep_wrapper=keep_wrapper, dry_run=dry_run, force=force,
+                                    input_shapes=parse_shapes(input_shape), on_progress=on_progress)
+        emit(report, as_json=json, strict=strict)
 
 
 @app.command("diff")
@@ -90,6 +93,7 @@ def diff_command(
     """Keys only in A / only in B, shape and dtype changes, max |a - b| per tensor, identical or not."""
     from torchdoctor.ckpt.diff import diff_checkpoints
 
-    with exit_on_tool_errors(debug), progress_bar("comparing tensors", enabled=not json) as on_progress:
-        report = diff_checkpoints(a, b, on_progress=on_progress)
-    emit(report, as_json=json, strict=strict)
+    with collector_paused():
+        with exit_on_tool_errors(debug), progress_bar("comparing tensors", enabled=not json) as on_progress:
+            report = diff_checkpoints(a, b, on_progress=on_progress)
+        emit(report, as_json=json, strict=strict)
