@@ -427,6 +427,15 @@ _SPECS = (
         "The GPU (or CPU) waits for data; the run is input-bound.",
         "More workers, persistent_workers=True, lighter transforms, or pre-processed data.",
     ),
+    _spec(
+        "loader-hang", "TD517", "error",
+        "The DataLoader did not deliver a batch within the time limit (--timeout, default 60 s).",
+        "Training stalls at that batch with no error and no output: a __getitem__ blocked on a lock, the network "
+        "or a full queue, or worker processes deadlocked after fork.",
+        "For a named line: make it return (a timeout on the I/O, no lock shared with another process). If only "
+        "workers hang: open files, database handles and thread pools lazily in __getitem__ or in worker_init_fn, "
+        "not before iter(); or use multiprocessing_context='spawn'.",
+    ),
     # --- 6xx: errors of torchdoctor itself ---------------------------------------------------
     _spec(
         "check-crashed", "TD601", "error",

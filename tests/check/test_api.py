@@ -71,3 +71,13 @@ def test_an_item_that_cannot_run_is_an_item_error(project):
     assert count["error"] is not None and count["report"] is None
     assert env["status"] == "ok" and env["error"] is None
     assert report.exit_code() == 1
+
+
+def test_a_data_item_whose_loader_hangs_ends_with_loader_hang_at_its_timeout(project, repo_root):
+    (project / "hang.py").write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(repo_root)!r})\n"
+        "from fixtures.loaders import hanging_sample_loader as loader\n")
+    report = _only(project, '[[tool.torchdoctor.data]]\nloader = "hang.py:loader"\ntimeout = 1\n')
+    assert [f.id for f in report.findings] == ["loader-hang"] and report.exit_code() == 1
+    assert report.findings[0].details["timed_out_s"] == 1

@@ -119,6 +119,12 @@ def test_standalone_file_has_no_prefix(tmp_path):
         [tool.torchdoctor.widgets]
         size = 3
     """, "line 2: unknown key 'widgets'"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.data]]
+        timeout = -5
+        loader = "loaders.py:slow_loader"
+    """, "line 3: 'data.timeout' must be a number of seconds >= 0"),
 ])
 def test_config_errors_name_the_key_and_line(tmp_path, text, expected):
     message = error_of(tmp_path, text)

@@ -96,3 +96,18 @@ def test_real_subprocess_with_worker_processes(spec):
     assert completed.returncode == 0, completed.stderr
     report = json.loads(completed.stdout)
     assert report["result"]["loader"]["num_workers"] >= 1 and report["status"] == "ok"
+
+
+@pytest.mark.slow
+def test_a_hanging_loader_ends_within_the_timeout_as_a_real_process(spec, validate_report):
+    # a real process: the limit needs the main thread's SIGALRM, and a hang must not outlive the command
+    done = run_torchdoctor("data", spec("hanging_sample_in_workers_loader"), "--timeout", "1", "--json", timeout=60)
+    assert done.returncode == 1, done.stderr
+    report = validate_report(json.loads(done.stdout))
+    assert [f["id"] for f in report["findings"]] == ["loader-hang"]
+    assert report["result"]["reading"]["failure"]["timed_out"] == 1.0
+
+
+def test_a_negative_timeout_is_refused(cli, spec):
+    result = cli("data", spec("healthy_tensor_loader"), "--timeout", "-1")
+    assert result.exit_code == 2 and "timeout" in result.stderr.lower()

@@ -70,7 +70,8 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "ckpt": {"path": (_STR, True), "model": (_STR, False), "input-shape": ((list,), False),
              "scan-values": (_BOOL, False)},
     "data": {"loader": (_STR, True), "model": (_STR, False), "batches": (_INT, False), "num-classes": (_INT, False),
-             "loss": (_STR, False), "input-key": ((str, int), False), "target-key": ((str, int), False)},
+             "loss": (_STR, False), "input-key": ((str, int), False), "target-key": ((str, int), False),
+             "timeout": ((int, float), False)},
     "nan-hunt": {"script": (_STR, True), "args": ((list,), False), "steps": (_INT, False)},
     "count": {"model": (_STR, True), "input-shape": ((list,), False), "max-params": (_INT, False),
               "max-macs": (_INT, False)},
@@ -174,6 +175,8 @@ class _Validator:
             return self.shapes(kind, index, key, value)
         if key in ("batches", "steps", "num-classes", "max-params", "max-macs") and value < 1:
             self.fail(f"'{kind}.{key}' must be at least 1", kind, index, key)
+        if key == "timeout" and value < 0:
+            self.fail(f"'{kind}.{key}' must be a number of seconds >= 0 (0: no limit)", kind, index, key)
         if key in ("path", "script"):
             return self.existing(kind, index, key, value)
         if key in ("model", "loader"):

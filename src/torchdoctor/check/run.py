@@ -64,13 +64,15 @@ def run_data(item: Item) -> Report:
     from torch.utils.data import DataLoader, Dataset
 
     from torchdoctor.data.api import probe_loader
+    from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S
     from torchdoctor.targets import resolve_target
 
     options = item.options
     loader = resolve_target(options["loader"], expect=(DataLoader, Dataset))
     return probe_loader(loader, _model(options.get("model")), num_classes=options.get("num_classes"),
                         loss=options.get("loss"), batches=options.get("batches", 20),
-                        input_key=options.get("input_key"), target_key=options.get("target_key"))
+                        input_key=options.get("input_key"), target_key=options.get("target_key"),
+                        timeout=options.get("timeout", DEFAULT_TIMEOUT_S))
 
 
 def run_count(item: Item) -> Report:

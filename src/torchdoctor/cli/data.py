@@ -11,6 +11,7 @@ from torchdoctor.cli._options import DebugOpt, JsonOpt, StrictOpt
 from torchdoctor.cli._output import emit
 from torchdoctor.cli._progress import progress_bar
 from torchdoctor.cli._targets import load_model
+from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S
 
 LoaderArg = Annotated[str, typer.Argument(
     metavar="LOADER_SPEC",
@@ -30,6 +31,7 @@ def data_command(
     batches: Annotated[int, typer.Option("--batches", "-n", min=1, help="How many batches to read.")] = 20,
     input_key: Annotated[KeyOpt, typer.Option("--input-key", help="Key (dict batches) or position (tuples) of the input.")] = None,  # noqa: E501
     target_key: Annotated[KeyOpt, typer.Option("--target-key", help="Key (dict batches) or position (tuples) of the target.")] = None,  # noqa: E501
+    timeout: Annotated[float, typer.Option("--timeout", min=0, help=f"Seconds a batch may take before the loader counts as hung (default {DEFAULT_TIMEOUT_S:g}; 0: no limit).")] = DEFAULT_TIMEOUT_S,  # noqa: E501
     json: JsonOpt = False,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
@@ -40,7 +42,7 @@ def data_command(
     with exit_on_tool_errors(debug), progress_bar("reading batches", enabled=not json) as on_progress:
         report = probe_loader(_load_loader(loader), load_model(model), num_classes=num_classes, loss=loss,
                               batches=batches, input_key=_key(input_key), target_key=_key(target_key),
-                              on_progress=on_progress)
+                              on_progress=on_progress, timeout=timeout)
     emit(report, as_json=json, strict=strict)
 
 

@@ -6,6 +6,7 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S
 from torchdoctor.data.loader import DEFAULT_BATCH_SIZE
 from torchdoctor.errors import UsageError
 from torchdoctor.report import Report
@@ -25,12 +26,15 @@ def probe_loader(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: str | None = None,
     on_progress: Callable[[int, int], None] | None = None,
+    timeout: float | None = DEFAULT_TIMEOUT_S,
 ) -> Report:
     """Read the first ``batches`` batches of ``loader`` and judge them; with ``model``, train a real step on a copy.
 
     ``loader`` is a DataLoader, or a Dataset (read through ``DataLoader(dataset, batch_size=batch_size)``).
     ``loss`` is ``"ce"``, ``"bce"``, ``"mse"``, a callable ``loss(output, target)`` or a ``file.py:name``
     spec; without it the loss is inferred from the targets. ``device`` defaults to CUDA when available.
+    ``timeout``: seconds ``iter(loader)`` and each batch may take before the loader counts as hung
+    (``loader-hang``; None or 0: wait forever). It needs the main thread (SIGALRM) and is off elsewhere.
     The loader, the dataset, the model and the RNG state are left as they were found.
     """
     from torchdoctor.data.checks import check_data
@@ -40,9 +44,11 @@ def probe_loader(
     from torchdoctor.data.sections import data_sections
 
     _validate(batches, num_classes, batch_size, model)
+    if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout < 0):
+        raise UsageError(f"timeout must be a number of seconds >= 0, got {timeout!r}")
     loader, wrapped = as_loader(loader, batch_size)
     options = ProbeOptions(batches=batches, input_key=input_key, target_key=target_key, num_classes=num_classes,
-                           loss=resolve_loss(loss), device=device, on_progress=on_progress)
+                           loss=resolve_loss(loss), device=device, on_progress=on_progress, timeout_s=timeout)
     facts = collect_data_facts(loader, wrapped, model, options)
     findings = tuple(check_data(facts))
     result = {**facts, "throughput": throughput(facts)}

@@ -84,6 +84,8 @@ def check_read_failure(facts: Facts) -> list[Finding]:
     failure = facts["reading"]["failure"]
     if failure is None:
         return []
+    if failure.get("timed_out"):
+        return [_hang_finding(failure, facts.get("located") or {}, facts["loader"])]
     if failure.get("worker"):
         return [_worker_finding(failure, facts["loader"])]
     located = facts.get("located") or {}
@@ -192,6 +194,33 @@ def _worker_finding(failure: Mapping[str, Any], loader: Mapping[str, Any]) -> Fi
     sentence = sentence.format(method=loader["multiprocessing_context"] or "default", signals=signals)
     return make_finding("worker-failed", f"{sentence}: {failure['exc_type']}: {_headline(failure['message'])}",
                         fix=fix, details={**worker, "num_workers": loader["num_workers"], "error": failure["message"]})
+
+
+def _hang_finding(failure: Mapping[str, Any], located: Mapping[str, Any], loader: Mapping[str, Any]) -> Finding:
+    late = "iter(loader) did not return" if failure["at_start"] else f"Batch {failure['batch']} did not arrive"
+    limit = f"{failure['timed_out']:g} s"
+    details = {**_failure_details(failure), "timed_out_s": failure["timed_out"], "num_workers": loader["num_workers"],
+               "located": dict(located)}
+    if located.get("hang") == "main":
+        index = f"dataset[{located['index']}]" if located.get("index") is not None else "the loader"
+        return make_finding("loader-hang", f"{late} within {limit}: {index} was still blocked"
+                            f"{_where(located.get('user_frame'))}.", location=_location(located.get("user_frame")),
+                            details=details)
+    workers = f"{loader['num_workers']} worker process{'es' if loader['num_workers'] != 1 else ''}"
+    if located.get("reproduced"):
+        how = _SEEDED if located.get("order") == "seeded" else ""
+        return make_finding("loader-hang", f"{late} from {workers} within {limit}; read here one by "
+                            f"one{how}, dataset[{located['index']}] blocks too{_where(located.get('user_frame'))}.",
+                            location=_location(located.get("user_frame")), details=details)
+    if located.get("reproduced") is False:
+        return make_finding("loader-hang", f"{late} from {workers} within {limit}, yet "
+                            f"{located['read']} of its samples read in this process in {located['read_ms']:.0f} ms: "
+                            "the workers deadlock, typically on a lock, thread pool or handle created before the "
+                            "fork (OpenCV/OpenMP threads, tokenizers, an open HDF5/LMDB/database handle).",
+                            details=details)
+    return make_finding("loader-hang", f"{late} from {workers} within {limit}; which samples it "
+                        "holds is not known (an iterable data set, or a hang while starting the workers).",
+                        details=details)
 
 
 _SEEDED = " (the loader shuffles, so these are indices torchdoctor drew with seed 0 and read one by one)"

@@ -17,10 +17,13 @@ from typing import Any
 
 from torchdoctor.data import labels as label_scan
 from torchdoctor.data import samples as sample_probe
+from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S
 from torchdoctor.data.loader import batch_indices, collect_loader_facts, deterministic_batches
 from torchdoctor.data.loss import LossChoice, builtin_loss, infer_task
 from torchdoctor.data.read import Reading, read_batches
 from torchdoctor.explain.rules import match_exception
+
+HANG_SEARCH_BUDGET_S = 20.0  # reading samples one by one in this process to reproduce a worker hang
 
 
 @dataclass
@@ -34,6 +37,7 @@ class ProbeOptions:
     on_progress: Callable[[int, int], None] | None = None
     clock: Callable[[], float] = time.perf_counter
     usable_cpus: int | None = None  # None: measured (affinity and cgroup quota, like `env`)
+    timeout_s: float | None = DEFAULT_TIMEOUT_S  # per iter()/next() on the loader; None or 0: no limit
 
 
 def collect_data_facts(loader: Any, wrapped: bool, model: Any, options: ProbeOptions) -> dict[str, Any]:
@@ -73,10 +77,12 @@ def _collect(loader: Any, wrapped: bool, model: Any, options: ProbeOptions) -> d
                              "usable_cpus": options.usable_cpus or _usable_cpus(),
                              "cuda_available": bool(torch.cuda.is_available())}
     reading = read_batches(loader, options.batches, input_key=options.input_key, target_key=options.target_key,
-                           on_progress=options.on_progress, clock=options.clock)
+                           on_progress=options.on_progress, clock=options.clock, timeout_s=options.timeout_s)
     facts["reading"] = _reading_facts(reading, loader)
-    facts["located"] = _locate_failure(loader, reading, options)
-    facts["dataset_labels"] = label_scan.scan_labels(loader.dataset, reading.layout, options.clock)
+    hung = reading.failure is not None and reading.failure.timed_out is not None
+    facts["located"] = _locate_hang(loader, reading, options) if hung else _locate_failure(loader, reading, options)
+    # the label scan checks a few samples through __getitem__: not on a data set that just hung
+    facts["dataset_labels"] = None if hung else label_scan.scan_labels(loader.dataset, reading.layout, options.clock)
     facts["dataset_nonfinite"] = label_scan.scan_nonfinite(loader.dataset)
     facts["nonfinite"] = _nonfinite_indices(loader, reading)
     if model is not None and reading.kept:
@@ -222,6 +228,48 @@ def _locate_failure(loader: Any, reading: Reading, options: ProbeOptions) -> dic
             return None
         indices, order = sample_probe.seeded_indices(size, options.batches * (loader.batch_size or 1)), "seeded"
     return _probe_facts(sample_probe.probe_indices(loader.dataset, indices, order=order, clock=options.clock))
+
+
+def _locate_hang(loader: Any, reading: Reading, options: ProbeOptions) -> dict[str, Any]:
+    """Where the loader hung: the main process's own frame, or, for workers, the samples read again here.
+
+    A worker's stack cannot be read from outside it; reading the same samples in this process under the same
+    limit tells a sample that blocks wherever it is read from a deadlock that only forked workers meet.
+    """
+    from torchdoctor.data.loader import is_map_style
+
+    failure = reading.failure
+    if loader.num_workers == 0:
+        return {"hang": "main", "index": failure.index, "indices": failure.indices, "user_frame": failure.user_frame}
+    if failure.at_start or not is_map_style(loader.dataset):
+        return {"hang": "workers", "reproduced": None}
+    indices, order = batch_indices(loader, failure.batch_number), "sampler"
+    if indices is None:
+        size = _safe_len(loader.dataset)
+        if not size:
+            return {"hang": "workers", "reproduced": None}
+        indices, order = sample_probe.seeded_indices(size, options.batches * (loader.batch_size or 1)), "seeded"
+    return {"hang": "workers", "order": order, **_read_one_by_one(loader.dataset, indices, failure.timed_out,
+                                                                   options.clock)}
+
+
+def _read_one_by_one(dataset: Any, indices: list[int], limit: float, clock: Callable[[], float]) -> dict[str, Any]:
+    from torchdoctor.data.deadline import TimedOut, time_limit
+    from torchdoctor.data.frames import user_frame
+
+    start, read = clock(), 0
+    for index in indices:
+        if clock() - start > HANG_SEARCH_BUDGET_S:
+            break
+        try:
+            with time_limit(limit):
+                dataset[index]
+        except TimedOut as exc:
+            return {"reproduced": True, "index": index, "user_frame": user_frame(exc)}
+        except Exception:  # an error is not a hang: reading went on past it
+            pass
+        read += 1
+    return {"reproduced": False, "read": read, "read_ms": round((clock() - start) * 1000.0, 3)}
 
 
 def _probe_facts(probe: sample_probe.SampleProbe) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor.data.deadline import TimedOut, time_limit
 from torchdoctor.data.fields import BatchLayout, find_layout, split_batch, tensor_fields
 from torchdoctor.data.frames import fetch_context, user_frame
 from torchdoctor.data.stats import FieldStats, LabelStats
@@ -34,11 +35,12 @@ class ReadFailure:
     index: int | None = None  # the index __getitem__ raised for
     samples: list[Any] | None = field(default=None, repr=False)  # fetched samples when collation failed
     worker_exit_codes: list[int | None] | None = None
+    timed_out: float | None = None  # the limit in seconds, when the loader did not answer in time
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch_number, "at_start": self.at_start, "exc_type": self.exc_type,
                 "message": self.message, "user_frame": self.user_frame, "indices": self.indices,
-                "index": self.index, "worker_exit_codes": self.worker_exit_codes}
+                "index": self.index, "worker_exit_codes": self.worker_exit_codes, "timed_out": self.timed_out}
 
 
 @dataclass
@@ -64,8 +66,12 @@ class Reading:
 
 def read_batches(loader: Any, count: int, *, input_key: Any = None, target_key: Any = None,
                  on_progress: Callable[[int, int], None] | None = None,
-                 clock: Callable[[], float] = time.perf_counter) -> Reading:
-    """Read up to ``count`` batches; a layout error (a usage error) propagates after the loader is closed."""
+                 clock: Callable[[], float] = time.perf_counter, timeout_s: float | None = None) -> Reading:
+    """Read up to ``count`` batches; a layout error (a usage error) propagates after the loader is closed.
+
+    ``timeout_s`` limits ``iter()`` and each ``next()``: a loader that does not answer in time is a failure
+    with ``timed_out`` set, and its hung workers are terminated rather than waited for.
+    """
     reading = Reading(requested=count)
     previous = getattr(loader, "_iterator", None)
     iterator = None
@@ -74,28 +80,31 @@ def read_batches(loader: Any, count: int, *, input_key: Any = None, target_key: 
         try:
             start = clock()
             try:
-                iterator = iter(loader)
-            except Exception as exc:
+                with time_limit(timeout_s):
+                    iterator = iter(loader)
+            except (Exception, TimedOut) as exc:
                 reading.failure = _failure(exc, 0, at_start=True, iterator=None)
                 return reading
             reading.start_ms = (clock() - start) * 1000.0
             reading.indices = _record_indices(iterator, loader)
-            _read_loop(reading, iterator, count, input_key, target_key, on_progress, clock)
+            _read_loop(reading, iterator, count, input_key, target_key, on_progress, clock, timeout_s)
         finally:
-            _close(loader, iterator, previous)
+            _close(loader, iterator, previous, hung=bool(reading.failure and reading.failure.timed_out))
             reading.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
     return reading
 
 
 def _read_loop(reading: Reading, iterator: Any, count: int, input_key: Any, target_key: Any,
-               on_progress: Callable[[int, int], None] | None, clock: Callable[[], float]) -> None:
+               on_progress: Callable[[int, int], None] | None, clock: Callable[[], float],
+               timeout_s: float | None) -> None:
     for number in range(count):
         start = clock()
         try:
-            batch = next(iterator)
+            with time_limit(timeout_s):
+                batch = next(iterator)
         except StopIteration:
             return
-        except Exception as exc:
+        except (Exception, TimedOut) as exc:
             reading.failure = _failure(exc, number, at_start=False, iterator=iterator)
             return
         reading.batch_ms.append((clock() - start) * 1000.0)
@@ -142,12 +151,13 @@ def _record_indices(iterator: Any, loader: Any) -> list[list[int]] | None:
     return recorded
 
 
-def _failure(exc: Exception, number: int, *, at_start: bool, iterator: Any) -> ReadFailure:
+def _failure(exc: BaseException, number: int, *, at_start: bool, iterator: Any) -> ReadFailure:
     context = fetch_context(exc)
     failure = ReadFailure(
         batch_number=number, at_start=at_start, exc_type=type(exc).__name__, message=str(exc).strip(),
         user_frame=user_frame(exc), exception=exc, indices=context.get("indices"), index=context.get("index"),
         samples=context.get("samples"), worker_exit_codes=_exit_codes(iterator),
+        timed_out=exc.seconds if isinstance(exc, TimedOut) else None,
     )
     # the frames hold the fetcher, the batch and the dataset; what we need was copied out above
     traceback.clear_frames(exc.__traceback__)
@@ -168,8 +178,19 @@ def _exit_codes(iterator: Any) -> list[int | None] | None:
     return codes
 
 
-def _close(loader: Any, iterator: Any, previous: Any) -> None:
-    """Stop our workers now (not at garbage collection) and give a persistent loader its old iterator back."""
+def _close(loader: Any, iterator: Any, previous: Any, *, hung: bool = False) -> None:
+    """Stop our workers now (not at garbage collection) and give a persistent loader its old iterator back.
+
+    ``hung``: the workers did not answer in time. They are terminated first: torch's shutdown would wait
+    5 s for each before doing the same.
+    """
+    if hung:
+        for worker in getattr(iterator, "_workers", None) or ():
+            try:
+                if worker.is_alive():
+                    worker.terminate()
+            except Exception:  # a worker object in an odd state: torch's shutdown deals with it
+                pass
     shutdown = getattr(iterator, "_shutdown_workers", None)
     if callable(shutdown):
         try:
