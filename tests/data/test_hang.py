@@ -11,7 +11,7 @@ from fixtures import loaders
 from torch.utils.data import DataLoader
 
 from torchdoctor.data.api import probe_loader
-from torchdoctor.data.deadline import TimedOut, time_limit
+from torchdoctor.data.deadline import TimedOut, TimeLimit
 from torchdoctor.errors import UsageError
 
 LIMIT = 1.0
@@ -73,11 +73,14 @@ def test_a_healthy_slow_loader_within_the_limit_is_not_a_hang():
 
 def test_the_limit_leaves_the_signal_handler_and_timer_as_they_were():
     before = signal.getsignal(signal.SIGALRM)
-    with pytest.raises(TimedOut), time_limit(0.05):
-        time.sleep(5)
+    with TimeLimit(0.05) as limit:
+        with pytest.raises(TimedOut):
+            limit.call(time.sleep, 5)
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # disarmed between calls
+        assert limit.call(sum, [1, 2]) == 3
     assert signal.getsignal(signal.SIGALRM) is before and signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-    with time_limit(None):  # no limit: nothing installed
-        assert signal.getsignal(signal.SIGALRM) is before
+    with TimeLimit(None) as limit:  # no limit: nothing installed
+        assert signal.getsignal(signal.SIGALRM) is before and limit.call(sum, [1]) == 1
 
 
 def test_except_exception_in_user_code_cannot_swallow_the_limit():
@@ -88,8 +91,8 @@ def test_except_exception_in_user_code_cannot_swallow_the_limit():
             except Exception:  # a dataset's retry loop
                 continue
 
-    with pytest.raises(TimedOut), time_limit(0.05):
-        retrying_read()
+    with pytest.raises(TimedOut), TimeLimit(0.05) as limit:
+        limit.call(retrying_read)
 
 
 @pytest.mark.parametrize("bad", [-1, "10", True])

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # A batch that takes a minute is a hang for a probe of the first batches (a slow first batch, with workers
 # starting, takes seconds); users with slower storage raise it with --timeout.
@@ -34,24 +35,38 @@ def can_time_out() -> bool:
     return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
 
 
-@contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``TimedOut`` in the block after ``seconds``; no limit for None/0 or where ``can_time_out`` is false.
+class TimeLimit:
+    """``call(f, *args)`` raises ``TimedOut`` if ``f`` runs longer than ``seconds`` (None/0, or where
+    ``can_time_out`` is false: no limit).
 
-    The handler raises where the main thread waits: in ``time.sleep``, a lock, a socket read, or torch's
-    wait on its workers' queue (all of them return to Python on EINTR to run it).
+    The SIGALRM handler is installed once for the ``with`` block and each call only arms and disarms the
+    timer (one ``setitimer`` each: the probe's per-batch cost stays in microseconds). The handler raises
+    where the main thread waits: in ``time.sleep``, a lock, a socket read, or torch's wait on its workers'
+    queue (each returns to Python on EINTR to run it).
     """
-    if not seconds or not can_time_out():
-        yield
-        return
 
-    def expired(signum: int, frame: Any) -> None:
-        raise TimedOut(seconds)
+    def __init__(self, seconds: float | None) -> None:
+        self.seconds = seconds if seconds and can_time_out() else None
+        self.previous: Any = None
 
-    previous = signal.signal(signal.SIGALRM, expired)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+    def __enter__(self) -> TimeLimit:
+        if self.seconds:
+            self.previous = signal.signal(signal.SIGALRM, self._expired)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.seconds:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, self.previous)
+
+    def call(self, function: Callable[..., T], *args: Any) -> T:
+        if not self.seconds:
+            return function(*args)
+        signal.setitimer(signal.ITIMER_REAL, self.seconds)
+        try:
+            return function(*args)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    def _expired(self, signum: int, frame: Any) -> None:
+        raise TimedOut(self.seconds or 0.0)

@@ -254,21 +254,21 @@ def _locate_hang(loader: Any, reading: Reading, options: ProbeOptions) -> dict[s
 
 
 def _read_one_by_one(dataset: Any, indices: list[int], limit: float, clock: Callable[[], float]) -> dict[str, Any]:
-    from torchdoctor.data.deadline import TimedOut, time_limit
+    from torchdoctor.data.deadline import TimedOut, TimeLimit
     from torchdoctor.data.frames import user_frame
 
     start, read = clock(), 0
-    for index in indices:
-        if clock() - start > HANG_SEARCH_BUDGET_S:
-            break
-        try:
-            with time_limit(limit):
-                dataset[index]
-        except TimedOut as exc:
-            return {"reproduced": True, "index": index, "user_frame": user_frame(exc)}
-        except Exception:  # an error is not a hang: reading went on past it
-            pass
-        read += 1
+    with TimeLimit(limit) as time_limit:
+        for index in indices:
+            if clock() - start > HANG_SEARCH_BUDGET_S:
+                break
+            try:
+                time_limit.call(dataset.__getitem__, index)
+            except TimedOut as exc:
+                return {"reproduced": True, "index": index, "user_frame": user_frame(exc)}
+            except Exception:  # an error is not a hang: reading went on past it
+                pass
+            read += 1
     return {"reproduced": False, "read": read, "read_ms": round((clock() - start) * 1000.0, 3)}
 
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchdoctor.data.deadline import TimedOut, time_limit
+from torchdoctor.data.deadline import TimedOut, TimeLimit
 from torchdoctor.data.fields import BatchLayout, find_layout, split_batch, tensor_fields
 from torchdoctor.data.frames import fetch_context, user_frame
 from torchdoctor.data.stats import FieldStats, LabelStats
@@ -75,19 +75,18 @@ def read_batches(loader: Any, count: int, *, input_key: Any = None, target_key: 
     reading = Reading(requested=count)
     previous = getattr(loader, "_iterator", None)
     iterator = None
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, TimeLimit(timeout_s) as limit:
         warnings.simplefilter("always")
         try:
             start = clock()
             try:
-                with time_limit(timeout_s):
-                    iterator = iter(loader)
+                iterator = limit.call(iter, loader)
             except (Exception, TimedOut) as exc:
                 reading.failure = _failure(exc, 0, at_start=True, iterator=None)
                 return reading
             reading.start_ms = (clock() - start) * 1000.0
             reading.indices = _record_indices(iterator, loader)
-            _read_loop(reading, iterator, count, input_key, target_key, on_progress, clock, timeout_s)
+            _read_loop(reading, iterator, count, input_key, target_key, on_progress, clock, limit)
         finally:
             _close(loader, iterator, previous, hung=bool(reading.failure and reading.failure.timed_out))
             reading.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
@@ -96,12 +95,11 @@ def read_batches(loader: Any, count: int, *, input_key: Any = None, target_key: 
 
 def _read_loop(reading: Reading, iterator: Any, count: int, input_key: Any, target_key: Any,
                on_progress: Callable[[int, int], None] | None, clock: Callable[[], float],
-               timeout_s: float | None) -> None:
+               limit: TimeLimit) -> None:
     for number in range(count):
         start = clock()
         try:
-            with time_limit(timeout_s):
-                batch = next(iterator)
+            batch = limit.call(next, iterator)
         except StopIteration:
             return
         except (Exception, TimedOut) as exc:
