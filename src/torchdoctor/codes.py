@@ -428,6 +428,12 @@ _SPECS = (
         "More workers, persistent_workers=True, lighter transforms, or pre-processed data.",
     ),
     _spec(
+        "collate-failed", "TD518", "error",
+        "The DataLoader's collate function raised while combining samples into a batch.",
+        "Every batch (or every batch holding such samples) fails before training sees it; __getitem__ is fine.",
+        "Fix the collate_fn at the named line; the details list the batch's samples it was given.",
+    ),
+    _spec(
         "loader-hang", "TD517", "error",
         "The DataLoader did not deliver a batch within the time limit (--timeout, default 60 s).",
         "Training stalls at that batch with no error and no output: a __getitem__ blocked on a lock, the network "

@@ -28,6 +28,8 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 _STDLIB_DIRS = tuple({os.path.abspath(sysconfig.get_paths()[k]) + os.sep for k in ("stdlib", "platstdlib")})
 _THIRD_PARTY = re.compile(r"[\\/](site|dist)-packages[\\/]")
 
+TARGET_MODULE_PREFIX = "torchdoctor_target_"
+
 
 def split_target_spec(spec: str) -> tuple[str, str]:
     """Split ``where:name`` on the *last* colon (so ``C:\\x\\m.py:Net`` works); validate both halves."""
@@ -86,7 +88,12 @@ def _module_name(path: Path) -> str:
     """A name no real import will collide with: the stem (readable in reprs) plus a hash of the full path."""
     stem = re.sub(r"\W", "_", path.stem)
     digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
-    return f"torchdoctor_target_{stem}_{digest}"
+    return f"{TARGET_MODULE_PREFIX}{stem}_{digest}"
+
+
+def is_target_module(name: str) -> bool:
+    """A module torchdoctor loaded from a ``file.py:name`` spec: its name means nothing to the user."""
+    return name.startswith(TARGET_MODULE_PREFIX)
 
 
 def _add_sys_path(folder: str) -> None:

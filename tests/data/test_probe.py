@@ -42,6 +42,8 @@ TRIGGERS = [
     ("sorted_labels_loader", TinyClassifier, {}, "unshuffled-classes", Severity.WARNING),
     ("negative_strides_loader", None, {}, "negative-strides", Severity.ERROR),
     ("getitem_raises_loader", None, {}, "getitem-failed", Severity.ERROR),
+    ("collate_bug_loader", None, {}, "collate-failed", Severity.ERROR),
+    ("unknown_sample_type_loader", None, {}, "collate-failed", Severity.ERROR),
     ("unpicklable_spawn_loader", None, {}, "worker-failed", Severity.ERROR),
     ("pinned_loader", TinyClassifier, {}, "pin-memory-without-gpu", Severity.INFO),
     ("slow_loader", TinyClassifier, {"batches": 4}, "dataloader-bottleneck", Severity.WARNING),
@@ -192,3 +194,34 @@ def test_step_error_explained_by_a_data_finding_is_not_repeated():
     report = probe_loader(loaders.float64_features_loader(), TinyClassifier())
     assert ids(report) == ["input-dtype-mismatch"]
     assert "Double" in report.findings[0].details["confirmed_by_step"]
+
+
+def collate_bug_line() -> int:
+    import inspect
+
+    lines, first = inspect.getsourcelines(loaders.labels_as_column_collate)
+    return first + next(i for i, line in enumerate(lines) if "# the bug" in line)
+
+
+@pytest.mark.parametrize("fixture", ["collate_bug_loader", "collate_bug_in_workers_loader"])
+def test_a_collate_fn_error_names_the_collate_fn_its_line_and_the_original_error(fixture):
+    finding = only(probe_loader(getattr(loaders, fixture)()), "collate-failed")
+    assert finding.message.startswith("Collating batch 0 failed: collate_fn ")
+    assert "labels_as_column_collate raised RuntimeError at " in finding.message
+    assert "Caught RuntimeError in DataLoader worker" not in finding.message  # the worker's wrapper is unwrapped
+    assert "is invalid for input of size 8" in finding.message
+    assert finding.location.endswith(f"loaders.py:{collate_bug_line()}")
+    samples = finding.details["samples"]
+    assert len(samples) == 8 and next(iter(samples.values()))[0]["shape"] == [loaders.FEATURES]
+
+
+def test_default_collate_on_an_unknown_sample_type_says_what_to_return():
+    finding = only(probe_loader(loaders.unknown_sample_type_loader()), "collate-failed")
+    assert "torch's default_collate raised TypeError" in finding.message and "Record" in finding.message
+    assert "collate_fn that builds a batch" in finding.fix
+
+
+def test_an_error_in_getitem_is_not_called_a_collate_error():
+    report = probe_loader(loaders.getitem_raises_loader())
+    assert report.result["reading"]["failure"]["stage"] == "fetch"
+    assert "collate-failed" not in [f.id for f in report.findings]

@@ -80,7 +80,7 @@ def check_unshuffled_classes(facts: Facts) -> list[Finding]:
 
 
 def check_read_failure(facts: Facts) -> list[Finding]:
-    """getitem-failed, worker-failed, variable-size-samples, negative-strides...: why reading a batch failed."""
+    """getitem-failed, collate-failed, worker-failed, loader-hang, variable-size-samples...: why reading failed."""
     failure = facts["reading"]["failure"]
     if failure is None:
         return []
@@ -102,9 +102,30 @@ def check_read_failure(facts: Facts) -> list[Finding]:
         return [make_finding(explained["id"], f"{explained['sentence']} Reading batch {failure['batch']} failed"
                              f"{where}: {explained['quote']}", location=_location(failure["user_frame"]),
                              details=_failure_details(failure))]
-    return [make_finding("getitem-failed", f"Reading batch {failure['batch']} raised {failure['exc_type']}{where}: "
-                         f"{_headline(failure['message'])}", location=_location(failure["user_frame"]),
-                         details=_failure_details(failure))]
+    exc_type, headline = _raised(failure)
+    if failure.get("stage") == "collate":
+        loader = facts["loader"]
+        collate = "torch's default_collate" if loader["default_collate"] else f"collate_fn {loader['collate_fn']}"
+        return [make_finding("collate-failed", f"Collating batch {failure['batch']} failed: {collate} raised "
+                             f"{exc_type}{where}: {headline}", location=_location(failure["user_frame"]),
+                             fix=_DEFAULT_COLLATE_FIX if loader["default_collate"] else "",
+                             details={**_failure_details(failure), "collate_fn": loader["collate_fn"],
+                                      "samples": (facts.get("located") or {}).get("samples")})]
+    return [make_finding("getitem-failed", f"Reading batch {failure['batch']} raised {exc_type}{where}: {headline}",
+                         location=_location(failure["user_frame"]), details=_failure_details(failure))]
+
+
+_DEFAULT_COLLATE_FIX = ("Return tensors, numpy arrays, numbers, or dicts/lists/tuples of them from __getitem__, or "
+                        "pass a collate_fn that builds a batch from your sample type.")
+
+
+def _raised(failure: Mapping[str, Any]) -> tuple[str, str]:
+    """The error's type and first line; from a worker, the original's (not torch's 'Caught X in DataLoader
+    worker process N.' wrapper)."""
+    from torchdoctor.explain.rules import unwrap_worker_error
+
+    original_type, message = unwrap_worker_error(failure["message"])
+    return original_type or failure["exc_type"], _headline(message)
 
 
 def compute_ms(timings: Mapping[str, float]) -> float:

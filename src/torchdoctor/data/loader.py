@@ -109,9 +109,12 @@ def _context_name(context: Any) -> str | None:
 
 
 def _collate_name(collate_fn: Any) -> str:
+    from torchdoctor.targets import is_target_module
+
     name = getattr(collate_fn, "__qualname__", None) or type(collate_fn).__name__
     module = getattr(collate_fn, "__module__", None) or ""
-    return f"{module}.{name}" if module and not module.startswith("torch.") else name
+    shown = module and not module.startswith("torch.") and not is_target_module(module)
+    return f"{module}.{name}" if shown else name
 
 
 def _is_default_collate(collate_fn: Any) -> bool:

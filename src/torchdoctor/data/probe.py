@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import re
 import statistics
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +26,7 @@ from torchdoctor.data.read import Reading, read_batches
 from torchdoctor.explain.rules import match_exception
 
 HANG_SEARCH_BUDGET_S = 20.0  # reading samples one by one in this process to reproduce a worker hang
+_TORCH_COLLATE = r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]collate\.py"
 
 
 @dataclass
@@ -174,6 +177,7 @@ def _reading_facts(reading: Reading, loader: Any) -> dict[str, Any]:
     if failure is not None:
         failure["explained"] = _explained(reading.failure.exception)
         failure["worker"] = _worker_facts(reading, loader)
+        failure["stage"] = "collate" if _in_collate(reading.failure.exception, loader.collate_fn) else "fetch"
     return {"requested": reading.requested, "read": reading.read, "start_ms": reading.start_ms,
             "batch_ms": reading.batch_ms, "batch_sizes": reading.batch_sizes,
             "layout": layout.to_dict() if layout else None, "fields": fields,
@@ -203,6 +207,19 @@ def _worker_facts(reading: Reading, loader: Any) -> dict[str, Any] | None:
     elif signals and cause in ("worker-killed", "other"):
         cause = "worker-killed"
     return {"cause": cause, "exit_codes": failure.worker_exit_codes, "signals": signals}
+
+
+def _in_collate(exc: BaseException, collate_fn: Any) -> bool:
+    """The error came out of the collate step (the loader's collate_fn, or torch's own collate functions), not
+    out of ``__getitem__``: seen in the traceback, or, from a worker, in the traceback text it sent back."""
+    code = getattr(collate_fn, "__code__", None)
+    for frame, _line in traceback.walk_tb(exc.__traceback__):
+        if frame.f_code is code or re.search(_TORCH_COLLATE + "$", frame.f_code.co_filename):
+            return True
+    files = [_TORCH_COLLATE + '", line \\d+, in \\w+']
+    if code is not None:
+        files.append(f'{re.escape(code.co_filename)}", line \\d+, in {re.escape(code.co_name)}\\b')
+    return any(re.search(r'File "[^"]*' + pattern, str(exc)) for pattern in files)
 
 
 def _locate_failure(loader: Any, reading: Reading, options: ProbeOptions) -> dict[str, Any] | None:

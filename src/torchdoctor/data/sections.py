@@ -11,7 +11,7 @@ from torchdoctor.report import Finding, Section
 GROUPS = (
     ("loader", "Loader", ("too-many-workers", "pin-memory-without-gpu", "batchnorm-single-sample-batch",
                           "unshuffled-classes")),
-    ("batches", "Batches", ("getitem-failed", "worker-failed", "loader-hang", "variable-size-samples",
+    ("batches", "Batches", ("getitem-failed", "collate-failed", "worker-failed", "loader-hang", "variable-size-samples",
                             "negative-strides", "dataloader-bottleneck")),
     ("labels", "Labels", ("label-out-of-range", "label-dtype", "target-shape")),
     ("inputs", "Inputs", ("nonfinite-input", "input-dtype-mismatch", "uint8-input", "channels-last-input",

@@ -333,7 +333,7 @@ def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> 
     user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True.
     """
     type_names, exc_type, raw = _type_and_text(exc)
-    worker_type, raw = _unwrap_worker(raw)
+    worker_type, raw = unwrap_worker_error(raw)
     if worker_type is not None:  # a worker's exception arrives re-raised in its own type; the text names it
         exc_type = worker_type
         type_names = type_names or _builtin_mro(worker_type)
@@ -377,7 +377,7 @@ def _builtin_mro(name: str) -> tuple[str, ...]:
     return ()
 
 
-def _unwrap_worker(raw: str) -> tuple[str | None, str]:
+def unwrap_worker_error(raw: str) -> tuple[str | None, str]:
     """``Caught X in DataLoader worker process 0. Original Traceback ... X: msg`` → ``("X", "msg")``."""
     if _TRACEBACK_HEADER not in raw or not _WORKER_HEADER.search(raw):
         return None, raw
