@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import time
 
 import pytest
 
@@ -81,3 +83,30 @@ def test_a_data_item_whose_loader_hangs_ends_with_loader_hang_at_its_timeout(pro
     report = _only(project, '[[tool.torchdoctor.data]]\nloader = "hang.py:loader"\ntimeout = 1\n')
     assert [f.id for f in report.findings] == ["loader-hang"] and report.exit_code() == 1
     assert report.findings[0].details["timed_out_s"] == 1
+
+
+def test_a_nan_hunt_item_that_runs_past_its_timeout_is_stopped_and_reported(project):
+    (project / "stuck.py").write_text("import time\ntime.sleep(600)\n")
+    start = time.perf_counter()
+    report = _only(project, '[[tool.torchdoctor.nan-hunt]]\nscript = "stuck.py"\ntimeout = 4\n')
+    assert time.perf_counter() - start < 60
+    item = report.result["items"][0]
+    assert item["error"]["message"] == "nan-hunt of stuck.py did not finish within 4 s and was stopped"
+    assert "timeout" in item["error"]["hint"] and report.exit_code() != 0
+
+
+def test_package_module_specs_import_from_the_config_folder(project):
+    package = project / "checkproj_models"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "nets.py").write_text((project / "models.py").read_text())
+    sys.modules.pop("checkproj_models", None)
+    try:
+        report = _only(project, '[[tool.torchdoctor.count]]\nmodel = "checkproj_models.nets:Net"\n'
+                                "input-shape = [1, 8]\n")
+    finally:
+        for name in ("checkproj_models", "checkproj_models.nets"):
+            sys.modules.pop(name, None)
+    item = report.result["items"][0]
+    assert (item["status"], item["error"]) == ("ok", None), item
+    assert str(project.resolve()) not in sys.path  # the folder was on sys.path for the run only

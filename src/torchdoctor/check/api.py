@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
-from collections.abc import Iterable, Mapping
+import sys
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,24 @@ def run_check(config_path: str | os.PathLike[str] | None = None, cwd: str | os.P
     ``result["fail_on"]`` says whether warnings fail the run (``Report.exit_code(strict=...)``).
     """
     config = load_config(Path(config_path) if config_path is not None else None, Path(cwd) if cwd else None)
-    outcomes = [run_item(item, config, run_subprocess=run_subprocess) for item in config.items]
+    with _importable_from(config.root):
+        outcomes = [run_item(item, config, run_subprocess=run_subprocess) for item in config.items]
     return build_report(config, outcomes)
+
+
+@contextlib.contextmanager
+def _importable_from(root: Path) -> Iterator[None]:
+    """``package.module:name`` specs import from the config's folder (the project root), as they would with
+    ``python -m`` run there, wherever ``torchdoctor check`` itself was started."""
+    folder = str(Path(root).resolve())
+    added = folder not in sys.path
+    if added:
+        sys.path.insert(0, folder)
+    try:
+        yield
+    finally:
+        if added and folder in sys.path:
+            sys.path.remove(folder)
 
 
 def build_report(config: CheckConfig, outcomes: Iterable[ItemOutcome]) -> Report:

@@ -72,7 +72,8 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
     "data": {"loader": (_STR, True), "model": (_STR, False), "batches": (_INT, False), "num-classes": (_INT, False),
              "loss": (_STR, False), "input-key": ((str, int), False), "target-key": ((str, int), False),
              "timeout": ((int, float), False)},
-    "nan-hunt": {"script": (_STR, True), "args": ((list,), False), "steps": (_INT, False)},
+    "nan-hunt": {"script": (_STR, True), "args": ((list,), False), "steps": (_INT, False),
+                 "timeout": ((int, float), False)},
     "count": {"model": (_STR, True), "input-shape": ((list,), False), "max-params": (_INT, False),
               "max-macs": (_INT, False)},
 }

@@ -15,6 +15,9 @@ from torchdoctor.errors import TorchdoctorError, UserCodeError
 from torchdoctor.report import Finding, Report, Section, Severity
 
 SubprocessRunner = Callable[..., subprocess.CompletedProcess]
+# A pre-flight nan-hunt runs a few steps; one still running after 15 minutes would only hold the CI job until
+# the CI's own limit kills it without a report. Per item: timeout = seconds (0: no limit).
+NAN_HUNT_TIMEOUT_S = 900.0
 
 
 @dataclass(frozen=True)
@@ -91,7 +94,13 @@ def run_nan_hunt(item: Item, config: CheckConfig, run_subprocess: SubprocessRunn
     if options.get("steps"):
         command += ["--steps", str(options["steps"])]
     command += ["--", *options.get("args", ())]
-    done = run_subprocess(command, cwd=str(config.root), capture_output=True, text=True)
+    limit = options.get("timeout", NAN_HUNT_TIMEOUT_S) or None
+    try:
+        done = run_subprocess(command, cwd=str(config.root), capture_output=True, text=True, timeout=limit)
+    except subprocess.TimeoutExpired:  # subprocess.run has killed it
+        script = item.file or options["script"]
+        raise UserCodeError(f"nan-hunt of {script} did not finish within {limit:g} s and was stopped",
+                            hint="raise the item's timeout (0: no limit), or run fewer steps (steps = N)") from None
     try:
         data = json.loads(done.stdout) if done.returncode in (0, 1) else None
     except json.JSONDecodeError:
