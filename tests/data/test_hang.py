@@ -68,7 +68,15 @@ def test_shuffled_workers_hang_is_searched_with_seeded_draws():
 
 def test_a_healthy_slow_loader_within_the_limit_is_not_a_hang():
     report = probe_loader(loaders.slow_loader(), batches=3, timeout=5.0)
-    assert "loader-hang" not in [f.id for f in report.findings]
+    assert "loader-hang" not in [f.id for f in report.findings] and report.result["timeout_s"] == 5.0
+
+
+def test_off_the_main_thread_no_limit_applies_and_the_report_says_so():
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        report = pool.submit(probe_loader, loaders.healthy_tensor_loader(), batches=2, timeout=5.0).result()
+    assert report.result["timeout_s"] is None and report.result["reading"]["failure"] is None
 
 
 def test_the_limit_leaves_the_signal_handler_and_timer_as_they_were():
