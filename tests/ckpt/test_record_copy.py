@@ -35,3 +35,27 @@ def test_copy_range_copies_in_the_kernel_and_reports_short_sources(tmp_path):
             record_copy.copy_range(src.fileno(), dst.fileno(), len(source.read_bytes()) - 5, 4000, 10)
     assert target.read_bytes()[20:1020] == source.read_bytes()[10:1010]
     assert target.read_bytes()[:20] == b"\xff" * 20
+
+
+def test_without_copy_file_range_the_bytes_go_through_read_and_write(tmp_path, monkeypatch):
+    import errno
+
+    import torch
+
+    from torchdoctor.ckpt.fix import fix_checkpoint
+
+    source = tmp_path / "in.pt"
+    torch.save({f"module.w{i}": torch.randn(64, 64) for i in range(3)}, source)
+    calls = []
+
+    def across_filesystems(*args):  # what an older kernel says for two filesystems
+        calls.append(args)
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", across_filesystems)
+    report = fix_checkpoint(source, output=tmp_path / "out.pt")
+    assert calls and report.result["writer"]["copy"] == "read/write"
+    verified = report.result["verified"]
+    assert verified["storages_compared_while_copying"] == 3 and verified["bit_identical"]
+    before, after = torch.load(source, weights_only=True), torch.load(tmp_path / "out.pt", weights_only=True)
+    assert all(torch.equal(before[f"module.{key}"], value) for key, value in after.items())
