@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import subprocess
 import sys
@@ -239,9 +240,39 @@ def test_data_pkl_is_what_torch_save_writes(tmp_path):
     assert_same_tensors(load(tmp_path / "out.pt"), load(source))
 
 
+def test_a_legacy_checkpoint_stays_legacy_with_its_storages_copied_not_deserialised(tmp_path):
+    source = tmp_path / "dp_legacy.pt"
+    torch.save(nn.DataParallel(TinyConvNet()).state_dict(), source, _use_new_zipfile_serialization=False)
+    report = fix(source, output=tmp_path / "out.pt")
+    writer, verified = report.result["writer"], report.result["verified"]
+    assert writer["writer"].startswith("legacy stream") and writer["copy"] == "copy_file_range"
+    assert verified["storages_compared_while_copying"] == writer["storages"] == len(load(source))
+    assert detect_format(tmp_path / "out.pt").format is Format.LEGACY
+    assert_same_tensors(load(tmp_path / "out.pt"), {k.removeprefix("module."): v for k, v in load(source).items()})
+    assert abs(report.result["bytes_out"] - report.result["bytes_in"]) < 1024  # only the key names changed
+
+
+def test_the_legacy_stream_starts_as_torch_writes_it_and_loads_as_torch_loads_it(tmp_path):
+    source = build("legacy_file", tmp_path)
+    fix(source, strip_prefixes=("fc.",), output=tmp_path / "ours.pt")
+    theirs = tmp_path / "theirs.pt"
+    torch.save({k.removeprefix("fc."): v for k, v in load(source).items()}, theirs,
+               _use_new_zipfile_serialization=False)
+    heads = []
+    for path in (tmp_path / "ours.pt", theirs):
+        with open(path, "rb") as stream:
+            heads.append([pickle.load(stream) for _ in range(3)])  # magic number, protocol, sys_info
+    assert heads[0] == heads[1]
+    assert_same_tensors(load(tmp_path / "ours.pt"), load(theirs))
+    assert_same_tensors(torch.load(tmp_path / "ours.pt", weights_only=False), load(theirs))
+
+
 def test_zip_to_legacy_to_zip_round_trip(tmp_path):
     source = build("tied_weights", tmp_path)
     legacy = fix(source, to="legacy", output=tmp_path / "legacy.pt")
+    assert legacy.result["writer"]["writer"].startswith("legacy stream")
+    tied = load(tmp_path / "legacy.pt")
+    assert tied["0.weight"].untyped_storage().data_ptr() == tied["1.weight"].untyped_storage().data_ptr()
     assert detect_format(tmp_path / "legacy.pt").format is Format.LEGACY
     assert [f.id for f in legacy.findings] == ["legacy-format"]
     back = fix(tmp_path / "legacy.pt", to="zip", output=tmp_path / "back.pt")

@@ -132,14 +132,18 @@ def _unsafe_findings(reading: CheckpointReading) -> list[Finding]:
 
 
 def _choose_writer(reading: CheckpointReading, plan: Plan, fixed: Any) -> tuple[str, str | None]:
-    """``zip`` (records, no deserialising), ``safetensors``, or ``torch`` (torch.load + torch.save) and why."""
+    """``zip`` / ``legacy`` (records, no deserialising), ``safetensors``, or ``torch`` (torch.load + torch.save)
+    and why."""
     from torchdoctor.ckpt.writers import why_not_streamable
 
     if plan.format_out is Format.SAFETENSORS:
         return "safetensors", None
-    why = why_not_streamable(reading, fixed) if plan.format_out is Format.ZIP else None
-    if plan.format_out is Format.ZIP and why is None:
-        return "zip", None
+    streamable = plan.format_out in (Format.ZIP, Format.LEGACY)
+    why = why_not_streamable(reading, fixed) if streamable else None
+    if plan.format_out is Format.LEGACY and why is None and (reading.byteorder or "little") != "little":
+        why = "the data is big-endian, and a legacy stream is read in the loading machine's byte order"
+    if streamable and why is None:
+        return plan.format_out.value, None
     if reading.format is Format.LEGACY_TAR:
         raise UsageError(f"{reading.path.name} (legacy tar) can be rewritten as zip or safetensors only",
                          hint="pass --to zip")
@@ -224,6 +228,8 @@ def _write(job: _Job, out: BinaryIO, on_copied: Callable[[CopiedStorage], None])
 
     if job.writer == "zip":
         return writers.write_zip(job.reading, job.fixed, out, on_copied=on_copied)
+    if job.writer == "legacy":
+        return writers.write_legacy(job.reading, job.fixed, out, on_copied=on_copied)
     if job.writer == "safetensors":
         metadata = job.reading.metadata if job.reading.format is Format.SAFETENSORS else {}
         kept = {str(k): v for k, v in metadata.items() if isinstance(v, str)}

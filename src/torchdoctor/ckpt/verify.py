@@ -144,8 +144,8 @@ def _compared_in_place(out: CheckpointReading, copied: Mapping[str, CopiedStorag
     found = {}
     for key, storage in copied.items():
         info = out.storages.get(key)
-        if info is not None and info.nbytes == storage.nbytes and info.record in spans and \
-                plain_offset(info, spans) == storage.start:
+        if info is not None and info.nbytes == storage.nbytes and (info.record is None or info.record in spans) \
+                and plain_offset(info, spans) == storage.start:
             found[key] = storage
     return found
 

@@ -96,8 +96,9 @@ def write_zip(reading: CheckpointReading, tree: Any, out: BinaryIO,
 class _StorageIds:
     """Output storage keys in first-use order (as torch.save numbers them) and their persistent ids."""
 
-    def __init__(self, reading: CheckpointReading) -> None:
+    def __init__(self, reading: CheckpointReading, *, legacy: bool = False) -> None:
         self.reading = reading
+        self.legacy = legacy  # legacy persistent ids end with a view_metadata slot (always None since torch 1.0)
         self.keys: dict[str, str] = {}  # source storage key -> output key
         self.pids: dict[str, tuple[Any, ...]] = {}
         self.nbytes: dict[str, int] = {}
@@ -112,7 +113,7 @@ class _StorageIds:
             # torch.save: a typed storage counts elements, an UntypedStorage (dtypes without one) bytes
             storage_type = getattr(torch, typed) if typed else torch.UntypedStorage
             numel = info.nbytes // (record.itemsize or 1) if typed else info.nbytes
-            self.pids[key] = ("storage", storage_type, key, info.device, numel)
+            self.pids[key] = ("storage", storage_type, key, info.device, numel, *((None,) if self.legacy else ()))
             self.nbytes[key] = info.nbytes
         return self.pids[key]
 
@@ -205,6 +206,46 @@ def _write_reserved(reading: CheckpointReading, ids: _StorageIds, data: bytes, o
         record_copy.set_crc(fd, start + info.nbytes, central, record_copy.source_crc(reading, source, info, spans))
         on_copied(CopiedStorage(key, source, start, info.nbytes))
     return " + ".join(sorted(how)) or "no storages"
+
+
+def write_legacy(reading: CheckpointReading, tree: Any, out: BinaryIO,
+                 on_copied: Callable[[CopiedStorage], None] | None = None) -> dict[str, Any]:
+    """``tree`` (of TensorRecords) as a legacy (pre-1.6) torch.save stream, storages copied byte for byte.
+
+    Mirrors ``torch.serialization._legacy_save``: magic number, protocol version and sys_info pickles, the
+    tree pickled with 6-tuple storage persistent ids, the sorted storage keys, then per storage (in that
+    order) its element count as a little-endian int64 and its raw bytes — which ``record_copy`` copies in
+    the kernel, as for zip. Only little-endian data: the stream's sys_info declares the host's order.
+    """
+    import torch
+
+    from torchdoctor.ckpt import record_copy
+
+    ids = _StorageIds(reading, legacy=True)
+    serialization = torch.serialization
+    sys_info = {"protocol_version": serialization.PROTOCOL_VERSION, "little_endian": True,
+                "type_sizes": {"short": serialization.SHORT_SIZE, "int": serialization.INT_SIZE,
+                               "long": serialization.LONG_SIZE}}
+    for value in (serialization.MAGIC_NUMBER, serialization.PROTOCOL_VERSION, sys_info):
+        pickle.dump(value, out, protocol=2)
+    _RecordPickler(out, ids).dump(tree)
+    sources = {key: (source, info) for key, source, info in ids.sources()}
+    keys = sorted(sources)
+    pickle.dump(keys, out, protocol=2)
+    out.flush()
+    fd, at = out.fileno(), out.tell()
+    record_copy.preallocate(fd, at + sum(8 + ids.nbytes[key] for key in keys))
+    spans, how = record_copy.zip_spans(reading), set()
+    for key in keys:
+        source, info = sources[key]
+        record_copy.pwrite_all(fd, struct.pack("<q", ids.pids[key][4]), at)
+        how.add(record_copy.copy_storage(reading, source, info, spans, fd, at + 8))
+        (on_copied or (lambda copied: None))(CopiedStorage(key, source, at + 8, info.nbytes))
+        at += 8 + info.nbytes
+    out.seek(at)
+    return {"writer": "legacy stream, storages copied byte for byte (no tensor deserialised)",
+            "copy": " + ".join(sorted(how)) or "no storages", "storages": len(keys),
+            "storage_bytes": sum(ids.nbytes.values())}
 
 
 def _write_buffered(reading: CheckpointReading, ids: _StorageIds, data: bytes, out: BinaryIO) -> str:
