@@ -565,3 +565,14 @@ def test_progress_counts_the_storage_bytes_copied(tmp_path):
         stored = sum(info.file_size for info in archive.infolist() if "/data/" in info.filename)
     assert seen and seen[-1] == (stored, stored) and report.result["written"]
     assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_legacy_tar_checkpoint_streams_to_zip_by_default_and_to_legacy_on_request(tmp_path):
+    source = build("legacy_tar_file", tmp_path)
+    expected = torch.load(source, weights_only=False)  # torch reads the tar layout only this way; our own fixture
+    for to, out_format in ((None, Format.ZIP), ("legacy", Format.LEGACY)):
+        output = tmp_path / f"out_{to}.pt"
+        report = fix(source, to=to, strip_prefixes=("w",), output=output)
+        assert report.result["verified"]["storages_compared_while_copying"] == 2
+        assert detect_format(output).format is out_format
+        assert_same_tensors(load(output), {k.removeprefix("w"): v for k, v in expected.items()})

@@ -63,7 +63,7 @@ def fix_checkpoint(
 ) -> Report:
     """Plan the fixes for the checkpoint at ``path``, write them to ``output``, verify it (``dry_run``: plan only).
 
-    ``on_progress(bytes_done, bytes_total)`` hears of each storage copied into a zip output.
+    ``on_progress(bytes_done, bytes_total)`` hears of each storage copied into a zip or legacy output.
     """
     source = Path(path)
     options = parse_options(to, strip_prefixes, drop_mismatched, keep_wrapper)
