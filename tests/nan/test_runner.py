@@ -62,6 +62,26 @@ def test_buggy_script_names_its_producer(name, in_scripts_dir, capsys):
     assert report.exit_code() == 1
 
 
+def test_two_optimizers_per_iteration_say_which_step_of_which(in_scripts_dir, capsys):
+    report = run_script("gan_two_optimizers.py")
+    first = report.result["first_nonfinite"]
+    assert (first["phase"], first["op"], first["kind"]) == ("loss", "aten.log", "inf"), first
+    assert first["source"]["line"] == marker_line(SCRIPTS / "gan_two_optimizers.py")
+    # iteration 6: the discriminator has stepped 7 times (its step comes first), the generator 6
+    assert first["optimizer_steps"] == [{"optimizer": "SGD", "steps": 7}, {"optimizer": "SGD", "steps": 6}]
+    assert first["step"] == 13
+    message = next(f.message for f in errors(report) if f.id == "nonfinite-loss")
+    assert ("Step 13 counts the step() calls of all 2 optimizers: optimizer 1 (SGD) had stepped 7 times, "
+            "optimizer 2 (SGD) had stepped 6 times.") in message
+    assert capsys.readouterr().out.count("iteration") == 6
+
+
+def test_one_optimizer_adds_no_step_note(in_scripts_dir, capsys):
+    report = run_script("underflow_log_loss.py")
+    first = report.result["first_nonfinite"]
+    assert len(first["optimizer_steps"]) <= 1 and "counts the step() calls" not in errors(report)[0].message
+
+
 def test_corrupt_sample_is_an_input_problem_naming_the_sample(in_scripts_dir, capsys):
     report = run_script("corrupt_sample.py")
     assert [f.id for f in errors(report)] == ["nonfinite-input"]

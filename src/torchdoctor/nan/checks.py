@@ -86,7 +86,16 @@ def describe(event: NonFinite) -> str:
         text = f"A gradient first turned {what}{dtype} at step {event.step} in the backward of {op}{module}{at}{param}."
     else:
         text = f"{what}{dtype} first produced at step {event.step} in the {event.phase} by {op}{module}{at}."
-    return text + (f" Note: {event.note}." if event.note else "")
+    return text + _optimizers(event) + (f" Note: {event.note}." if event.note else "")
+
+
+def _optimizers(event: NonFinite) -> str:
+    """With several optimizers (GANs), which step of which: ``step`` counts the step() calls of all of them."""
+    if len(event.optimizer_steps) < 2:
+        return ""
+    counts = ", ".join(f"optimizer {i} ({name}) had stepped {steps} time{'s' if steps != 1 else ''}"
+                       for i, (name, steps) in enumerate(event.optimizer_steps, 1))
+    return f" Step {event.step} counts the step() calls of all {len(event.optimizer_steps)} optimizers: {counts}."
 
 
 def location(event: NonFinite) -> str | None:

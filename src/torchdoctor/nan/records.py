@@ -65,6 +65,9 @@ class NonFinite:
     sample_index: int | None = None
     sample_indices: tuple[int, ...] = ()
     note: str | None = None  # why localisation fell short, when it did
+    # (optimizer class, step() calls before this event) per optimizer, in the order they first stepped; with
+    # more than one (a GAN's generator and discriminator) ``step`` counts the calls of all of them
+    optimizer_steps: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_producer(cls, producer: Producer, phase: str, step: int, **extra: Any) -> NonFinite:
@@ -89,6 +92,7 @@ class NonFinite:
             "sample_index": self.sample_index,
             "sample_indices": list(self.sample_indices),
             "note": self.note,
+            "optimizer_steps": [{"optimizer": name, "steps": steps} for name, steps in self.optimizer_steps],
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import threading
@@ -31,6 +32,7 @@ class Watcher:
         self.max_steps = max_steps
         self.keep_going = keep_going
         self.steps = 0
+        self.optimizer_steps: dict[int, list[Any]] = {}  # id(optimizer) -> [class name, step() calls done]
         self.first: NonFinite | None = None
         self.no_grad_first: NonFinite | None = None
         self.no_grad_count = 0
@@ -175,6 +177,7 @@ class Watcher:
     def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if threading.get_ident() != self._thread:
             return
+        self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])
         self.window.close()
         if self.stopped:
             return
@@ -192,6 +195,7 @@ class Watcher:
             return
         step = self.steps
         self.steps += 1
+        self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])[1] += 1
         self.end_step()
         params = _params_with_grads(optimizer)
         if not math.isfinite(total_norm(params)):
@@ -234,7 +238,8 @@ class Watcher:
             self.no_grad_count += 1
             self.no_grad_first = self.no_grad_first or event
             return
-        self.first = event
+        self.first = dataclasses.replace(event, optimizer_steps=tuple(
+            (name, count) for name, count in self.optimizer_steps.values()))
         self.bad_steps.add(event.step)
         self.window.forget()
         if not self.keep_going:
