@@ -63,3 +63,13 @@ def test_identical_nan_and_inf_tensors_compare_equal(tmp_path):
     weird = {"w": torch.tensor([float("nan"), float("inf"), -float("inf"), 1.0])}
     result = diff_checkpoints(save(tmp_path / "a.pt", weird), save(tmp_path / "b.pt", weird)).result
     assert result["identical"] is True
+
+
+def test_people_get_ten_differences_in_six_digits_and_a_count_of_the_rest():
+    from torchdoctor.ckpt.diff import difference_lines
+
+    result = {"only_in_a": [], "only_in_b": ["extra"], "changed_layout": [],
+              "max_abs_diff": {f"w{i}": 0.0010001659393310547 * (i + 1) for i in range(12)} | {"bad": "NaN"}}
+    lines = difference_lines(result)
+    assert lines[:2] == ("only in B: extra", "w0: max |a - b| = 0.00100017")
+    assert len(lines) == 12 and lines[-1] == "... and 3 more (all of them are in --json)"

@@ -40,8 +40,18 @@ def difference_lines(result: Mapping[str, Any], limit: int = 10) -> tuple[str, .
     lines += [f"only in B: {key}" for key in result.get("only_in_b", [])[:limit]]
     lines += [f"{c['key']}: {c['shape'][0]} {c['dtype'][0]} -> {c['shape'][1]} {c['dtype'][1]}"
               for c in result.get("changed_layout", [])[:limit]]
-    lines += [f"{key}: max |a - b| = {diff}" for key, diff in list(result.get("max_abs_diff", {}).items())[:limit]]
+    differences = result.get("max_abs_diff", {})
+    lines += [f"{key}: max |a - b| = {_short(diff)}" for key, diff in list(differences.items())[:limit]]
+    hidden = sum(max(0, len(result.get(name, ())) - limit) for name in ("only_in_a", "only_in_b", "changed_layout",
+                                                                        "max_abs_diff"))
+    if hidden:
+        lines.append(f"... and {hidden} more (all of them are in --json)")
     return tuple(lines)
+
+
+def _short(value: Any) -> str:
+    """Six significant digits for people (the JSON keeps the exact value)."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
 def _read(path: str | os.PathLike[str], findings: list[Finding]) -> CheckpointReading | None:
