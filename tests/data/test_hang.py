@@ -57,6 +57,14 @@ def test_a_hang_only_workers_meet_is_called_a_deadlock():
     assert "Batch 0 did not arrive from" in finding.message and "the workers deadlock" in finding.message
 
 
+def test_the_loaders_own_timeout_is_a_hang_too_not_a_data_error():
+    loader = DataLoader(loaders.WorkerDeadlockDataset(loaders.csv_text()), batch_size=8,
+                        num_workers=loaders.healthy_workers(), timeout=1)
+    finding = only_hang(probe_loader(loader, timeout=30))  # torch's own 1 s comes first
+    assert finding.details["timed_out_s"] == 1.0 and "(the loader's own DataLoader(timeout=1))" in finding.message
+    assert finding.details["located"]["reproduced"] is False
+
+
 def test_shuffled_workers_hang_is_searched_with_seeded_draws():
     loader = DataLoader(loaders.HangingSampleDataset(loaders.csv_text()), batch_size=8, shuffle=True,
                         num_workers=loaders.healthy_workers())

@@ -220,7 +220,10 @@ def _worker_finding(failure: Mapping[str, Any], loader: Mapping[str, Any]) -> Fi
 def _hang_finding(failure: Mapping[str, Any], located: Mapping[str, Any], loader: Mapping[str, Any]) -> Finding:
     late = "iter(loader) did not return" if failure["at_start"] else f"Batch {failure['batch']} did not arrive"
     limit = f"{failure['timed_out']:g} s"
-    details = {**_failure_details(failure), "timed_out_s": failure["timed_out"], "num_workers": loader["num_workers"],
+    if failure.get("timed_out_by", "torchdoctor") not in (None, "torchdoctor"):
+        limit += f" (the loader's own {failure['timed_out_by']})"
+    details = {**_failure_details(failure), "timed_out_s": failure["timed_out"],
+               "timed_out_by": failure.get("timed_out_by"), "num_workers": loader["num_workers"],
                "located": dict(located)}
     if located.get("hang") == "main":
         index = f"dataset[{located['index']}]" if located.get("index") is not None else "the loader"

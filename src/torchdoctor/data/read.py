@@ -6,6 +6,7 @@ previous iterator back, and Python warnings raised while reading are recorded, n
 
 from __future__ import annotations
 
+import re
 import time
 import traceback
 import warnings
@@ -19,6 +20,7 @@ from torchdoctor.data.frames import fetch_context, user_frame
 from torchdoctor.data.stats import FieldStats, LabelStats
 
 KEPT_BATCHES = 2  # the training step uses the first batch; a second one is kept for a warm step
+_DATALOADER_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]dataloader\.py$")
 
 
 @dataclass
@@ -36,11 +38,13 @@ class ReadFailure:
     samples: list[Any] | None = field(default=None, repr=False)  # fetched samples when collation failed
     worker_exit_codes: list[int | None] | None = None
     timed_out: float | None = None  # the limit in seconds, when the loader did not answer in time
+    timed_out_by: str | None = None  # "torchdoctor" (--timeout) or "DataLoader(timeout=...)", the loader's own
 
     def to_dict(self) -> dict[str, Any]:
         return {"batch": self.batch_number, "at_start": self.at_start, "exc_type": self.exc_type,
                 "message": self.message, "user_frame": self.user_frame, "indices": self.indices,
-                "index": self.index, "worker_exit_codes": self.worker_exit_codes, "timed_out": self.timed_out}
+                "index": self.index, "worker_exit_codes": self.worker_exit_codes, "timed_out": self.timed_out,
+                "timed_out_by": self.timed_out_by}
 
 
 @dataclass
@@ -87,6 +91,7 @@ def read_batches(loader: Any, count: int, *, input_key: Any = None, target_key: 
             reading.start_ms = (clock() - start) * 1000.0
             reading.indices = _record_indices(iterator, loader)
             _read_loop(reading, iterator, count, input_key, target_key, on_progress, clock, limit)
+            _own_timeout(reading.failure, loader)
         finally:
             _close(loader, iterator, previous, hung=bool(reading.failure and reading.failure.timed_out))
             reading.warnings = sorted({f"{w.category.__name__}: {w.message}" for w in caught})
@@ -156,10 +161,24 @@ def _failure(exc: BaseException, number: int, *, at_start: bool, iterator: Any) 
         user_frame=user_frame(exc), exception=exc, indices=context.get("indices"), index=context.get("index"),
         samples=context.get("samples"), worker_exit_codes=_exit_codes(iterator),
         timed_out=exc.seconds if isinstance(exc, TimedOut) else None,
+        timed_out_by="torchdoctor" if isinstance(exc, TimedOut) else None,
     )
     # the frames hold the fetcher, the batch and the dataset; what we need was copied out above
     traceback.clear_frames(exc.__traceback__)
     return failure
+
+
+def _own_timeout(failure: ReadFailure | None, loader: Any) -> None:
+    """A loader built with ``DataLoader(timeout=S)`` raises RuntimeError from its own ``_get_data`` when its
+    workers send nothing for S seconds: a hang it caught itself, not an error in the data. Told by where it
+    was raised, not by its wording."""
+    timeout = getattr(loader, "timeout", 0) or 0
+    if failure is None or failure.timed_out is not None or timeout <= 0:
+        return
+    frames = [frame.f_code for frame, _line in traceback.walk_tb(failure.exception.__traceback__)]
+    if isinstance(failure.exception, RuntimeError) and frames and frames[-1].co_name == "_get_data" and \
+            _DATALOADER_FILE.search(frames[-1].co_filename):
+        failure.timed_out, failure.timed_out_by = float(timeout), f"DataLoader(timeout={timeout:g})"
 
 
 def _exit_codes(iterator: Any) -> list[int | None] | None:
