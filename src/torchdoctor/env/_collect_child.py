@@ -32,4 +32,9 @@ def main(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    import gc
+
+    # Only torchdoctor's own short-lived code runs here: the cyclic GC would only walk torch's import (~1M
+    # long-lived objects, ~0.09 s CPU per child on the 2-core machine; env vs collect_env median 1.25x vs 1.31x).
+    gc.disable()
     raise SystemExit(main(sys.argv[1:]))
