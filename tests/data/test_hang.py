@@ -115,3 +115,18 @@ def test_except_exception_in_user_code_cannot_swallow_the_limit():
 def test_a_bad_timeout_is_a_usage_error(bad):
     with pytest.raises(UsageError, match="timeout"):
         probe_loader(loaders.healthy_tensor_loader(), timeout=bad)
+
+
+def test_a_loader_that_uses_sigalrm_itself_is_left_alone():
+    seen = []
+
+    def users_handler(signum, frame):
+        seen.append(signum)
+
+    previous = signal.signal(signal.SIGALRM, users_handler)
+    try:
+        report = probe_loader(loaders.healthy_tensor_loader(), batches=2, timeout=5.0)
+        assert report.result["timeout_s"] is None  # no limit, rather than replacing the user's handler
+        assert signal.getsignal(signal.SIGALRM) is users_handler and seen == []
+    finally:
+        signal.signal(signal.SIGALRM, previous)

@@ -35,7 +35,7 @@ def probe_loader(
     spec; without it the loss is inferred from the targets. ``device`` defaults to CUDA when available.
     ``timeout``: seconds ``iter(loader)`` and each batch may take before the loader counts as hung
     (``loader-hang``; None or 0: wait forever). It uses SIGALRM while reading, so it applies on the main
-    thread only (``result["timeout_s"]`` says whether it did); a loader that sets alarms of its own needs 0.
+    thread only, and not while another SIGALRM handler or alarm is set (``result["timeout_s"]`` says if it did).
     The loader, the dataset, the model and the RNG state are left as they were found.
     """
     from torchdoctor.data.checks import check_data

@@ -31,8 +31,13 @@ class TimedOut(BaseException):
 
 
 def can_time_out() -> bool:
-    """SIGALRM exists (POSIX) and this is the main thread, the only one Python delivers signals to."""
-    return hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    """SIGALRM exists (POSIX), this is the main thread (the only one Python delivers signals to), and SIGALRM is
+    not someone else's: no alarm is armed and no handler other than the default is installed (the user's own
+    alarms are left alone rather than cancelled)."""
+    if not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        return False
+    return signal.getsignal(signal.SIGALRM) in (signal.SIG_DFL, signal.SIG_IGN) and \
+        signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 
 
 class TimeLimit:
