@@ -130,3 +130,16 @@ def test_a_loader_that_uses_sigalrm_itself_is_left_alone():
         assert signal.getsignal(signal.SIGALRM) is users_handler and seen == []
     finally:
         signal.signal(signal.SIGALRM, previous)
+
+
+def test_without_a_limit_of_its_own_the_probe_does_not_reread_a_blocking_sample():
+    from concurrent.futures import ThreadPoolExecutor
+
+    loader = DataLoader(loaders.HangingSampleDataset(loaders.csv_text()), batch_size=8,
+                        num_workers=loaders.healthy_workers(), timeout=1)
+    pool = ThreadPoolExecutor(1)  # off the main thread: no SIGALRM, only torch's own timeout
+    report = pool.submit(probe_loader, loader, batches=4).result(timeout=60)  # reading index 21 here would hang
+    pool.shutdown()
+    finding = only_hang(report)
+    assert finding.details["located"] == {"hang": "workers", "reproduced": None}
+    assert report.result["timeout_s"] is None and finding.details["timed_out_by"] == "DataLoader(timeout=1)"

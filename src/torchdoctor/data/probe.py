@@ -260,7 +260,8 @@ def _locate_hang(loader: Any, reading: Reading, options: ProbeOptions) -> dict[s
     failure = reading.failure
     if loader.num_workers == 0:
         return {"hang": "main", "index": failure.index, "indices": failure.indices, "user_frame": failure.user_frame}
-    if failure.at_start or not is_map_style(loader.dataset):
+    if failure.at_start or not is_map_style(loader.dataset) or not can_time_out():
+        # (without a limit of our own, reading a sample that blocks here would hang the probe itself)
         return {"hang": "workers", "reproduced": None}
     indices, order = batch_indices(loader, failure.batch_number), "sampler"
     if indices is None:
