@@ -431,7 +431,9 @@ _SPECS = (
         "collate-failed", "TD518", "error",
         "The DataLoader's collate function raised while combining samples into a batch.",
         "Every batch (or every batch holding such samples) fails before training sees it; __getitem__ is fine.",
-        "Fix the collate_fn at the named line; the details list the batch's samples it was given.",
+        "Fix the collate_fn at the named line (the details list the samples it was given); when torch's "
+        "default_collate raised, return tensors, numpy arrays, numbers or dicts/lists of them from __getitem__ "
+        "(add transforms.ToTensor() for PIL images) or pass a collate_fn that knows your sample type.",
     ),
     _spec(
         "loader-hang", "TD517", "error",

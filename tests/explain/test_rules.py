@@ -27,6 +27,19 @@ def logits(classes: int = 3, batch: int = 4) -> torch.Tensor:
     return torch.randn(batch, classes, generator=torch.Generator().manual_seed(0))
 
 
+class PilLikeImage:
+    """Stands in for PIL.Image.Image (PIL is not a test dependency): torch names it by module and class."""
+
+
+PilLikeImage.__module__, PilLikeImage.__name__, PilLikeImage.__qualname__ = "PIL.Image", "Image", "Image"
+
+
+def loader_timeout() -> None:
+    from fixtures.loaders import WorkerDeadlockDataset, csv_text
+
+    next(iter(DataLoader(WorkerDeadlockDataset(csv_text()), batch_size=8, num_workers=1, timeout=1)))
+
+
 REAL_ERRORS = {
     "label-out-of-range": [lambda: F.cross_entropy(logits(), torch.tensor([0, 1, 2, 5])),
                            lambda: F.cross_entropy(logits(), torch.tensor([0, 1, 2, -1]))],
@@ -46,6 +59,9 @@ REAL_ERRORS = {
     "variable-size-samples": [lambda: default_collate([torch.zeros(3, 30, 28), torch.zeros(3, 32, 32)]),
                               lambda: default_collate([[1, 2], [1, 2, 3]])],
     "batchnorm-single-sample-batch": [lambda: nn.BatchNorm1d(4).train()(torch.randn(1, 4))],
+    "collate-failed": [lambda: default_collate([object(), object()]),
+                       lambda: default_collate([PilLikeImage(), PilLikeImage()])],
+    "loader-hang": [loader_timeout],
     "negative-strides": [lambda: torch.from_numpy(np.zeros((3, 4))[::-1]),
                          lambda: default_collate([np.zeros((2, 2))[:, ::-1], np.zeros((2, 2))])],
 }
@@ -61,6 +77,13 @@ def test_each_real_torch_error_maps_to_its_finding(finding_id, index):
     assert type(exc).__name__ in finding.message  # the real error is quoted as evidence
     # the same error as text (a log line, a pasted message) is explained the same way
     assert explain_exception(f"{type(exc).__name__}: {exc}").id == finding_id
+
+
+def test_pil_images_reaching_default_collate_say_totensor_is_missing():
+    finding = explain_exception(raised(lambda: default_collate([PilLikeImage()])))
+    assert "PIL images" in finding.message and "transforms.ToTensor()" in finding.message
+    plain = explain_exception(raised(lambda: default_collate([object()])))
+    assert "cannot batch object objects" in plain.message
 
 
 def test_a_device_mismatch_is_not_a_dtype_mismatch():

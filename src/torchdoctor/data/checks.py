@@ -92,6 +92,8 @@ def check_read_failure(facts: Facts) -> list[Finding]:
     if located.get("failures"):
         return [_sample_failure(f, located["order"]) for f in located["failures"][:MAX_SAMPLE_FINDINGS]]
     explained = failure["explained"]
+    if failure.get("stage") == "collate" and (explained is None or explained["id"] == "collate-failed"):
+        return [_collate_finding(failure, facts, explained)]
     if explained and explained["id"] in _LOCATED:
         finding = _LOCATED[explained["id"]](failure, located.get("samples") or {}, explained)
         if located.get("order") == "seeded" and "index" in finding.message:
@@ -103,20 +105,19 @@ def check_read_failure(facts: Facts) -> list[Finding]:
                              f"{where}: {explained['quote']}", location=_location(failure["user_frame"]),
                              details=_failure_details(failure))]
     exc_type, headline = _raised(failure)
-    if failure.get("stage") == "collate":
-        loader = facts["loader"]
-        collate = "torch's default_collate" if loader["default_collate"] else f"collate_fn {loader['collate_fn']}"
-        return [make_finding("collate-failed", f"Collating batch {failure['batch']} failed: {collate} raised "
-                             f"{exc_type}{where}: {headline}", location=_location(failure["user_frame"]),
-                             fix=_DEFAULT_COLLATE_FIX if loader["default_collate"] else "",
-                             details={**_failure_details(failure), "collate_fn": loader["collate_fn"],
-                                      "samples": (facts.get("located") or {}).get("samples")})]
     return [make_finding("getitem-failed", f"Reading batch {failure['batch']} raised {exc_type}{where}: {headline}",
                          location=_location(failure["user_frame"]), details=_failure_details(failure))]
 
 
-_DEFAULT_COLLATE_FIX = ("Return tensors, numpy arrays, numbers, or dicts/lists/tuples of them from __getitem__, or "
-                        "pass a collate_fn that builds a batch from your sample type.")
+def _collate_finding(failure: Mapping[str, Any], facts: Facts, explained: Mapping[str, Any] | None) -> Finding:
+    loader, (exc_type, headline) = facts["loader"], _raised(failure)
+    collate = "torch's default_collate" if loader["default_collate"] else f"collate_fn {loader['collate_fn']}"
+    where = _where(failure["user_frame"])
+    message = (f"Collating batch {failure['batch']} failed in {collate}{where}: {explained['sentence']}" if explained
+               else f"Collating batch {failure['batch']} failed: {collate} raised {exc_type}{where}: {headline}")
+    return make_finding("collate-failed", message, location=_location(failure["user_frame"]),
+                        details={**_failure_details(failure), "collate_fn": loader["collate_fn"],
+                                 "samples": (facts.get("located") or {}).get("samples")})
 
 
 def _raised(failure: Mapping[str, Any]) -> tuple[str, str]:

@@ -119,6 +119,14 @@ def _stack_message(match: Match) -> str:
             f"[{match['b']}] at entry {match['j']}).")
 
 
+def _unknown_sample_type(match: Match) -> str:
+    kind = re.sub(r"^torchdoctor_target_[^.]*\.", "", match["type"])  # a class from a file.py:name spec's module
+    if kind.startswith("PIL.") and kind.endswith("Image"):
+        return ("default_collate got PIL images: the dataset's transform is missing transforms.ToTensor() (or "
+                "PILToTensor), so samples are never turned into tensors.")
+    return f"default_collate cannot batch {kind} objects: __getitem__ returns a type it does not know."
+
+
 def _worker_pids(match: Match) -> str:
     signal = match.groupdict().get("signal")
     how = f"was killed by signal {signal}" if signal else "exited unexpectedly"
@@ -297,6 +305,11 @@ RULES: tuple[Rule, ...] = (
          _fixed("DataLoader workers ran out of shared memory (/dev/shm) handing batches to the main process."), ()),
     Rule("cuda-fork-init", r"Cannot re-initialize CUDA in forked subprocess|CUDA error: initialization error",
          _fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),
+    Rule("collate-failed", r"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
+                           r"found <class '(?P<type>[\w.]+)'>", _unknown_sample_type, ("TypeError",)),
+    Rule("loader-hang", r"DataLoader timed out after (?P<seconds>[\d.]+) seconds",
+         lambda m: (f"The DataLoader's own timeout expired: no batch arrived from its worker processes within "
+                    f"{m['seconds']} s (DataLoader(timeout={m['seconds']}))."), ("RuntimeError",)),
     Rule("worker-failed", r"DataLoader worker \(pid\(s\) (?P<pids>[\d, ]+)\) exited unexpectedly", _worker_pids,
          ("RuntimeError",)),
     Rule("worker-failed", r"DataLoader worker \(pid (?P<pids>\d+)\) is killed by signal: (?P<signal>[^.]+)",
