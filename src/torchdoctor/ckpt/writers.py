@@ -238,9 +238,10 @@ def write_legacy(reading: CheckpointReading, tree: Any, out: BinaryIO,
     spans, how = record_copy.zip_spans(reading), set()
     for key in keys:
         source, info = sources[key]
-        record_copy.pwrite_all(fd, struct.pack("<q", ids.pids[key][4]), at)
+        record_copy.pwrite_all(fd, struct.pack("<q", ids.pids[key][4]), at)  # the storage's element count
         how.add(record_copy.copy_storage(reading, source, info, spans, fd, at + 8))
-        (on_copied or (lambda copied: None))(CopiedStorage(key, source, at + 8, info.nbytes))
+        if on_copied is not None:
+            on_copied(CopiedStorage(key, source, at + 8, info.nbytes))
         at += 8 + info.nbytes
     out.seek(at)
     return {"writer": "legacy stream, storages copied byte for byte (no tensor deserialised)",
