@@ -1,6 +1,6 @@
 """Verification of a file ``ckpt fix`` wrote, before it is renamed into place: every byte, sharing, the model.
 
-Storages the zip writer copied are compared with their source while the next one is still being copied
+Storages the zip and legacy writers copied are compared with their source while the next one is still being copied
 (``StorageComparer``, on a second core); the re-read of the written file then only has to show that each
 tensor points into a storage that was compared. Tensors written any other way are compared value by value.
 """

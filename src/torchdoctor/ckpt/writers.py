@@ -84,7 +84,7 @@ def write_zip(reading: CheckpointReading, tree: Any, out: BinaryIO,
     try:
         if not hasattr(torch._C.PyTorchFileWriter, "write_record_metadata"):  # torch < 2.5
             raise LayoutChanged
-        how = _write_reserved(reading, ids, data, out, on_copied or (lambda copied: None))
+        how = _write_reserved(reading, ids, data, out, on_copied)
     except LayoutChanged:
         out.seek(0)
         out.truncate()
@@ -189,7 +189,7 @@ def _write_head(writer: Any, data: bytes, byteorder: str) -> None:
 
 
 def _write_reserved(reading: CheckpointReading, ids: _StorageIds, data: bytes, out: BinaryIO,
-                    on_copied: Callable[[CopiedStorage], None]) -> str:
+                    on_copied: Callable[[CopiedStorage], None] | None) -> str:
     from torchdoctor.ckpt import record_copy
 
     with _torch_zip_writer(out) as writer:
@@ -204,7 +204,8 @@ def _write_reserved(reading: CheckpointReading, ids: _StorageIds, data: bytes, o
         start, central = places[f"data/{key}"]
         how.add(record_copy.copy_storage(reading, source, info, spans, fd, start))
         record_copy.set_crc(fd, start + info.nbytes, central, record_copy.source_crc(reading, source, info, spans))
-        on_copied(CopiedStorage(key, source, start, info.nbytes))
+        if on_copied is not None:
+            on_copied(CopiedStorage(key, source, start, info.nbytes))
     return " + ".join(sorted(how)) or "no storages"
 
 

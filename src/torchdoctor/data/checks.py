@@ -221,7 +221,7 @@ def _worker_finding(failure: Mapping[str, Any], loader: Mapping[str, Any]) -> Fi
 def _hang_finding(failure: Mapping[str, Any], located: Mapping[str, Any], loader: Mapping[str, Any]) -> Finding:
     late = "iter(loader) did not return" if failure["at_start"] else f"Batch {failure['batch']} did not arrive"
     limit = f"{failure['timed_out']:g} s"
-    if failure.get("timed_out_by", "torchdoctor") not in (None, "torchdoctor"):
+    if failure.get("timed_out_by") not in (None, "torchdoctor"):
         limit += f" (the loader's own {failure['timed_out_by']})"
     details = {**_failure_details(failure), "timed_out_s": failure["timed_out"],
                "timed_out_by": failure.get("timed_out_by"), "num_workers": loader["num_workers"],

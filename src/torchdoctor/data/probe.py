@@ -19,7 +19,7 @@ from typing import Any
 
 from torchdoctor.data import labels as label_scan
 from torchdoctor.data import samples as sample_probe
-from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S, can_time_out
+from torchdoctor.data.deadline import DEFAULT_TIMEOUT_S, TimeLimit, can_time_out
 from torchdoctor.data.loader import batch_indices, collect_loader_facts, deterministic_batches
 from torchdoctor.data.loss import LossChoice, builtin_loss, infer_task
 from torchdoctor.data.read import Reading, read_batches
@@ -79,8 +79,8 @@ def _collect(loader: Any, wrapped: bool, model: Any, options: ProbeOptions) -> d
     facts: dict[str, Any] = {"loader": collect_loader_facts(loader, wrapped=wrapped),
                              "usable_cpus": options.usable_cpus or _usable_cpus(),
                              "cuda_available": bool(torch.cuda.is_available()),
-                             # the limit actually applied: none off the main thread (no SIGALRM there)
-                             "timeout_s": options.timeout_s if options.timeout_s and can_time_out() else None}
+                             # the limit actually applied (TimeLimit's own rule: none off the main thread...)
+                             "timeout_s": TimeLimit(options.timeout_s).seconds}
     reading = read_batches(loader, options.batches, input_key=options.input_key, target_key=options.target_key,
                            on_progress=options.on_progress, clock=options.clock, timeout_s=options.timeout_s)
     facts["reading"] = _reading_facts(reading, loader)
@@ -274,7 +274,7 @@ def _locate_hang(loader: Any, reading: Reading, options: ProbeOptions) -> dict[s
 
 
 def _read_one_by_one(dataset: Any, indices: list[int], limit: float, clock: Callable[[], float]) -> dict[str, Any]:
-    from torchdoctor.data.deadline import TimedOut, TimeLimit
+    from torchdoctor.data.deadline import TimedOut
     from torchdoctor.data.frames import user_frame
 
     start, read = clock(), 0
