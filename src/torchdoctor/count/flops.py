@@ -101,7 +101,7 @@ def collect_training_step(model: Any, inputs: Any) -> tuple[ComputeFacts, Any]:
     """
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    from torchdoctor.ckpt.against_model import surrogate_loss
+    from torchdoctor.examples import surrogate_loss
     from torchdoctor.step import run_training_step
 
     mode, watch = _counting_mode_class()(), ModuleWatch()

@@ -46,7 +46,7 @@ def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: A
     layer like ``ckpt inspect`` makes; ``UsageError`` (exit 2) when neither is possible."""
     import torch
 
-    from torchdoctor.ckpt.against_model import example_inputs
+    from torchdoctor.examples import example_inputs
 
     guess = example_inputs(model, None)
     if not shapes:
