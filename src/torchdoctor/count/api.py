@@ -10,10 +10,11 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from torchdoctor.batch import as_call
 from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
 from torchdoctor.count.compare import collect_comparisons, parse_tools
 from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
-from torchdoctor.count.inputs import as_call, build_inputs, describe_inputs, parse_dtype, prepare_inputs
+from torchdoctor.count.inputs import build_inputs, describe_inputs, parse_dtype, prepare_inputs
 from torchdoctor.count.layers import layer_rows
 from torchdoctor.count.ops import CONVENTION, OpKind
 from torchdoctor.count.params import collect_params
