@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import math
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
@@ -14,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from torchdoctor.batch import as_call, prediction_of, to_device
 from torchdoctor.frames import user_frame
+from torchdoctor.report import json_float
 
 if TYPE_CHECKING:
     import torch
@@ -84,10 +84,10 @@ class StepResult:
             "autocast_dtype": self.autocast_dtype,
             "grad_scaler": self.grad_scaler,
             "ok": self.ok,
-            "loss": _json_float(self.loss),
-            "losses": [_json_float(v) for v in self.losses],
-            "grad_norm": _json_float(self.grad_norm),
-            "timings_ms": {k: _json_float(v) for k, v in self.timings_ms.items()},
+            "loss": json_float(self.loss),
+            "losses": [json_float(v) for v in self.losses],
+            "grad_norm": json_float(self.grad_norm),
+            "timings_ms": {k: json_float(v) for k, v in self.timings_ms.items()},
             "steps": self.steps,
             "loss_name": self.loss_name,
             "failure": self.failure.to_dict() if self.failure is not None else None,
@@ -405,9 +405,3 @@ def _describe(value: Any) -> str:
     if shape is not None and dtype is not None:
         return f"shape {tuple(shape)} {str(dtype).replace('torch.', '')}"
     return type(value).__name__
-
-
-def _json_float(value: float | None) -> float | str | None:
-    if value is None or math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")
