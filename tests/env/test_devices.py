@@ -5,13 +5,8 @@ import json
 import pytest
 
 from torchdoctor.env.base import EnvContext
-from torchdoctor.env.devices import (
-    arch_supported,
-    check_devices,
-    collect_devices,
-    driver_too_old,
-    read_driver_version,
-)
+from torchdoctor.env.device_facts import collect_devices, read_driver_version
+from torchdoctor.env.devices import arch_supported, check_devices, driver_too_old
 
 
 def load_facts(repo_root, card: str) -> dict:
