@@ -20,6 +20,7 @@ def test_every_finding_id_is_produced_by_some_test(full_run):
 
 
 def test_only_findings_made_by_torchdoctor_count(tmp_path, monkeypatch):
+    from torchdoctor.check.run import report_from_dict
     from torchdoctor.codes import make_finding
     from torchdoctor.env.threads import check_threads
     from torchdoctor.report import Finding
@@ -28,6 +29,7 @@ def test_only_findings_made_by_torchdoctor_count(tmp_path, monkeypatch):
     monkeypatch.setenv(td_produced.LOG_VARIABLE, str(log))
     make_finding("divergence", "made by a test")  # a test's own findings do not count
     Finding("budget-exceeded", "TD612", REGISTRY["budget-exceeded"].severity, "made by a test")
+    report_from_dict({"findings": [{"id": "nonfinite-loss", "code": "TD303", "severity": "error", "message": "x"}]})
     check_threads({"usable_cpus": 2, "torch_num_threads": 64, "env": {"OMP_NUM_THREADS": "64"}})
     assert td_produced.read_log(log) == {"threads-oversubscribed"}
 

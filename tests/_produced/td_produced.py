@@ -1,11 +1,12 @@
 """Test-only bookkeeping: which finding ids torchdoctor's own code creates while the test suite runs.
 
-``Finding.__init__`` is wrapped so that each finding built by code under ``src/torchdoctor`` (directly or
-through ``make_finding``) appends its id to the log file named by ``TORCHDOCTOR_PRODUCED_LOG``. A finding a
-test builds itself does not count, and nothing reads test files: an id counts only when product code made
-it. The pytest process patches at conftest import; every Python subprocess of the run (the CLI, env's
-collector children, torchrun ranks) patches through ``sitecustomize.py`` in this folder, which conftest
-puts first on ``PYTHONPATH``. tests/test_zz_produced.py reads the log at the end of a full run.
+``Finding.__init__`` is wrapped so that each finding that code under ``src/torchdoctor`` builds with
+``make_finding`` appends its id to the log file named by ``TORCHDOCTOR_PRODUCED_LOG``. A finding a test
+builds itself does not count, nor one rebuilt from a JSON report, and nothing reads test files: an id
+counts only when product code judged it. The pytest process patches at conftest import; every Python
+subprocess of the run (the CLI, env's collector children, torchrun ranks) patches through
+``sitecustomize.py`` in this folder, which conftest puts first on ``PYTHONPATH``.
+tests/test_zz_produced.py reads the log at the end of a full run.
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import sys
 from pathlib import Path
 
 LOG_VARIABLE = "TORCHDOCTOR_PRODUCED_LOG"
-_SKIPPED = ("codes.py", "report.py")  # the constructors themselves: look at who called them
 
 
 def install() -> None:
@@ -64,14 +64,14 @@ def read_log(path: str | os.PathLike[str]) -> set[str]:
 
 
 def _made_by_product(package: str) -> bool:
-    """The nearest caller outside codes.py/report.py is a file of the torchdoctor package."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        filename = os.path.realpath(frame.f_code.co_filename)
-        if not (filename.startswith(package) and os.path.basename(filename) in _SKIPPED):
-            return filename.startswith(package)
-        frame = frame.f_back
-    return False
+    """Built by ``make_finding``, called from a file of the torchdoctor package (not a test, not a Finding
+    rebuilt from a JSON report, whose id was counted where that report was made)."""
+    constructor = sys._getframe(2)
+    if constructor.f_code.co_name != "make_finding" or \
+            os.path.realpath(constructor.f_code.co_filename) != package + "codes.py":
+        return False
+    caller = constructor.f_back
+    return caller is not None and os.path.realpath(caller.f_code.co_filename).startswith(package)
 
 
 class _PatchOnImport(importlib.abc.MetaPathFinder):
