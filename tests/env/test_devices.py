@@ -1,4 +1,5 @@
-"""Device judgements over facts recorded from real cards (fixtures/gpu_facts), and the real CPU facts."""
+"""Device judgements over card facts (fixtures/gpu_facts: transcribed from public outputs until recorded on the
+card), and the real CPU facts."""
 
 import json
 

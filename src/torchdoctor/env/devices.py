@@ -1,7 +1,8 @@
 """The ``devices`` check: visible accelerators, their architectures, and why CUDA is unusable when it is.
 
-Every judgement here is a pure function of the facts dict, so it is tested with facts recorded
-on real cards (``fixtures/gpu_facts/``) on machines without a GPU.
+Every judgement here is a pure function of the facts dict, so it is tested on machines without a GPU
+with card facts in ``fixtures/gpu_facts/``: transcribed from public outputs until recorded on the card
+(``benchmarks/record_gpu_facts.py``; each file's ``provenance`` says which).
 """
 
 from __future__ import annotations
