@@ -71,6 +71,9 @@ class FindingSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "sections", self._sections())
 
+    def __hash__(self) -> int:  # ``section`` may be a dict: the id alone identifies a spec
+        return hash(self.id)
+
     @property
     def family(self) -> str:
         return FAMILIES[int(self.code[2])]
