@@ -6,8 +6,10 @@ renumber one. Hundreds digit of the code = family (``FAMILIES``): 1 env, 2 ckpt,
 5 data, 6 errors (torchdoctor's own, ``check``'s, and errors that only ``explain`` recognises),
 7 distributed, 8 watch. The family says where an id was born, not every command that reports it:
 ``training-step-failed`` (1xx) also comes from ckpt, data and count; ``nonfinite-input`` (3xx) also from
-data; ``distributed-hang`` and ``ranks-diverged`` (7xx) also from nan-hunt; ``layer-shape-mismatch``
-(6xx) from count; ``check-crashed`` (6xx) from env and check. ``commands`` on each spec is the full list.
+data; ``distributed-hang`` and ``ranks-diverged`` (7xx) also from nan-hunt, ``ddp-unused-parameters`` and
+``syncbn-missing`` (7xx) only from nan-hunt; ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
+(6xx) from env and check; any id explain recognises from data or count when their step fails with it.
+``commands`` on each spec is the full list (README.md has the same story as a table).
 
 Each spec also says which human-report section shows the id for each command (``section``); the
 commands' section tables are built from it and the human renderer refuses a finding without one.
