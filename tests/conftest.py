@@ -6,6 +6,8 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,27 @@ if str(REPO_ROOT) not in sys.path:
 
 SCHEMA_CANDIDATES = (REPO_ROOT.parent / "shared" / "contract" / "report.schema.json",
                      REPO_ROOT / "tests" / "report.schema.json")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory) -> Iterator[Path]:
+    """TMPDIR points into pytest's own temp tree for the whole session.
+
+    multiprocessing (``pymp-*``, DataLoader workers, torch.distributed.run's ``torchelastic_*``) makes
+    folders in the system temp dir that it never removes when a child is killed; under pytest's tree they
+    go when pytest rotates its old sessions. Subprocesses inherit the variable; ``tempfile.tempdir`` is
+    reset so this process reads it too.
+    """
+    private = tmp_path_factory.mktemp("tmpdir")
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(private)
+    tempfile.tempdir = None
+    yield private
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+    tempfile.tempdir = None
 
 
 @pytest.fixture(scope="session")
