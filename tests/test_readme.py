@@ -30,3 +30,9 @@ def test_readme_and_pyproject_describe_what_exists_not_plans(repo_root):
     # the distributed features the README names are real options and modules
     assert "`env --distributed`" in readme and (repo_root / "src/torchdoctor/nan/ranks.py").exists()
     assert "count --compare" in pyproject
+
+
+def test_readme_documents_explain_exit_codes(repo_root):
+    readme = (repo_root / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Output and exit codes", 1)[1].split("\n## ", 1)[0]
+    assert "`explain` follows the same table" in section and "exits 1 when it" in section

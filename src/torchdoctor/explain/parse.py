@@ -80,14 +80,18 @@ def explain_text(text: str, source: str) -> Report:
     errors = parse_errors(text)
     if not errors and text.strip():  # a bare message with no type ("Target 5 is out of bounds")
         errors = [ParsedError(None, normalize_message(text), 1)]
+    explained = [(error, match_exception(error.as_text(), model_errors=True)) for error in errors]
+    kernel_line = any(found is not None and found.rule.device_assert == "kernel" for _, found in explained)
     findings: dict[str, Finding] = {}
-    for error in errors:
-        explanation = match_exception(error.as_text(), model_errors=True)
-        if explanation is not None and explanation.id not in findings:
-            finding = explanation.finding()
-            location = f"{source}:{error.line_in_input}"
-            findings[explanation.id] = Finding(finding.id, finding.code, finding.severity, finding.message,
-                                               finding.fix, location, finding.details)
+    for error, explanation in explained:
+        if explanation is None or explanation.id in findings:
+            continue
+        if kernel_line and explanation.rule.device_assert == "bare":  # the kernel's line says more
+            continue
+        finding = explanation.finding()
+        location = f"{source}:{error.line_in_input}"
+        findings[explanation.id] = Finding(finding.id, finding.code, finding.severity, finding.message,
+                                           finding.fix, location, finding.details)
     result = {"source": source, "errors_found": [error.to_dict() for error in errors], "matched": list(findings)}
     return Report("explain", tuple(findings.values()), result)
 

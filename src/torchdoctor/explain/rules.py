@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchdoctor.codes import make_finding
-from torchdoctor.report import Finding
+from torchdoctor.report import Finding, Severity
 
 __all__ = ["RULES", "Explanation", "Rule", "explain_exception", "match_exception", "normalize_message"]
 
@@ -34,6 +34,10 @@ class Rule:
     exception_types: tuple[str, ...] = ()  # class names anywhere in the exception's MRO; () = any type
     applies: Callable[[Match], bool] | None = None  # a further test of the match, when a regex is not enough
     model_error: bool = False  # the model, not its input, is at fault: see ``match_exception(model_errors=)``
+    # "kernel": reads a CUDA kernel's assertion line (which op, which bound); "bare": only says an assert fired.
+    # A log holding both is explained by the kernel's line alone (``explain_text``).
+    device_assert: str = ""
+    severity: Severity | None = None  # None: the registry's; a row for a warning torch prints may lower it
 
     def match(self, text: str) -> Match | None:
         found = re.search(self.pattern, text)
@@ -62,7 +66,7 @@ class Explanation:
         return text if len(text) <= MAX_QUOTE_CHARS else text[: MAX_QUOTE_CHARS - 1] + "…"
 
     def finding(self) -> Finding:
-        return make_finding(self.rule.id, f"{self.sentence} ({self.quote})",
+        return make_finding(self.rule.id, f"{self.sentence} ({self.quote})", severity=self.rule.severity,
                             details={"exception": self.exc_type, "error": self.error, "pattern": self.rule.pattern})
 
 
@@ -186,6 +190,34 @@ _AUTOGRAD_RULES: tuple[Rule, ...] = (
          _fixed("DDP waited for gradients of parameters the forward did not use."), ()),
 )
 
+_LIKELY_ASSERTS = ("Likely causes, most common first: a class label that is negative or not below the number of "
+                   "classes (cross_entropy, nll_loss); an index out of bounds (a token id >= an embedding's "
+                   "num_embeddings, x[idx], gather, index_select).")
+
+# the kernel's own assertion line names the op; without it only the likely causes can be ranked
+_DEVICE_ASSERT_RULES: tuple[Rule, ...] = (
+    # aten/src/ATen/native/cuda/IndexKernel.cu (x[idx], index_put): "-sizes[i] <= index" since torch 1.13,
+    # "index >= -sizes[i]" before
+    Rule("cuda-device-assert", r"(?:-sizes\[i\] <= index && index < sizes\[i\]|index >= -sizes\[i\] && index < "
+                               r"sizes\[i\]) && \"index out of bounds\"",
+         _fixed("A CUDA indexing kernel (x[idx], index_put_) asserted: an index is out of bounds for its "
+                "dimension."), (), device_assert="kernel"),
+    # Indexing.cu (ATen) and THCTensorIndex.cu (THC): index_select, and so nn.Embedding's forward
+    Rule("cuda-device-assert", r"srcIndex < srcSelectDimSize",
+         _fixed("index_select asserted on the GPU (nn.Embedding uses it): an index, usually a token id, is not "
+                "below the table's size (num_embeddings)."), (), device_assert="kernel"),
+    # ScatterGatherKernel.cu: gather, scatter, scatter_add
+    Rule("cuda-device-assert", r"idx_dim >= 0 && idx_dim < index_size",
+         _fixed("A CUDA gather/scatter kernel asserted: an index is out of bounds for the dimension it indexes."),
+         (), device_assert="kernel"),
+    # the exception alone: "CUDA error: device-side assert triggered" (torch >= 1.0; torch.AcceleratorError
+    # since 2.8), "cuda runtime error (59) : device-side assert triggered at ..." (THC, torch <= 1.0), and
+    # THCudaCheck's "THCudaCheck FAIL file=... line=... error=59 : device-side assert triggered"
+    Rule("cuda-device-assert", r"device-side assert triggered",
+         _fixed("A CUDA kernel hit a device-side assert; the kernel's assertion line, which would say which "
+                f"op, is not in the text. {_LIKELY_ASSERTS}"), (), device_assert="bare"),
+)
+
 _CUDA_RULES: tuple[Rule, ...] = (
     Rule("cuda-out-of-memory", r"CUDA out of memory\. Tried to allocate (?P<size>[\d.]+ [KMGT]?i?B)",
          lambda m: f"The GPU ran out of memory allocating {m['size']}.", ()),
@@ -195,6 +227,7 @@ _CUDA_RULES: tuple[Rule, ...] = (
          _fixed("This torch build has no kernels for the GPU's compute capability."), ()),
     Rule("cuda-driver-too-old", r"The NVIDIA driver on your system is too old",
          _fixed("The NVIDIA driver is older than the CUDA version this torch was built with."), ()),
+    *_DEVICE_ASSERT_RULES,
 )
 
 
@@ -203,9 +236,16 @@ RULES: tuple[Rule, ...] = (
     Rule("label-out-of-range", rf"Target {_NUM} is out of bounds",
          lambda m: f"A label ({m['value']}) is negative or not below the number of classes the model outputs.",
          ("IndexError", "RuntimeError")),
-    Rule("label-out-of-range", r"t >= 0 && t < n_classes",
+    # torch <= 1.2 on the CPU (THNN's THAssert, aten/src/THNN/generic/ClassNLLCriterion.c and
+    # SpatialClassNLLCriterion.c): "Assertion `cur_target >= 0 && cur_target < n_classes' failed.  at ..."
+    Rule("label-out-of-range", r"Assertion `(?:cur_target|t) >= 0 && (?:cur_target|t) < n_classes' failed",
+         _fixed("The loss asserted a label is negative or not below the number of classes the model outputs "
+                "(THNN's ClassNLLCriterion, torch <= 1.2)."), device_assert="kernel"),
+    # CUDA kernels: THCUNN's ClassNLLCriterion.cu (t), SpatialClassNLLCriterion.cu and ATen's NLLLoss2d.cu
+    # (cur_target), ATen's Loss.cu today (t)
+    Rule("label-out-of-range", r"\b(?:cur_target|t) >= 0 && (?:cur_target|t) < n_classes",
          _fixed("A CUDA device-side assert in the loss (t < n_classes): a label is negative or not below the "
-                "number of classes the model outputs.")),
+                "number of classes the model outputs."), device_assert="kernel"),
     # uint8-input before the general dtype rows: raw images are the usual way a Byte tensor reaches a layer.
     Rule("uint8-input", r"Input type \((?:unsigned char|torch\.(?:cuda\.)?ByteTensor)\) and (?:weight|bias) type",
          _fixed("Raw uint8 images reached the model: layers need float input scaled to [0, 1]."),
@@ -243,7 +283,7 @@ RULES: tuple[Rule, ...] = (
     Rule("target-shape", rf"Using a target size \((?P<target>{_SIZE})\) that is different to the input size "
                          rf"\((?P<input>{_SIZE})\)",
          lambda m: f"The loss broadcasts targets {m['target']} against the output {m['input']}: wrong results.",
-         ()),
+         (), severity=Severity.WARNING),  # a UserWarning: the run goes on, silently wrong
     Rule("input-dtype-mismatch", r"mat1 and mat2 must have the same dtype, but got (?P<a>\w+) and (?P<b>\w+)",
          _dtype_mismatch, ("RuntimeError",), _different_dtypes),
     # the CUDA matmul's wording (torch 1.13-2.x); older builds stop after "dtype"
