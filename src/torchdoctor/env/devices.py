@@ -6,6 +6,7 @@ on real cards (``fixtures/gpu_facts/``) on machines without a GPU.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -35,6 +36,7 @@ def collect_devices(environ: Mapping[str, str], path: Callable[[str], str]) -> d
         "devices": [],
         "mps_available": bool(torch.backends.mps.is_available()),
         "xpu_available": _xpu_available(torch),
+        "nvidia_pci_devices": count_nvidia_pci_devices(path("/sys/bus/pci/devices")),
     }
     if not _has_cuda_build(torch):
         return facts
@@ -82,6 +84,33 @@ def _xpu_available(torch: Any) -> bool:
         return False
 
 
+NVIDIA_PCI_VENDOR = "0x10de"
+
+
+def count_nvidia_pci_devices(devices_dir: str) -> int | None:
+    """NVIDIA display/3D controllers on the PCI bus (sysfs, no driver needed); None when sysfs is unreadable."""
+    try:
+        names = os.listdir(devices_dir)
+    except OSError:
+        return None
+    count = 0
+    for name in names:
+        vendor = _read_first_line(os.path.join(devices_dir, name, "vendor"))
+        device_class = _read_first_line(os.path.join(devices_dir, name, "class"))
+        # class 0x03xxxx: display controllers (VGA 0x0300, 3D 0x0302: data-centre GPUs)
+        if vendor == NVIDIA_PCI_VENDOR and device_class.startswith("0x03"):
+            count += 1
+    return count
+
+
+def _read_first_line(file_path: str) -> str:
+    try:
+        with open(file_path, encoding="ascii") as handle:
+            return handle.readline().strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return ""
+
+
 def collect_devices_facts(context: EnvContext) -> dict[str, Any]:
     """The ``devices`` check's facts: the context's (cached) device facts."""
     return dict(context.devices)
@@ -115,6 +144,15 @@ def check_devices(facts: Mapping[str, Any]) -> list[Finding]:
 
 def judge_cuda_unavailable(facts: Mapping[str, Any]) -> Finding:
     cuda_version = facts.get("cuda_compiled_version")
+    if no_nvidia_hardware(facts):  # nothing to install or fix: say what is
+        build = f"has CUDA {cuda_version}" if cuda_version else "is CPU-only"
+        return make_finding(
+            "cuda-unavailable",
+            f"This machine has no NVIDIA GPU (none on the PCI bus, no driver loaded), so training runs on the CPU; "
+            f"this PyTorch build {build}.",
+            severity=Severity.INFO, fix=None,
+            details={"reason": "no-nvidia-device", "mps_available": facts.get("mps_available", False)},
+        )
     if not (cuda_version or facts.get("hip_compiled_version")):
         return make_finding(
             "cuda-unavailable",
@@ -140,6 +178,12 @@ def judge_cuda_unavailable(facts: Mapping[str, Any]) -> Finding:
         severity=Severity.WARNING,
         details={"reason": error or None, "cuda_visible_devices": facts.get("cuda_visible_devices")},
     )
+
+
+def no_nvidia_hardware(facts: Mapping[str, Any]) -> bool:
+    """True only when sysfs was read and lists no NVIDIA GPU, no NVIDIA driver is loaded, and not a ROCm build."""
+    return (facts.get("nvidia_pci_devices") == 0 and facts.get("driver_version") is None
+            and not facts.get("hip_compiled_version") and not facts.get("devices"))
 
 
 def _unavailable_reason(facts: Mapping[str, Any]) -> str:
