@@ -55,6 +55,27 @@ def report_schema() -> dict:
     pytest.fail("report.schema.json not found")
 
 
+@pytest.fixture(scope="session")
+def json_contract(report_schema):
+    """``check(report)``: what ``--json`` would print for ``report`` is one object following the schema.
+
+    Built and used once up front: jsonschema's first validation imports and compiles for a while, which a
+    hypothesis example's deadline should not pay.
+    """
+    import jsonschema
+
+    from torchdoctor.render.json import render_json
+    from torchdoctor.report import Report
+
+    validator = jsonschema.validators.validator_for(report_schema)(report_schema)
+
+    def check(report) -> None:
+        validator.validate(json.loads(render_json(report)))
+
+    check(Report("ckpt", (), {}))
+    return check
+
+
 @pytest.fixture()
 def validate_report(report_schema):
     import jsonschema
