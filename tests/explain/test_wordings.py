@@ -145,6 +145,14 @@ HISTORICAL = [
     ("ValueError: can't optimize a non-leaf Variable", "non-leaf-optimized"),
     ("RuntimeError: Only Variables created explicitly by the user (graph leaves) support the deepcopy protocol at "
      "the moment", "deepcopy-non-leaf"),
+    # torch 0.2-0.3 load_state_dict (torch/nn/modules/module.py), then 0.4's quoted name
+    ("KeyError: 'unexpected key \"module.conv1.weight\" in state_dict'", "module-prefix"),
+    ("RuntimeError: While copying the parameter named conv1.weight, whose dimensions in the model are "
+     "torch.Size([64, 3, 7, 7]) and whose dimensions in the checkpoint are torch.Size([64, 1, 7, 7]).",
+     "shape-mismatch"),
+    ("RuntimeError: Error(s) in loading state_dict for ResNet:\n\tWhile copying the parameter named \"fc.weight\", "
+     "whose dimensions in the model are torch.Size([10, 512]) and whose dimensions in the checkpoint are "
+     "torch.Size([1000, 512]).", "shape-mismatch"),
     # torch/csrc/DataLoader.cpp (1.x-2.13)
     ("RuntimeError: DataLoader worker (pid 109) exited unexpectedly with exit code 1. Details are lost due to "
      "multiprocessing. Rerunning with num_workers=0 may give better error trace.", "worker-failed"),
@@ -203,3 +211,34 @@ def test_real_near_misses_stay_unknown(case):
 ])
 def test_near_miss_texts_stay_unknown(text):
     assert explained(text) is None
+
+
+# --- an ambiguous old message, explained by the traceback around it --------------------------------------
+
+COLLATE_FRAMES = (
+    "Traceback (most recent call last):\n"
+    '  File "train.py", line 31, in <module>\n'
+    "    for images, labels in loader:\n"
+    '  File "/usr/local/lib/python3.6/dist-packages/torch/utils/data/dataloader.py", line 264, in __next__\n'
+    "    batch = self.collate_fn([self.dataset[i] for i in indices])\n"
+    '  File "/usr/local/lib/python3.6/dist-packages/torch/utils/data/dataloader.py", line 209, in default_collate\n'
+    "    return torch.stack(batch, 0, out=out)\n")
+TH_SIZES = ("RuntimeError: invalid argument 0: Sizes of tensors must match except in dimension 0. Got 342 and 281 "
+            "in dimension 3 at /pytorch/aten/src/TH/generic/THTensorMoreMath.cpp:1333\n")
+
+
+def test_the_th_sizes_message_under_default_collate_is_variable_size_samples():
+    # torch 0.4-1.4, as pasted into a public thread (the last frame and the message are verbatim)
+    report = explain_text(COLLATE_FRAMES + TH_SIZES, "stdin")
+    assert report.result["matched"] == ["variable-size-samples"]
+    assert "342 and 281 in dimension 3" in report.findings[0].message
+
+
+def test_the_same_message_from_the_users_own_cat_stays_unknown():
+    own = ("Traceback (most recent call last):\n"
+           '  File "model.py", line 40, in forward\n'
+           "    x = torch.cat([skip, x], 0)\n")
+    assert explain_text(own + TH_SIZES, "stdin").result["matched"] == []
+    # an earlier, finished traceback's frames do not count for a later one
+    earlier = COLLATE_FRAMES + "KeyError: 'label'\n\n"
+    assert explain_text(earlier + own + TH_SIZES, "stdin").result["matched"] == []

@@ -164,4 +164,32 @@ _AUTOGRAD_ROWS: tuple[Rule, ...] = (
          lambda m: f"A DataLoader worker process (pid {m['pids']}) exited with code {m['code']}.", ("RuntimeError",)),
 )
 
-HISTORICAL_RULES: tuple[Rule, ...] = (*_LABEL_ROWS, *_INPUT_ROWS, *_LAYER_ROWS, *_CUDA_ROWS, *_AUTOGRAD_ROWS)
+_OLD_SIZE = r"torch\.Size\(\[[\d, ]*\]\)"
+
+_CHECKPOINT_ROWS: tuple[Rule, ...] = (
+    # torch 0.2-0.3 load_state_dict (torch/nn/modules/module.py): KeyError('unexpected key "{}" in state_dict')
+    Rule("compile-prefix", r"unexpected key \"_orig_mod\.[\w.]*\" in state_dict",
+         fixed("The state dict was saved from a torch.compile'd model: its keys start with '_orig_mod.'."), ()),
+    Rule("module-prefix", r"unexpected key \"module\.[\w.]*\" in state_dict",
+         fixed("The state dict was saved from a DataParallel/DDP model: its keys start with 'module.'."), ()),
+    # torch 0.3 ("While copying the parameter named conv1.weight, whose dimensions in the model are ...") and
+    # 0.4 (the name quoted, inside "Error(s) in loading state_dict for Net:")
+    Rule("shape-mismatch", rf"While copying the parameter named \"?(?P<key>[\w.]+)\"?, whose dimensions in the "
+                           rf"model are (?P<b>{_OLD_SIZE}) and whose dimensions in the checkpoint are "
+                           rf"(?P<a>{_OLD_SIZE})",
+         lambda m: (f"The checkpoint's {m['key']} has shape {m['a']} but the model's has {m['b']}: a different "
+                    "architecture or configuration."), ()),
+)
+
+_COLLATE_ROWS: tuple[Rule, ...] = (
+    # torch 0.4-1.4: default_collate's torch.stack went through TH's cat, "invalid argument 0: Sizes of tensors
+    # must match except in dimension 0. Got 342 and 281 in dimension 3 at .../TH/generic/THTensorMoreMath.cpp".
+    # Any torch.cat says the same, so only a paste whose frames show default_collate is explained.
+    Rule("variable-size-samples", r"Sizes of tensors must match except in dimension 0\. Got (?P<a>\d+) and "
+                                  r"(?P<b>\d+) in dimension (?P<dim>\d+)",
+         lambda m: (f"default_collate cannot stack samples of different shapes ({m['a']} and {m['b']} in dimension "
+                    f"{m['dim']} of a sample)."), ("RuntimeError",), context=r"in default_collate\b"),
+)
+
+HISTORICAL_RULES: tuple[Rule, ...] = (*_LABEL_ROWS, *_INPUT_ROWS, *_LAYER_ROWS, *_CUDA_ROWS, *_AUTOGRAD_ROWS,
+                                      *_CHECKPOINT_ROWS, *_COLLATE_ROWS)

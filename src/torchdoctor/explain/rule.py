@@ -27,6 +27,9 @@ class Rule:
     # A log holding both is explained by the kernel's line alone (``explain_text``).
     device_assert: str = ""
     severity: Severity | None = None  # None: the registry's; a row for a warning torch prints may lower it
+    # a regex the rest of a pasted traceback must hold (its frames), for a message that alone is ambiguous;
+    # such a row never matches an exception object or a message without its traceback
+    context: str | None = None
 
     def match(self, text: str) -> Match | None:
         found = re.search(self.pattern, text)

@@ -339,12 +339,13 @@ def normalize_message(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", _ANSI.sub("", text)).translate(_QUOTES).split())
 
 
-def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> Explanation | None:
+def match_exception(exc: BaseException | str, *, model_errors: bool = False, context: str = "") -> Explanation | None:
     """The first rule that explains ``exc`` (an exception, or its text such as ``"IndexError: Target 5 ..."``).
 
     ``model_errors`` also tries the rows that blame the model rather than its input (layer-shape-mismatch).
     Off by default because the data probe calls this and reports those as ``training-step-failed`` with the
-    user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True.
+    user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True. ``context`` is the
+    pasted text around the error (its traceback's frames), which a few ambiguous rows need.
     """
     type_names, exc_type, raw = _type_and_text(exc)
     worker_type, raw = unwrap_worker_error(raw)
@@ -356,6 +357,8 @@ def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> 
         if rule.model_error and not model_errors:
             continue
         if rule.exception_types and type_names and not set(rule.exception_types) & set(type_names):
+            continue
+        if rule.context is not None and not re.search(rule.context, context):
             continue
         found = rule.match(text)
         if found is not None:
