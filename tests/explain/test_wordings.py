@@ -242,3 +242,40 @@ def test_the_same_message_from_the_users_own_cat_stays_unknown():
     # an earlier, finished traceback's frames do not count for a later one
     earlier = COLLATE_FRAMES + "KeyError: 'label'\n\n"
     assert explain_text(earlier + own + TH_SIZES, "stdin").result["matched"] == []
+
+
+# --- the GPU warnings, from torch's own warning code with the device queries faked ------------------------
+
+
+def _warning_of(fn) -> str:
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fn()
+    (warning,) = caught
+    return f"{warning.filename}:{warning.lineno}: UserWarning: {warning.message}"
+
+
+def test_torch_2_13_warnings_for_a_gpu_the_build_cannot_run(monkeypatch):
+    import torch.cuda
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: "NVIDIA GeForce RTX 5090")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (12, 0))
+    monkeypatch.setattr(torch.cuda, "get_arch_list", lambda: ["sm_50", "sm_80", "sm_90"])
+    monkeypatch.setattr(torch.version, "cuda", "12.6")
+    for produce in (lambda: torch.cuda._warn_unsupported_code(0, 120, [50, 80, 90]), torch.cuda._check_cubins):
+        text = _warning_of(produce)
+        report = explain_text(text, "stdin")  # as pasted: the warning's lines, not an exception
+        assert report.result["matched"] == ["cuda-arch-unsupported"], text
+        assert "12.0" in report.findings[0].message or "sm_120" in report.findings[0].message
+
+
+def test_the_old_gpu_warning_of_torch_1_x():
+    # torch/cuda/__init__.py old_gpu_warn, as printed by torch 1.x (indented, over three lines)
+    log = ("/usr/lib/python3.8/site-packages/torch/cuda/__init__.py:123: UserWarning:\n"
+           "    Found GPU0 Tesla K40m which is of cuda capability 3.5.\n"
+           "    PyTorch no longer supports this GPU because it is too old.\n"
+           "    The minimum cuda capability supported by this library is 3.7.\n")
+    assert explain_text(log, "stdin").result["matched"] == ["cuda-arch-unsupported"]

@@ -145,6 +145,11 @@ _CUDA_ROWS: tuple[Rule, ...] = (
     # insufficient for CUDA runtime version at torch/csrc/cuda/Module.cpp:51", then "CUDA error: ..."
     Rule("cuda-driver-too-old", r"CUDA driver version is insufficient for CUDA runtime version",
          fixed("The NVIDIA driver is older than the CUDA runtime this torch was built with."), ()),
+    # torch/cuda/__init__.py _check_capability (0.4-2.x): "Found GPU0 Tesla K40m which is of cuda capability
+    # 3.5. / PyTorch no longer supports this GPU because it is too old. / The minimum cuda capability ..."
+    Rule("cuda-arch-unsupported", r"PyTorch no longer supports this GPU because it is too old",
+         fixed("This torch build dropped the GPU's compute capability: the GPU is older than the build supports."),
+         ()),
     # a forked DataLoader worker touching CUDA under THC: "cuda runtime error (3) : initialization error"
     Rule("cuda-fork-init", r"cuda runtime error \(3\) : initialization error",
          fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),

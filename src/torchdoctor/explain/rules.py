@@ -183,6 +183,15 @@ _CUDA_RULES: tuple[Rule, ...] = (
          fixed("The GPU ran out of memory."), ()),
     Rule("cuda-arch-unsupported", r"no kernel image is available for execution on the device",
          fixed("This torch build has no kernels for the GPU's compute capability."), ()),
+    # the warnings torch/cuda/__init__.py prints when CUDA starts: _check_cubins (1.x-2.13), and
+    # _warn_unsupported_code (2.13: "Found GPU0 ... which is of compute capability (CC) 12.0. ...")
+    Rule("cuda-arch-unsupported", r"with CUDA capability sm_(?P<sm>\d+) is not compatible with the current "
+                                  r"PyTorch installation",
+         lambda m: f"This torch build has no kernels for the GPU's compute capability (sm_{m['sm']}).", ()),
+    Rule("cuda-arch-unsupported", r"which is of compute capability \(CC\) (?P<cc>\d+\.\d+)\.|does not include kernels "
+                                  r"for this GPU|No published PyTorch CUDA builds for release \S+ support this GPU",
+         lambda m: ("This torch build has no kernels for the GPU's compute capability"
+                    + (f" ({m['cc']})." if m["cc"] else ".")), ()),
     Rule("cuda-driver-too-old", r"The NVIDIA driver on your system is too old",
          fixed("The NVIDIA driver is older than the CUDA version this torch was built with."), ()),
     *_DEVICE_ASSERT_RULES,
