@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import default_collate
 
 from torchdoctor.explain.parse import explain_text
 from torchdoctor.explain.rules import explain_exception
@@ -43,6 +44,11 @@ PRODUCED = {
         lambda: F.binary_cross_entropy(torch.tensor([0.5]), torch.tensor([1])), "label-dtype"),
     "float64 into an LSTM": (lambda: nn.LSTM(3, 2)(torch.zeros(1, 1, 3, dtype=torch.float64)), "input-dtype-mismatch"),
     "flattened image into a conv": (lambda: nn.Conv2d(3, 4, 3)(torch.randn(16, 784)), "layer-shape-mismatch"),
+    # the numpy dtypes default_collate relays ("found object", "found <U5")
+    "numpy object arrays to default_collate": (
+        lambda: default_collate([np.array([np.zeros(2), np.zeros(3)], dtype=object)] * 2), "collate-failed"),
+    "numpy string arrays to default_collate": (
+        lambda: default_collate([np.array(["cat", "dog"])] * 2), "collate-failed"),
 }
 
 
@@ -57,6 +63,13 @@ def test_the_linear_mismatch_names_the_layer_by_its_features():
     assert finding.id == "layer-shape-mismatch"
     assert "in_features=16, out_features=32 got 30 features per row" in finding.message
     assert "named layer" not in finding.fix
+
+
+def test_numpy_dtypes_relayed_by_default_collate_get_their_own_fix():
+    objects = explain_exception(raised(lambda: default_collate([np.array([1, "a"], dtype=object)] * 2)))
+    strings = explain_exception(raised(lambda: default_collate([np.array(["cat", "dog"])] * 2)))
+    assert "dtype object" in objects.message and ".astype(np.float32)" in objects.message
+    assert "string arrays (dtype <U3)" in strings.message
 
 
 def test_bce_integer_targets_are_not_called_an_input_dtype_mismatch():
@@ -121,6 +134,8 @@ HISTORICAL = [
     # default_collate before 1.5
     ("TypeError: batch must contain tensors, numbers, dicts or lists; found <class 'PIL.Image.Image'>",
      "collate-failed"),
+    # ... and numpy object arrays (the discuss.pytorch.org thread's title, torch 0.3)
+    ("TypeError: batch must contain tensors, numbers, dicts or lists; found object", "collate-failed"),
     # convolutions: 0.4 (weight[...], so expected), 1.0-1.3 (weight of size 64 3 7 7), 1.x rank check
     ("RuntimeError: Given groups=1, weight[64, 3, 7, 7], so expected input[1, 224, 224, 3] to have 3 channels, "
      "but got 224 channels instead", "channels-last-input"),

@@ -8,7 +8,7 @@ specific to its old form. No torch import.
 
 from __future__ import annotations
 
-from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed
+from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed, numpy_sample_message
 
 __all__ = ["HISTORICAL_RULES"]
 
@@ -37,6 +37,14 @@ def _two_dtypes(match: Match) -> str:
 def _channels_last(match: Match) -> bool:
     dims = [int(d) for d in match["shape"].split(",") if d.strip()]
     return len(dims) >= 3 and dims[-1] == int(match["want"]) and dims[1] != int(match["want"])
+
+
+def _old_collate_message(match: Match) -> str:
+    if match["dtype"]:
+        return numpy_sample_message(match["dtype"])
+    if match["type"].startswith("PIL."):
+        return "default_collate got PIL images: the dataset's transform is missing transforms.ToTensor()."
+    return f"default_collate cannot batch {match['type']} objects: __getitem__ returns a type it does not know."
 
 
 # "weight[64, 3, 7, 7], so expected input" (torch 0.4) and "weight of size 64 3 7 7, expected input" (1.0-1.3)
@@ -112,11 +120,8 @@ _INPUT_ROWS: tuple[Rule, ...] = (
          lambda m: f"BatchNorm in training mode got a batch of one sample (input size {m['size']}).",
          ("ValueError",)),
     # default_collate before torch 1.5 (torch/utils/data/dataloader.py, later _utils/collate.py)
-    Rule("collate-failed", r"^batch must contain tensors, numbers, dicts or lists; found <class '(?P<type>[\w.]+)'>",
-         lambda m: ("default_collate got PIL images: the dataset's transform is missing transforms.ToTensor()."
-                    if m["type"].startswith("PIL.") else
-                    f"default_collate cannot batch {m['type']} objects: __getitem__ returns a type it does not "
-                    "know."), ("TypeError",)),
+    Rule("collate-failed", r"^batch must contain tensors, numbers, dicts or lists; found (?:<class '(?P<type>[\w.]+)'>|"
+                           r"(?P<dtype>object|[<>|=]?[SUa]\d+)\b)", _old_collate_message, ("TypeError",)),
 )
 
 _LAYER_ROWS: tuple[Rule, ...] = (

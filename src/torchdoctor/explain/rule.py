@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from torchdoctor.report import Severity
 
-__all__ = ["Match", "Rule", "different_dtypes", "dtype_name", "fixed"]
+__all__ = ["Match", "Rule", "different_dtypes", "dtype_name", "fixed", "numpy_sample_message"]
 
 Match = re.Match[str]
 
@@ -55,3 +55,12 @@ def different_dtypes(match: Match) -> bool:
     if match["a"] is None:  # a message that does not name the dtypes
         return True
     return dtype_name(match["a"]) != dtype_name(match["b"])
+
+
+def numpy_sample_message(dtype: str) -> str:
+    """default_collate met numpy arrays it cannot turn into tensors (it names their dtype, as numpy spells it)."""
+    if dtype == "object":
+        return ("default_collate got numpy arrays of dtype object (pandas columns holding strings, NaN or mixed "
+                "types, or lists of different lengths): make each sample a numeric array, e.g. .astype(np.float32).")
+    return (f"default_collate got numpy string arrays (dtype {dtype}): encode the strings as numbers (a "
+            "vocabulary, label ids) in the Dataset.")

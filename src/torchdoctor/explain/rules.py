@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from torchdoctor.codes import make_finding
 from torchdoctor.explain.history import HISTORICAL_RULES
-from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed
+from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed, numpy_sample_message
 from torchdoctor.report import Finding, Severity
 
 __all__ = ["RULES", "Explanation", "Rule", "explain_exception", "match_exception", "normalize_message"]
@@ -317,6 +317,10 @@ RULES: tuple[Rule, ...] = (
          fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),
     Rule("collate-failed", r"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
                            r"found <class '(?P<type>[\w.]+)'>", _unknown_sample_type, ("TypeError",)),
+    # numpy arrays it cannot convert: the message names their numpy dtype (torch 1.5-2.13)
+    Rule("collate-failed", r"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
+                           r"found (?P<dtype>object|[<>|=]?[SUa]\d+)\b", lambda m: numpy_sample_message(m["dtype"]),
+         ("TypeError",)),
     Rule("loader-hang", r"DataLoader timed out after (?P<seconds>[\d.]+) seconds",
          lambda m: (f"The DataLoader's own timeout expired: no batch arrived from its worker processes within "
                     f"{m['seconds']} s (DataLoader(timeout={m['seconds']}))."), ("RuntimeError",)),
