@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,27 @@ SCHEMA_CANDIDATES = (REPO_ROOT.parent / "shared" / "contract" / "report.schema.j
                      REPO_ROOT / "tests" / "report.schema.json")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory) -> Iterator[Path]:
+    """TMPDIR points into pytest's own temp tree for the whole session.
+
+    multiprocessing (``pymp-*``, DataLoader workers, torch.distributed.run's ``torchelastic_*``) makes
+    folders in the system temp dir that it never removes when a child is killed; under pytest's tree they
+    go when pytest rotates its old sessions. Subprocesses inherit the variable; ``tempfile.tempdir`` is
+    reset so this process reads it too.
+    """
+    private = tmp_path_factory.mktemp("tmpdir")
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(private)
+    tempfile.tempdir = None
+    yield private
+    if saved is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = saved
+    tempfile.tempdir = None
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
@@ -71,6 +93,27 @@ def report_schema() -> dict:
         if candidate.exists():
             return json.loads(candidate.read_text())
     pytest.fail("report.schema.json not found")
+
+
+@pytest.fixture(scope="session")
+def json_contract(report_schema):
+    """``check(report)``: what ``--json`` would print for ``report`` is one object following the schema.
+
+    Built and used once up front: jsonschema's first validation imports and compiles for a while, which a
+    hypothesis example's deadline should not pay.
+    """
+    import jsonschema
+
+    from torchdoctor.render.json import render_json
+    from torchdoctor.report import Report
+
+    validator = jsonschema.validators.validator_for(report_schema)(report_schema)
+
+    def check(report) -> None:
+        validator.validate(json.loads(render_json(report)))
+
+    check(Report("ckpt", (), {}))
+    return check
 
 
 @pytest.fixture()

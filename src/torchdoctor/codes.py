@@ -433,7 +433,8 @@ _SPECS = (
         "A label is negative or not below the number of classes.",
         "On CUDA this is the 'device-side assert triggered' that surfaces at an unrelated line and kills the "
         "process; on CPU 'Target N is out of bounds'.",
-        "Remap labels to 0..C-1 (labels 1..C: subtract 1), or give the model C outputs; check --num-classes.",
+        "Remap labels to 0..C-1 (labels 1..C: subtract 1), or give the model C outputs; "
+        "`torchdoctor data LOADER --num-classes C` lists the labels out of range.",
         commands=("data", "explain"), section="labels",
     ),
     _spec(
@@ -575,8 +576,8 @@ _SPECS = (
         "layer-shape-mismatch", "TD602", "error",
         "An input does not fit a layer: its shape differs from what the layer's weight expects.",
         "The forward raises 'mat1 and mat2 shapes cannot be multiplied' or a channel mismatch at that layer.",
-        "Fix in_features / in_channels of the named layer (or use nn.LazyLinear / AdaptiveAvgPool2d), or feed "
-        "the input shape the model was built for.",
+        "Make in_features / in_channels of the layer the message describes match what reaches it (or use "
+        "nn.LazyLinear / AdaptiveAvgPool2d), or feed the input shape the model was built for.",
         commands=("count", "explain"), section="compute",
     ),
     _spec(
@@ -652,6 +653,17 @@ _SPECS = (
         "The model grew past what the project agreed to ship or to fit on its hardware.",
         "Shrink the model, or raise the budget in [tool.torchdoctor] deliberately.",
         commands=("check",), section=ANY_SECTION,
+    ),
+    _spec(
+        "cuda-device-assert", "TD613", "error",
+        "A CUDA kernel hit a device-side assert: most often a class label out of range, else an index out of "
+        "bounds.",
+        "The assert kills the CUDA context; the traceback points at whatever call synchronised next, not at the "
+        "op that failed, and every later CUDA call fails too.",
+        "Find which op: rerun with CUDA_LAUNCH_BLOCKING=1 (the traceback then stops at it), or run the same step "
+        "on the CPU (it raises a plain IndexError there); check the labels with "
+        "`torchdoctor data LOADER --num-classes C`, and token ids against the embedding's num_embeddings.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "ddp-unused-parameters", "TD701", "error",

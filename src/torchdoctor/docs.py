@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -51,12 +52,21 @@ def _reported_by(spec: FindingSpec) -> str:
     elif "check" in spec.sections:
         shown.append("`check` (items of those commands)")
     return ", ".join(shown) + "."
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m torchdoctor.docs",
+        description="Generate the findings reference (Markdown) from torchdoctor's finding registry.",
+    )
+    parser.add_argument("--write", metavar="PATH", type=Path,
+                        help="write it to PATH (docs/findings.md) instead of printing it on stdout")
+    return parser
 
 
 def main(argv: list[str]) -> int:
+    args = build_parser().parse_args(argv)  # --help and bad usage exit here (0 and 2), argparse's way
     text = render_findings_markdown()
-    if len(argv) == 2 and argv[0] == "--write":
-        Path(argv[1]).write_text(text, encoding="utf-8")
+    if args.write is not None:
+        args.write.write_text(text, encoding="utf-8")
     else:
         sys.stdout.write(text)
     return 0

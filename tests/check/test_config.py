@@ -139,3 +139,43 @@ def test_invalid_toml_is_a_config_error(tmp_path):
 def test_missing_config_file(tmp_path):
     with pytest.raises(ConfigError, match="no such config file"):
         load_config(Path("nope.toml"), tmp_path)
+
+
+BROKEN = """
+    fail-on = "sometimes"
+    colour = "blue"
+
+    [[ckpt]]
+    path = "missing.pth"
+    scan-values = "yes"
+
+    [[count]]
+    model = "models.py:Net"
+    max-macs = "lots"
+    """
+
+
+def test_every_problem_is_reported_at_once_with_the_path_given(tmp_path):
+    (tmp_path / "ci").mkdir()
+    write(tmp_path / "ci", BROKEN, "checks.toml")
+    with pytest.raises(ConfigError) as caught:
+        load_config(Path("ci/checks.toml"), tmp_path)
+    lines = caught.value.message.splitlines()
+    assert [line.split(":", 1)[0] for line in lines] == [
+        "ci/checks.toml, line 1", "ci/checks.toml, line 2", "ci/checks.toml, line 5", "ci/checks.toml, line 6",
+        "ci/checks.toml, line 9", "ci/checks.toml, line 10"]
+    assert "'fail-on' must be one of" in lines[0] and "unknown key 'colour'" in lines[1]
+    assert "no such file 'missing.pth' (relative to ci/checks.toml)" in lines[2]
+    assert "'ckpt.scan-values' must be bool" in lines[3] and "'count.max-macs' must be int" in lines[5]
+    assert "no such file 'models.py'" in lines[4]
+    assert "torchdoctor.toml" not in caught.value.message and caught.value.hint.startswith("6 problems")
+
+
+def test_the_cli_prints_each_problem_on_its_own_line_and_exits_2(tmp_path, monkeypatch, cli):
+    write(tmp_path, BROKEN, "checks.toml")
+    monkeypatch.chdir(tmp_path)
+    result = cli("check", "--config", "checks.toml")
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("torchdoctor: error: ")]
+    assert len(errors) == 6 and all(line.startswith("torchdoctor: error: checks.toml, line ") for line in errors)
+    assert "Traceback" not in result.stderr

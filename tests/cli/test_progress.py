@@ -49,3 +49,22 @@ def test_a_terminal_gets_a_progress_bar_and_json_does_not(tmp_path, command, des
         (tmp_path / f"{source.stem}.fixed{source.suffix}").unlink()
     code, drawn = run_in_terminal("ckpt", command, str(source), "--json")
     assert code == 0 and description not in drawn and drawn.lstrip().startswith("{")
+
+
+@pytest.mark.slow
+def test_check_shows_each_item_on_a_terminal_as_it_starts_and_ends(tmp_path):
+    build.plain_state_dict(tmp_path)
+    build.dataparallel_state_dict(tmp_path)
+    config = tmp_path / "torchdoctor.toml"
+    config.write_text('[[ckpt]]\npath = "plain.pt"\n\n[[ckpt]]\npath = "dataparallel.pt"\n')
+    code, drawn = run_in_terminal("check", "--config", str(config))
+    assert code == 0, drawn[-2000:]  # module-prefix is a warning; warnings do not fail by default
+    lines = [line.strip() for line in drawn.replace("\r", "\n").splitlines() if line.strip().startswith("[")]
+    started = lines.index("[1/2] ckpt plain.pt …")
+    assert lines[started + 1].startswith("[1/2] ckpt plain.pt: no issues (")
+    assert lines[started + 2] == "[2/2] ckpt dataparallel.pt …"
+    assert lines[started + 3].startswith("[2/2] ckpt dataparallel.pt: 1 warning (")
+    assert lines[started + 3].endswith(" s)")
+    assert drawn.index("[2/2] ckpt dataparallel.pt: 1 warning") < drawn.index("module-prefix")  # then the report
+    code, drawn = run_in_terminal("check", "--config", str(config), "--json")
+    assert code == 0 and "[1/2]" not in drawn and drawn.lstrip().startswith("{")

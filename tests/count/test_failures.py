@@ -52,3 +52,8 @@ def test_a_forward_that_fails_for_another_reason_cannot_be_counted():
 def test_not_a_module_is_a_usage_error():
     with pytest.raises(UsageError):
         count("resnet50", torch.randn(1, 3))
+
+
+def test_the_fix_names_the_layer_it_means():
+    (finding,) = count(models.LinearStack(), torch.randn(2, 30)).findings
+    assert "layer 'fc1' (Linear)" in finding.fix and "named layer" not in finding.fix

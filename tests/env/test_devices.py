@@ -95,3 +95,49 @@ def test_this_cpu_only_build_is_judged_info_only():
         pytest.skip("a GPU is present")
     assert ids(findings) == ["cuda-unavailable"]
     assert findings[0].severity.value == ("info" if torch.version.cuda is None else "warning")
+
+
+def _pci_device(root, name: str, vendor: str, device_class: str) -> None:
+    device = root / name
+    device.mkdir(parents=True)
+    (device / "vendor").write_text(vendor + "\n")
+    (device / "class").write_text(device_class + "\n")
+
+
+def test_nvidia_gpus_are_counted_from_sysfs_without_a_driver(tmp_path):
+    from torchdoctor.env.device_facts import count_nvidia_pci_devices
+
+    devices = tmp_path / "sys" / "bus" / "pci" / "devices"
+    _pci_device(devices, "0000:00:02.0", "0x8086", "0x030000")  # an Intel iGPU
+    _pci_device(devices, "0000:00:1f.3", "0x10de", "0x040300")  # an NVIDIA audio function, not a GPU
+    assert count_nvidia_pci_devices(str(devices)) == 0
+    _pci_device(devices, "0000:17:00.0", "0x10de", "0x030200")  # a data-centre GPU is a 3D controller
+    assert count_nvidia_pci_devices(str(devices)) == 1
+    assert count_nvidia_pci_devices(str(tmp_path / "missing")) is None
+    facts = collect_devices({}, EnvContext(root=str(tmp_path)).path)
+    assert facts["nvidia_pci_devices"] == 1
+
+
+CPU_ONLY = {"cuda_compiled_version": None, "hip_compiled_version": None, "driver_version": None,
+            "cuda_available": False, "devices": [], "arch_list": []}
+
+
+def test_no_nvidia_device_at_all_is_a_plain_fact_without_install_advice():
+    for build in (None, "12.8"):  # the CPU-only wheel, or Linux's default CUDA wheel on a CPU machine
+        (finding,) = check_devices({**CPU_ONLY, "cuda_compiled_version": build, "nvidia_pci_devices": 0})
+        assert finding.id == "cuda-unavailable" and finding.severity.value == "info"
+        assert finding.fix is None and "no NVIDIA GPU" in finding.message
+
+
+def test_an_nvidia_card_with_a_cpu_only_build_still_gets_the_install_advice():
+    (finding,) = check_devices({**CPU_ONLY, "nvidia_pci_devices": 1})
+    assert finding.message == "This PyTorch build is CPU-only, so no GPU can be used."
+    assert "Install a CUDA build" in finding.fix
+    (unknown,) = check_devices(CPU_ONLY)  # sysfs unread: no claim about the hardware
+    assert "Install a CUDA build" in unknown.fix
+
+
+def test_a_driver_without_a_visible_pci_device_is_not_called_no_gpu(repo_root):
+    facts = {**load_facts(repo_root, "no_driver"), "nvidia_pci_devices": 0, "driver_version": "550.90.07"}
+    (finding,) = check_devices(facts)
+    assert "no NVIDIA GPU" not in finding.message

@@ -6,27 +6,36 @@ import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from torchdoctor.check.config import CheckConfig, IgnoreRule, load_config
+from torchdoctor.check.config import CheckConfig, IgnoreRule, Item, load_config
 from torchdoctor.check.run import ItemOutcome, SubprocessRunner, run_item
 from torchdoctor.codes import make_finding
 from torchdoctor.report import Finding, Report, Section, worst_status
 
 COMMAND = "check"
 
+ItemProgress = Callable[[int, int, Item, "ItemOutcome | None"], None]
+"""Told ``(number, total, item, None)`` before an item runs and ``(number, total, item, outcome)`` after."""
+
 
 def run_check(config_path: str | os.PathLike[str] | None = None, cwd: str | os.PathLike[str] | None = None, *,
-              run_subprocess: SubprocessRunner = subprocess.run) -> Report:
+              run_subprocess: SubprocessRunner = subprocess.run, on_item: ItemProgress | None = None) -> Report:
     """Load the config (``ConfigError``, exit 2, when it is wrong), run every item, and report them together.
 
     ``result["fail_on"]`` says whether warnings fail the run (``Report.exit_code(strict=...)``).
     """
     config = load_config(Path(config_path) if config_path is not None else None, Path(cwd) if cwd else None)
+    outcomes = []
     with _importable_from(config.root):
-        outcomes = [run_item(item, config, run_subprocess=run_subprocess) for item in config.items]
+        for number, item in enumerate(config.items, 1):
+            if on_item is not None:
+                on_item(number, len(config.items), item, None)
+            outcomes.append(run_item(item, config, run_subprocess=run_subprocess))
+            if on_item is not None:
+                on_item(number, len(config.items), item, outcomes[-1])
     return build_report(config, outcomes)
 
 

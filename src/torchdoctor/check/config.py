@@ -94,46 +94,83 @@ def load_config(config_path: Path | None = None, cwd: Path | None = None) -> Che
     cwd = Path(cwd or Path.cwd())
     if config_path is not None:
         path = (cwd / config_path).resolve()
+        shown = str(config_path)  # errors name the file as the user wrote it
         if not path.is_file():
             raise ConfigError(f"no such config file: '{config_path}'")
     else:
         found = find_config(cwd)
         if found is None:
             return CheckConfig(root=cwd, items=(Item("env", "env", {"checks": None}),))
-        path = found.resolve()
+        path, shown = found.resolve(), found.name
     text = path.read_text(encoding="utf-8")
     prefix = "tool.torchdoctor" if path.name == PYPROJECT else ""
-    data = _read_toml(path, text)
+    data = _read_toml(path, text, shown)
     if prefix:
         data = data.get("tool", {}).get("torchdoctor", {})
-    return _Validator(path, text, prefix).config(data)
+    return _Validator(path, text, prefix, shown).config(data)
 
 
-def _read_toml(path: Path, text: str | None) -> dict[str, Any]:
+def _read_toml(path: Path, text: str | None, shown: str | None = None) -> dict[str, Any]:
     try:
         return tomllib.loads(text if text is not None else path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"{path.name}: invalid TOML: {error}") from None
+        raise ConfigError(f"{shown or path.name}: invalid TOML: {error}") from None
+
+
+class _Problem(Exception):
+    """One thing wrong in the config; the validator records it and goes on, so a run reports them all."""
+
+    def __init__(self, message: str, hint: str | None) -> None:
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+_FAILED = object()  # what a failed step returns instead of a value
 
 
 class _Validator:
     """Turns the parsed table into a ``CheckConfig``; every error names the key and its line."""
 
-    def __init__(self, path: Path, text: str, prefix: str) -> None:
+    def __init__(self, path: Path, text: str, prefix: str, shown: str | None = None) -> None:
         self.path, self.root, self.prefix = path, path.parent, prefix
+        self.shown = shown or path.name
         self.lines = text.splitlines()
+        self.problems: list[_Problem] = []
 
     def config(self, data: Mapping[str, Any]) -> CheckConfig:
         for key in data:
             if key not in _TOP_KEYS:
-                self.fail(f"unknown key '{key}'", None, None, key, hint=f"known keys: {', '.join(sorted(_TOP_KEYS))}")
+                self.attempt(self.fail, f"unknown key '{key}'", None, None, key,
+                             f"known keys: {', '.join(sorted(_TOP_KEYS))}")
         fail_on = data.get("fail-on", "error")
         if fail_on not in FAIL_ON:
-            self.fail(f"'fail-on' must be one of {', '.join(FAIL_ON)}, not {fail_on!r}", None, None, "fail-on")
+            self.attempt(self.fail, f"'fail-on' must be one of {', '.join(FAIL_ON)}, not {fail_on!r}", None, None,
+                         "fail-on")
         items = [item for kind in ITEM_KINDS for item in self.items(kind, data.get(kind))]
+        ignore = self.attempt(self.ignore, data.get("ignore", []))
+        self.raise_problems()  # so nothing below sees a _FAILED
         if not items:
             items = [Item("env", "env", {"checks": None})]
-        return CheckConfig(self.root, self.path, fail_on, self.ignore(data.get("ignore", [])), tuple(items))
+        return CheckConfig(self.root, self.path, fail_on, ignore, tuple(items))
+
+    def attempt(self, step: Any, *args: Any) -> Any:
+        """``step(*args)``, or ``_FAILED`` with its problem recorded."""
+        try:
+            return step(*args)
+        except _Problem as problem:
+            self.problems.append(problem)
+            return _FAILED
+
+    def raise_problems(self) -> None:
+        """Every problem at once: one line each, in file order (a problem without a line first)."""
+        if not self.problems:
+            return
+        if len(self.problems) == 1:
+            raise ConfigError(self.problems[0].message, self.problems[0].hint)
+        lines = [f"{problem.message} ({problem.hint})" if problem.hint else problem.message
+                 for problem in self.problems]
+        raise ConfigError("\n".join(sorted(lines, key=_line_number)),
+                          f"{len(lines)} problems in {self.shown}; fix them all, then rerun")
 
     # --- items ----------------------------------------------------------------------------------------------------
 
@@ -142,28 +179,43 @@ class _Validator:
             return []
         if kind == "env":
             if not isinstance(value, dict):
-                self.fail("'env' must be a table ([tool.torchdoctor.env])", None, None, "env")
-            return [self.item(kind, value, None)]
-        if not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
-            self.fail(f"'{kind}' must be an array of tables ([[{self.qualified(kind)}]])", None, None, kind)
-        return [self.item(kind, entry, index) for index, entry in enumerate(value)]
+                self.attempt(self.fail, "'env' must be a table ([tool.torchdoctor.env])", None, None, "env")
+                return []
+            tables: list[tuple[Any, int | None]] = [(value, None)]
+        elif not isinstance(value, list) or not all(isinstance(entry, dict) for entry in value):
+            self.attempt(self.fail, f"'{kind}' must be an array of tables ([[{self.qualified(kind)}]])", None, None,
+                         kind)
+            return []
+        else:
+            tables = list(zip(value, range(len(value)), strict=True))
+        items = [self.item(kind, table, index) for table, index in tables]
+        return [item for item in items if item is not None]
 
-    def item(self, kind: str, table: Mapping[str, Any], index: int | None) -> Item:
-        schema = _SCHEMAS[kind]
+    def item(self, kind: str, table: Mapping[str, Any], index: int | None) -> Item | None:
+        """The item, or None when something in it is wrong (recorded; every key is still looked at)."""
+        before = len(self.problems)
+        options = {}
         for key, value in table.items():
-            if key not in schema:
-                self.fail(f"unknown key '{key}' in {kind}", kind, index, key,
-                          hint=f"known keys: {', '.join(schema)}")
-            types, _ = schema[key]
-            if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
-                self.fail(f"'{kind}.{key}' must be {' or '.join(t.__name__ for t in types)}, "
-                          f"not {type(value).__name__}", kind, index, key)
-        for key, (_, required) in schema.items():
+            converted = self.attempt(self.option, kind, index, key, value)
+            if converted is not _FAILED:
+                options[key.replace("-", "_")] = converted
+        for key, (_, required) in _SCHEMAS[kind].items():
             if required and key not in table:
-                self.fail(f"'{kind}' needs '{key}'", kind, index, None)
-        options = {key.replace("-", "_"): self.convert(kind, index, key, value) for key, value in table.items()}
+                self.attempt(self.fail, f"'{kind}' needs '{key}'", kind, index, None)
+        if len(self.problems) > before:
+            return None
         file, name = self.subject(kind, options)
         return Item(kind, name, options, file, self.line(kind, index, None))
+
+    def option(self, kind: str, index: int | None, key: str, value: Any) -> Any:
+        schema = _SCHEMAS[kind]
+        if key not in schema:
+            self.fail(f"unknown key '{key}' in {kind}", kind, index, key, hint=f"known keys: {', '.join(schema)}")
+        types, _ = schema[key]
+        if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
+            self.fail(f"'{kind}.{key}' must be {' or '.join(t.__name__ for t in types)}, "
+                      f"not {type(value).__name__}", kind, index, key)
+        return self.convert(kind, index, key, value)
 
     def convert(self, kind: str, index: int | None, key: str, value: Any) -> Any:
         if key in ("checks", "args"):
@@ -201,7 +253,7 @@ class _Validator:
 
     def existing(self, kind: str, index: int | None, key: str, value: str) -> str:
         if not (self.root / value).exists():
-            self.fail(f"'{kind}.{key}': no such file '{value}' (relative to {self.path.name})", kind, index, key)
+            self.fail(f"'{kind}.{key}': no such file '{value}' (relative to {self.shown})", kind, index, key)
         return _shown(self.root / value)
 
     def spec(self, kind: str, index: int | None, key: str, value: str) -> str:
@@ -238,27 +290,28 @@ class _Validator:
     # --- ignore ---------------------------------------------------------------------------------------------------
 
     def ignore(self, value: Any) -> tuple[IgnoreRule, ...]:
-        from torchdoctor.codes import REGISTRY
-
         if not isinstance(value, list):
             self.fail("'ignore' must be a list of ids or { id = ..., reason = ... } tables", None, None, "ignore")
-        rules = []
-        for entry in value:
-            if isinstance(entry, dict):
-                if set(entry) - {"id", "reason"} or not isinstance(entry.get("id"), str) \
-                        or not isinstance(entry.get("reason", ""), str):
-                    self.fail("each 'ignore' table needs a string 'id' and may have a string 'reason'",
-                              None, None, "ignore")
-                rule = IgnoreRule(entry["id"], entry.get("reason"))
-            elif isinstance(entry, str):
-                rule = IgnoreRule(entry)
-            else:
-                self.fail("'ignore' entries must be ids or { id = ..., reason = ... } tables", None, None, "ignore")
-            if rule.id not in REGISTRY:
-                self.fail_at(f"unknown finding id '{rule.id}' in 'ignore'", self.line_of_text(rule.id, "ignore"),
-                             hint="`torchdoctor explain ID` lists what an id means; see docs/findings.md")
-            rules.append(rule)
-        return tuple(rules)
+        rules = (self.attempt(self.ignore_rule, entry) for entry in value)
+        return tuple(rule for rule in rules if rule is not _FAILED)
+
+    def ignore_rule(self, entry: Any) -> IgnoreRule:
+        from torchdoctor.codes import REGISTRY
+
+        if isinstance(entry, dict):
+            if set(entry) - {"id", "reason"} or not isinstance(entry.get("id"), str) \
+                    or not isinstance(entry.get("reason", ""), str):
+                self.fail("each 'ignore' table needs a string 'id' and may have a string 'reason'",
+                          None, None, "ignore")
+            rule = IgnoreRule(entry["id"], entry.get("reason"))
+        elif isinstance(entry, str):
+            rule = IgnoreRule(entry)
+        else:
+            self.fail("'ignore' entries must be ids or { id = ..., reason = ... } tables", None, None, "ignore")
+        if rule.id not in REGISTRY:
+            self.fail_at(f"unknown finding id '{rule.id}' in 'ignore'", self.line_of_text(rule.id, "ignore"),
+                         hint="`torchdoctor explain ID` lists what an id means; see docs/findings.md")
+        return rule
 
     # --- errors and lines -----------------------------------------------------------------------------------------
 
@@ -270,8 +323,8 @@ class _Validator:
         self.fail_at(message, self.line(kind, index, key), hint)
 
     def fail_at(self, message: str, line: int | None, hint: str | None = None) -> NoReturn:
-        where = f"{self.path.name}, line {line}" if line else self.path.name
-        raise ConfigError(f"{where}: {message}", hint)
+        where = f"{self.shown}, line {line}" if line else self.shown
+        raise _Problem(f"{where}: {message}", hint)
 
     def line(self, kind: str | None, index: int | None, key: str | None) -> int | None:
         """1-based line of ``key`` in the table of ``kind`` (its ``index``-th entry); tomllib keeps no positions,
@@ -315,6 +368,12 @@ class _Validator:
 
 
 _HEADER = re.compile(r"^\s*\[")
+_LINE = re.compile(r", line (\d+): ")
+
+
+def _line_number(text: str) -> int:
+    found = _LINE.search(text)
+    return int(found.group(1)) if found else 0
 
 
 def _shown(path: Path) -> str:

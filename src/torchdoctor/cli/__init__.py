@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from torchdoctor import __version__
+from torchdoctor.cli._help import ConventionalCommand, ConventionalGroup
 from torchdoctor.cli.check import check_command
 from torchdoctor.cli.ckpt import app as ckpt_app
 from torchdoctor.cli.count import count_command
@@ -17,6 +18,7 @@ from torchdoctor.cli.nan import NAN_HUNT_CONTEXT, nan_hunt_command
 
 app = typer.Typer(
     name="torchdoctor",
+    cls=ConventionalGroup,
     help="A doctor for PyTorch training: judges the machine, names the cause, says the fix.",
     no_args_is_help=True,
     add_completion=False,
@@ -24,13 +26,13 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 # in the order people meet their problems: machine, checkpoints, NaNs, data, compute, errors
-app.command("env")(env_command)
+app.command("env", cls=ConventionalCommand)(env_command)
 app.add_typer(ckpt_app, name="ckpt")
-app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
-app.command("data")(data_command)
-app.command("count")(count_command)
-app.command("explain")(explain_command)
-app.command("check")(check_command)
+app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT, cls=ConventionalCommand)(nan_hunt_command)
+app.command("data", cls=ConventionalCommand)(data_command)
+app.command("count", cls=ConventionalCommand)(count_command)
+app.command("explain", cls=ConventionalCommand)(explain_command)
+app.command("check", cls=ConventionalCommand)(check_command)
 
 
 def _version(value: bool) -> None:

@@ -22,7 +22,8 @@ def exit_on_tool_errors(debug: bool) -> Iterator[None]:
     except TorchdoctorError as error:
         if debug:
             traceback.print_exc()
-        _say(f"torchdoctor: error: {error.message}", error.hint)
+        # a message of several lines (every problem in a config file) gets the prefix on each
+        _say("\n".join(f"torchdoctor: error: {line}" for line in error.message.splitlines()), error.hint)
         raise typer.Exit(error.exit_code) from None
     except Exception as error:  # a bug in torchdoctor: still one line unless --debug
         if debug:

@@ -13,6 +13,7 @@ import typer
 from torchdoctor.cli._errors import exit_on_tool_errors
 from torchdoctor.cli._options import DebugOpt, JsonOpt, StrictOpt
 from torchdoctor.cli._output import emit
+from torchdoctor.cli._progress import item_lines
 
 ConfigOpt = Annotated[
     Optional[Path],  # noqa: UP045 - typer evaluates the annotation at runtime
@@ -42,7 +43,7 @@ def check_command(
     if json and github:
         raise typer.BadParameter("--github prints annotation lines; use it without --json", param_hint="--github")
     with exit_on_tool_errors(debug):
-        report = run_check(config)
+        report = run_check(config, on_item=item_lines(enabled=not json))
         if junit is not None:
             write_atomically(junit, render_junit(report))
     if github:

@@ -10,12 +10,14 @@ import typer
 
 from torchdoctor.cli._errors import exit_on_tool_errors
 from torchdoctor.cli._gc import collector_paused
+from torchdoctor.cli._help import ConventionalCommand, ConventionalGroup
 from torchdoctor.cli._options import DebugOpt, JsonOpt, StrictOpt
 from torchdoctor.cli._output import emit
 from torchdoctor.cli._progress import progress_bar
 from torchdoctor.cli._targets import load_model, parse_shapes
 
-app = typer.Typer(no_args_is_help=True, help="Inspect, fix and compare checkpoints without executing them.")
+app = typer.Typer(cls=ConventionalGroup, no_args_is_help=True,
+                  help="Inspect, fix and compare checkpoints without executing them.")
 
 PathArg = Annotated[Path, typer.Argument(help="Checkpoint file or directory (format detected by content).")]
 ModelOpt = Annotated[
@@ -34,7 +36,7 @@ class TargetFormat(str, enum.Enum):
     safetensors = "safetensors"
 
 
-@app.command("inspect")
+@app.command("inspect", cls=ConventionalCommand)
 def inspect_command(
     path: PathArg,
     model: ModelOpt = None,
@@ -54,7 +56,7 @@ def inspect_command(
         emit(report, as_json=json, strict=strict)
 
 
-@app.command("fix")
+@app.command("fix", cls=ConventionalCommand)
 def fix_command(
     path: PathArg,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: <stem>.fixed<suffix>; for a DCP directory DIRNAME.pt beside it).")] = None,  # noqa: UP045,E501
@@ -82,7 +84,7 @@ def fix_command(
         emit(report, as_json=json, strict=strict)
 
 
-@app.command("diff")
+@app.command("diff", cls=ConventionalCommand)
 def diff_command(
     a: Annotated[Path, typer.Argument(help="First checkpoint.")],
     b: Annotated[Path, typer.Argument(help="Second checkpoint.")],

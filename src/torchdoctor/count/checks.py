@@ -113,7 +113,9 @@ def _shape_mismatch(failure: ForwardFailure, model_name: str) -> Finding:
     got = " and ".join(str(shape) for shape in layer.input_shapes) or "no tensor"
     message = (f"Layer '{layer.name}' ({layer.type}{weight}) got input of shape {got}, which does not fit: "
                f"{failure.headline}")
-    return make_finding("layer-shape-mismatch", message, location=layer.name,
+    fix = (f"Make layer '{layer.name}' ({layer.type}) take what reaches it (its in_features / in_channels, or "
+           "nn.LazyLinear / AdaptiveAvgPool2d before it), or feed the input shape the model was built for.")
+    return make_finding("layer-shape-mismatch", message, fix=fix, location=layer.name,
                         details={**layer.to_dict(), "exception": failure.exc_type, "error": failure.message})
 
 

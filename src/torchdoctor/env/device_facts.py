@@ -6,6 +6,7 @@ without importing the check that itself imports ``EnvContext``.
 
 from __future__ import annotations
 
+import os
 import re
 import warnings
 from collections.abc import Callable, Mapping
@@ -27,6 +28,7 @@ def collect_devices(environ: Mapping[str, str], path: Callable[[str], str]) -> d
         "devices": [],
         "mps_available": bool(torch.backends.mps.is_available()),
         "xpu_available": _xpu_available(torch),
+        "nvidia_pci_devices": count_nvidia_pci_devices(path("/sys/bus/pci/devices")),
     }
     if not _has_cuda_build(torch):
         return facts
@@ -83,3 +85,30 @@ def read_driver_version(version_path: str) -> str | None:
         return None
     match = re.search(r"Kernel Module(?: for \w+)?\s+(\d+\.\d+(?:\.\d+)?)", text)
     return match.group(1) if match else None
+
+
+NVIDIA_PCI_VENDOR = "0x10de"
+
+
+def count_nvidia_pci_devices(devices_dir: str) -> int | None:
+    """NVIDIA display/3D controllers on the PCI bus (sysfs, no driver needed); None when sysfs is unreadable."""
+    try:
+        names = os.listdir(devices_dir)
+    except OSError:
+        return None
+    count = 0
+    for name in names:
+        vendor = _read_first_line(os.path.join(devices_dir, name, "vendor"))
+        device_class = _read_first_line(os.path.join(devices_dir, name, "class"))
+        # class 0x03xxxx: display controllers (VGA 0x0300, 3D 0x0302: data-centre GPUs)
+        if vendor == NVIDIA_PCI_VENDOR and device_class.startswith("0x03"):
+            count += 1
+    return count
+
+
+def _read_first_line(file_path: str) -> str:
+    try:
+        with open(file_path, encoding="ascii") as handle:
+            return handle.readline().strip().lower()
+    except (OSError, UnicodeDecodeError):
+        return ""

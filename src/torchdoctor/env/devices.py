@@ -42,6 +42,15 @@ def check_devices(facts: Mapping[str, Any]) -> list[Finding]:
 
 def judge_cuda_unavailable(facts: Mapping[str, Any]) -> Finding:
     cuda_version = facts.get("cuda_compiled_version")
+    if no_nvidia_hardware(facts):  # nothing to install or fix: say what is
+        build = f"has CUDA {cuda_version}" if cuda_version else "is CPU-only"
+        return make_finding(
+            "cuda-unavailable",
+            f"This machine has no NVIDIA GPU (none on the PCI bus, no driver loaded), so training runs on the CPU; "
+            f"this PyTorch build {build}.",
+            severity=Severity.INFO, fix=None,
+            details={"reason": "no-nvidia-device", "mps_available": facts.get("mps_available", False)},
+        )
     if not (cuda_version or facts.get("hip_compiled_version")):
         return make_finding(
             "cuda-unavailable",
@@ -67,6 +76,12 @@ def judge_cuda_unavailable(facts: Mapping[str, Any]) -> Finding:
         severity=Severity.WARNING,
         details={"reason": error or None, "cuda_visible_devices": facts.get("cuda_visible_devices")},
     )
+
+
+def no_nvidia_hardware(facts: Mapping[str, Any]) -> bool:
+    """True only when sysfs was read and lists no NVIDIA GPU, no NVIDIA driver is loaded, and not a ROCm build."""
+    return (facts.get("nvidia_pci_devices") == 0 and facts.get("driver_version") is None
+            and not facts.get("hip_compiled_version") and not facts.get("devices"))
 
 
 def _unavailable_reason(facts: Mapping[str, Any]) -> str:

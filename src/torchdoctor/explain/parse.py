@@ -80,16 +80,31 @@ def explain_text(text: str, source: str) -> Report:
     errors = parse_errors(text)
     if not errors and text.strip():  # a bare message with no type ("Target 5 is out of bounds")
         errors = [ParsedError(None, normalize_message(text), 1)]
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")  # numbered as parse_errors numbers them
+    explained = [(error, match_exception(error.as_text(), model_errors=True,
+                                         context=_frames_before(lines, error.line_in_input)))
+                 for error in errors]
+    kernel_line = any(found is not None and found.rule.device_assert == "kernel" for _, found in explained)
     findings: dict[str, Finding] = {}
-    for error in errors:
-        explanation = match_exception(error.as_text(), model_errors=True)
-        if explanation is not None and explanation.id not in findings:
-            finding = explanation.finding()
-            location = f"{source}:{error.line_in_input}"
-            findings[explanation.id] = Finding(finding.id, finding.code, finding.severity, finding.message,
-                                               finding.fix, location, finding.details)
+    for error, explanation in explained:
+        if explanation is None or explanation.id in findings:
+            continue
+        if kernel_line and explanation.rule.device_assert == "bare":  # the kernel's line says more
+            continue
+        finding = explanation.finding()
+        location = f"{source}:{error.line_in_input}"
+        findings[explanation.id] = Finding(finding.id, finding.code, finding.severity, finding.message,
+                                           finding.fix, location, finding.details)
     result = {"source": source, "errors_found": [error.to_dict() for error in errors], "matched": list(findings)}
     return Report("explain", tuple(findings.values()), result)
+
+
+def _frames_before(lines: list[str], line_in_input: int) -> str:
+    """The traceback above an error (from its header, at most 200 lines up): where an ambiguous row looks."""
+    start = max(0, line_in_input - 200)
+    above = lines[start:line_in_input - 1]
+    headers = [index for index, line in enumerate(above) if line.strip().startswith(_STOP[:2])]
+    return "\n".join(above[headers[-1]:] if headers else above)
 
 
 def _exception_at(lines: list[str], index: int) -> re.Match[str] | None:

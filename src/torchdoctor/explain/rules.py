@@ -11,35 +11,16 @@ from __future__ import annotations
 import builtins
 import re
 import unicodedata
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from torchdoctor.codes import make_finding
-from torchdoctor.report import Finding
+from torchdoctor.explain.history import HISTORICAL_RULES
+from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed, numpy_sample_message
+from torchdoctor.report import Finding, Severity
 
 __all__ = ["RULES", "Explanation", "Rule", "explain_exception", "match_exception", "normalize_message"]
 
 MAX_QUOTE_CHARS = 240
-
-Match = re.Match[str]
-
-
-@dataclass(frozen=True)
-class Rule:
-    """One row: ``pattern`` (searched in the normalised message) explains an error as finding ``id``."""
-
-    id: str
-    pattern: str
-    message: Callable[[Match], str]
-    exception_types: tuple[str, ...] = ()  # class names anywhere in the exception's MRO; () = any type
-    applies: Callable[[Match], bool] | None = None  # a further test of the match, when a regex is not enough
-    model_error: bool = False  # the model, not its input, is at fault: see ``match_exception(model_errors=)``
-
-    def match(self, text: str) -> Match | None:
-        found = re.search(self.pattern, text)
-        if found is None or (self.applies is not None and not self.applies(found)):
-            return None
-        return found
 
 
 @dataclass(frozen=True)
@@ -62,30 +43,11 @@ class Explanation:
         return text if len(text) <= MAX_QUOTE_CHARS else text[: MAX_QUOTE_CHARS - 1] + "…"
 
     def finding(self) -> Finding:
-        return make_finding(self.rule.id, f"{self.sentence} ({self.quote})",
+        return make_finding(self.rule.id, f"{self.sentence} ({self.quote})", severity=self.rule.severity,
                             details={"exception": self.exc_type, "error": self.error, "pattern": self.rule.pattern})
 
 
 # --- message builders ---------------------------------------------------------------------------------
-
-
-def _fixed(text: str) -> Callable[[Match], str]:
-    return lambda _match: text
-
-
-def _dtype_name(raw: str) -> str:
-    """``torch.cuda.DoubleTensor`` / ``double`` / ``Double`` → ``double``; ``unsigned char`` → ``uint8``."""
-    name = raw.strip().lower().removeprefix("c10::").removeprefix("torch.").removeprefix("cuda.").removesuffix("tensor")
-    aliases = {"unsigned char": "uint8", "byte": "uint8", "long": "int64", "int": "int32", "half": "float16",
-               "double": "float64", "float": "float32", "bfloat16": "bfloat16", "char": "int8", "short": "int16"}
-    return aliases.get(name, name)
-
-
-def _different_dtypes(match: Match) -> bool:
-    # "Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor)" is a device mismatch, not dtype
-    if match["a"] is None:  # a message that does not name the dtypes
-        return True
-    return _dtype_name(match["a"]) != _dtype_name(match["b"])
 
 
 def _maybe_dtype_mismatch(match: Match) -> str:
@@ -95,12 +57,12 @@ def _maybe_dtype_mismatch(match: Match) -> str:
 
 
 def _dtype_mismatch(match: Match) -> str:
-    return (f"The model's input is {_dtype_name(match['a'])} but its weights are {_dtype_name(match['b'])}: "
+    return (f"The model's input is {dtype_name(match['a'])} but its weights are {dtype_name(match['b'])}: "
             "convert the input in the Dataset.")
 
 
 def _float_index(match: Match) -> str:
-    return (f"cross_entropy needs int64 class indices but the targets are {_dtype_name(match['got'])}: "
+    return (f"cross_entropy needs int64 class indices but the targets are {dtype_name(match['got'])}: "
             "use labels.long().")
 
 
@@ -143,9 +105,9 @@ _STATE_DICT_KEY = r"(?:Missing|Unexpected) key\(s\) in state_dict: [^\n]*?\"{pre
 _CHECKPOINT_RULES: tuple[Rule, ...] = (
     # the prefix rows before size mismatch: a wrapped model's keys are the first thing to fix
     Rule("compile-prefix", _STATE_DICT_KEY.format(prefix=r"_orig_mod\."),
-         _fixed("The state dict was saved from a torch.compile'd model: its keys start with '_orig_mod.'."), ()),
+         fixed("The state dict was saved from a torch.compile'd model: its keys start with '_orig_mod.'."), ()),
     Rule("module-prefix", _STATE_DICT_KEY.format(prefix=r"module\."),
-         _fixed("The state dict and the model disagree on the 'module.' prefix that DataParallel/DDP adds to keys."),
+         fixed("The state dict and the model disagree on the 'module.' prefix that DataParallel/DDP adds to keys."),
          ()),
     Rule("shape-mismatch", rf"size mismatch for (?P<key>[\w.]+): copying a param with shape (?P<a>{_SIZE}) from "
                            rf"checkpoint, the shape in current model is (?P<b>{_SIZE})",
@@ -156,26 +118,26 @@ _CHECKPOINT_RULES: tuple[Rule, ...] = (
          lambda m: f"The file pickles a whole object ({m['name']}), not a state dict, so weights_only=True refuses it.",
          ()),
     Rule("zip-format-on-old-torch", r"is a zip archive \(did you mean to use torch\.jit\.load\(\)\?\)",
-         _fixed("A zip-format checkpoint (torch >= 1.6) or a TorchScript archive met an old torch.load."), ()),
+         fixed("A zip-format checkpoint (torch >= 1.6) or a TorchScript archive met an old torch.load."), ()),
     Rule("zip-format-on-old-torch", r"with TorchScript archives passed to `*torch\.load",
-         _fixed("A TorchScript archive was passed to torch.load: load it with torch.jit.load."), ()),
+         fixed("A TorchScript archive was passed to torch.load: load it with torch.jit.load."), ()),
 )
 
 _AUTOGRAD_RULES: tuple[Rule, ...] = (
     Rule("numpy-requires-grad", r"Can't call numpy\(\) on (?:Tensor|Variable) that requires grad",
-         _fixed("numpy() was called on a tensor that is part of the autograd graph: use t.detach().cpu().numpy()."),
+         fixed("numpy() was called on a tensor that is part of the autograd graph: use t.detach().cpu().numpy()."),
          ("RuntimeError",)),
     Rule("deepcopy-non-leaf", r"Only Tensors created explicitly by the user \(graph leaves\) support the deepcopy",
-         _fixed("copy.deepcopy met a tensor computed from others (a non-leaf): copy t.detach().clone() instead."),
+         fixed("copy.deepcopy met a tensor computed from others (a non-leaf): copy t.detach().clone() instead."),
          ("RuntimeError",)),
     Rule("non-leaf-optimized", r"can't optimize a non-leaf Tensor",
-         _fixed("The optimizer got a tensor computed from a parameter (w * 2, w.to(device)), not the leaf itself."),
+         fixed("The optimizer got a tensor computed from a parameter (w * 2, w.to(device)), not the leaf itself."),
          ("ValueError",)),
     Rule("inplace-modification", r"one of the variables needed for gradient computation has been modified by an "
                                  r"inplace operation",
-         _fixed("An in-place operation changed a tensor that backward still needed."), ("RuntimeError",)),
+         fixed("An in-place operation changed a tensor that backward still needed."), ("RuntimeError",)),
     Rule("backward-twice", r"Trying to backward through the graph a second time",
-         _fixed("backward ran twice through one graph, whose saved tensors the first backward freed."),
+         fixed("backward ran twice through one graph, whose saved tensors the first backward freed."),
          ("RuntimeError",)),
     Rule("cat-zero-dim", r"zero-dimensional tensor \(at position (?P<value>\d+)\) cannot be concatenated",
          lambda m: f"torch.cat got a 0-d tensor (position {m['value']}): use torch.stack, or unsqueeze it first.",
@@ -183,37 +145,83 @@ _AUTOGRAD_RULES: tuple[Rule, ...] = (
     # DDP's reducer (torch/csrc/distributed/c10d/reducer.cpp); a RuntimeError on every rank
     Rule("ddp-unused-parameters", r"Expected to have finished reduction in the prior iteration before starting a "
                                   r"new one",
-         _fixed("DDP waited for gradients of parameters the forward did not use."), ()),
+         fixed("DDP waited for gradients of parameters the forward did not use."), ()),
+)
+
+_LIKELY_ASSERTS = ("Likely causes, most common first: a class label that is negative or not below the number of "
+                   "classes (cross_entropy, nll_loss); an index out of bounds (a token id >= an embedding's "
+                   "num_embeddings, x[idx], gather, index_select).")
+
+# the kernel's own assertion line names the op; without it only the likely causes can be ranked
+_DEVICE_ASSERT_RULES: tuple[Rule, ...] = (
+    # aten/src/ATen/native/cuda/IndexKernel.cu (x[idx], index_put): "-sizes[i] <= index" since torch 1.13,
+    # "index >= -sizes[i]" before
+    Rule("cuda-device-assert", r"(?:-sizes\[i\] <= index && index < sizes\[i\]|index >= -sizes\[i\] && index < "
+                               r"sizes\[i\]) && \"index out of bounds\"",
+         fixed("A CUDA indexing kernel (x[idx], index_put_) asserted: an index is out of bounds for its "
+                "dimension."), (), device_assert="kernel"),
+    # Indexing.cu (ATen) and THCTensorIndex.cu (THC): index_select, and so nn.Embedding's forward
+    Rule("cuda-device-assert", r"srcIndex < srcSelectDimSize",
+         fixed("index_select asserted on the GPU (nn.Embedding uses it): an index, usually a token id, is not "
+                "below the table's size (num_embeddings)."), (), device_assert="kernel"),
+    # ScatterGatherKernel.cu: gather, scatter, scatter_add
+    Rule("cuda-device-assert", r"idx_dim >= 0 && idx_dim < index_size",
+         fixed("A CUDA gather/scatter kernel asserted: an index is out of bounds for the dimension it indexes."),
+         (), device_assert="kernel"),
+    # the exception alone: "CUDA error: device-side assert triggered" (torch >= 1.0; torch.AcceleratorError
+    # since 2.8), "cuda runtime error (59) : device-side assert triggered at ..." (THC, torch <= 1.0), and
+    # THCudaCheck's "THCudaCheck FAIL file=... line=... error=59 : device-side assert triggered"
+    Rule("cuda-device-assert", r"device-side assert triggered",
+         fixed("A CUDA kernel hit a device-side assert; the kernel's assertion line, which would say which "
+                f"op, is not in the text. {_LIKELY_ASSERTS}"), (), device_assert="bare"),
 )
 
 _CUDA_RULES: tuple[Rule, ...] = (
     Rule("cuda-out-of-memory", r"CUDA out of memory\. Tried to allocate (?P<size>[\d.]+ [KMGT]?i?B)",
          lambda m: f"The GPU ran out of memory allocating {m['size']}.", ()),
     Rule("cuda-out-of-memory", r"CUDA error: out of memory|CUDA out of memory",
-         _fixed("The GPU ran out of memory."), ()),
+         fixed("The GPU ran out of memory."), ()),
     Rule("cuda-arch-unsupported", r"no kernel image is available for execution on the device",
-         _fixed("This torch build has no kernels for the GPU's compute capability."), ()),
+         fixed("This torch build has no kernels for the GPU's compute capability."), ()),
+    # the warnings torch/cuda/__init__.py prints when CUDA starts: _check_cubins (1.x-2.13), and
+    # _warn_unsupported_code (2.13: "Found GPU0 ... which is of compute capability (CC) 12.0. ...")
+    Rule("cuda-arch-unsupported", r"with CUDA capability sm_(?P<sm>\d+) is not compatible with the current "
+                                  r"PyTorch installation",
+         lambda m: f"This torch build has no kernels for the GPU's compute capability (sm_{m['sm']}).", ()),
+    Rule("cuda-arch-unsupported", r"which is of compute capability \(CC\) (?P<cc>\d+\.\d+)\.|does not include kernels "
+                                  r"for this GPU|No published PyTorch CUDA builds for release \S+ support this GPU",
+         lambda m: ("This torch build has no kernels for the GPU's compute capability"
+                    + (f" ({m['cc']})." if m["cc"] else ".")), ()),
     Rule("cuda-driver-too-old", r"The NVIDIA driver on your system is too old",
-         _fixed("The NVIDIA driver is older than the CUDA version this torch was built with."), ()),
+         fixed("The NVIDIA driver is older than the CUDA version this torch was built with."), ()),
+    *_DEVICE_ASSERT_RULES,
 )
 
 
 RULES: tuple[Rule, ...] = (
+    *HISTORICAL_RULES,  # older torch's wordings, each specific to its old form
     # label-out-of-range: CPU says it plainly; CUDA asserts in the kernel and the text reaches stderr.
     Rule("label-out-of-range", rf"Target {_NUM} is out of bounds",
          lambda m: f"A label ({m['value']}) is negative or not below the number of classes the model outputs.",
          ("IndexError", "RuntimeError")),
-    Rule("label-out-of-range", r"t >= 0 && t < n_classes",
-         _fixed("A CUDA device-side assert in the loss (t < n_classes): a label is negative or not below the "
-                "number of classes the model outputs.")),
+    # torch <= 1.2 on the CPU (THNN's THAssert, aten/src/THNN/generic/ClassNLLCriterion.c and
+    # SpatialClassNLLCriterion.c): "Assertion `cur_target >= 0 && cur_target < n_classes' failed.  at ..."
+    Rule("label-out-of-range", r"Assertion `(?:cur_target|t) >= 0 && (?:cur_target|t) < n_classes' failed",
+         fixed("The loss asserted a label is negative or not below the number of classes the model outputs "
+                "(THNN's ClassNLLCriterion, torch <= 1.2)."), device_assert="kernel"),
+    # CUDA kernels: THCUNN's ClassNLLCriterion.cu (t), SpatialClassNLLCriterion.cu and ATen's NLLLoss2d.cu
+    # (cur_target), ATen's Loss.cu today (t)
+    Rule("label-out-of-range", r"\b(?:cur_target|t) >= 0 && (?:cur_target|t) < n_classes",
+         fixed("A CUDA device-side assert in the loss (t < n_classes): a label is negative or not below the "
+                "number of classes the model outputs."), device_assert="kernel"),
     # uint8-input before the general dtype rows: raw images are the usual way a Byte tensor reaches a layer.
     Rule("uint8-input", r"Input type \((?:unsigned char|torch\.(?:cuda\.)?ByteTensor)\) and (?:weight|bias) type",
-         _fixed("Raw uint8 images reached the model: layers need float input scaled to [0, 1]."),
+         fixed("Raw uint8 images reached the model: layers need float input scaled to [0, 1]."),
          ("RuntimeError", "TypeError")),
     Rule("uint8-input", r"(?:mat1 and mat2 must have the same dtype, but got Byte and"
                         r"|expected m1 and m2 to have the same dtype, but got: (?:unsigned char|Byte) !="
                         r"|expected scalar type \w+ but found Byte|\"\w+\" not implemented for 'Byte')",
-         _fixed("Raw uint8 input reached the model: layers need float input (x.float() / 255, then normalise)."),
+         fixed("Raw uint8 input reached the model: layers need float input (x.float() / 255, then normalise)."),
          ("RuntimeError",)),
     Rule("label-dtype", r"expected target dtype to be Long or Byte, but got (?P<got>\w+)", _float_index,
          ("RuntimeError",)),
@@ -225,13 +233,13 @@ RULES: tuple[Rule, ...] = (
          ("RuntimeError",)),
     Rule("label-dtype", r"result type (?:Float|Double|Half|BFloat16) can't be cast to the desired output type "
                         r"(?P<got>Long|Int|Short|Char|Byte|Bool)",
-         lambda m: f"A float loss (BCE, MSE) got {_dtype_name(m['got'])} targets: use targets.float().",
+         lambda m: f"A float loss (BCE, MSE) got {dtype_name(m['got'])} targets: use targets.float().",
          ("RuntimeError",)),
     Rule("target-shape", r"0D or 1D target tensor expected, multi-target not supported",
-         _fixed("cross_entropy got 2-D class indices ([B, 1] or one-hot [B, C]); it wants shape [B]."),
+         fixed("cross_entropy got 2-D class indices ([B, 1] or one-hot [B, C]); it wants shape [B]."),
          ("RuntimeError", "ValueError")),
     Rule("target-shape", r"Expected floating point type for target with class probabilities, got (?P<got>\w+)",
-         _fixed("cross_entropy got integer targets shaped like the logits (one-hot) where class indices of shape "
+         fixed("cross_entropy got integer targets shaped like the logits (one-hot) where class indices of shape "
                 "[B] are expected: use target.argmax(1)."),
          ("RuntimeError",)),
     Rule("target-shape", rf"Target size \((?P<target>{_SIZE})\) must be the same as input size \((?P<input>{_SIZE})\)",
@@ -243,27 +251,27 @@ RULES: tuple[Rule, ...] = (
     Rule("target-shape", rf"Using a target size \((?P<target>{_SIZE})\) that is different to the input size "
                          rf"\((?P<input>{_SIZE})\)",
          lambda m: f"The loss broadcasts targets {m['target']} against the output {m['input']}: wrong results.",
-         ()),
+         (), severity=Severity.WARNING),  # a UserWarning: the run goes on, silently wrong
     Rule("input-dtype-mismatch", r"mat1 and mat2 must have the same dtype, but got (?P<a>\w+) and (?P<b>\w+)",
-         _dtype_mismatch, ("RuntimeError",), _different_dtypes),
+         _dtype_mismatch, ("RuntimeError",), different_dtypes),
     # the CUDA matmul's wording (torch 1.13-2.x); older builds stop after "dtype"
     Rule("input-dtype-mismatch", r"expected m1 and m2 to have the same dtype(?:, but got: (?P<a>[\w: ]+?) != "
-                                 r"(?P<b>[\w:]+))?", _maybe_dtype_mismatch, ("RuntimeError",), _different_dtypes),
+                                 r"(?P<b>[\w:]+))?", _maybe_dtype_mismatch, ("RuntimeError",), different_dtypes),
     Rule("input-dtype-mismatch", r"Input type \((?P<a>[^)]+)\) and (?:weight|bias) type \((?P<b>[^)]+)\) should be "
-                                 r"the same", _dtype_mismatch, ("RuntimeError", "TypeError"), _different_dtypes),
+                                 r"the same", _dtype_mismatch, ("RuntimeError", "TypeError"), different_dtypes),
     # raised by backward (torch < 2): float64 data, inputs or regression targets, met float32 weights
     Rule("input-dtype-mismatch", r"[Ff]ound dtype (?P<a>\w+) but expected (?P<b>\w+)",
-         lambda m: (f"{_dtype_name(m['a'])} data (numpy's default, in the inputs or the regression targets) met "
-                    f"{_dtype_name(m['b'])} weights in backward: convert both in the Dataset."),
-         ("RuntimeError",), _different_dtypes),
+         lambda m: (f"{dtype_name(m['a'])} data (numpy's default, in the inputs or the regression targets) met "
+                    f"{dtype_name(m['b'])} weights in backward: convert both in the Dataset."),
+         ("RuntimeError",), different_dtypes),
     # torch 1.x wording (pitfalls A12): "Expected object of scalar type Float but got scalar type Double"
     Rule("input-dtype-mismatch", r"Expected object of scalar type (?P<b>\w+) but got scalar type (?P<a>\w+)",
-         _dtype_mismatch, ("RuntimeError",), _different_dtypes),
+         _dtype_mismatch, ("RuntimeError",), different_dtypes),
     Rule("input-dtype-mismatch", r"expected scalar type (?P<b>\w+) but found (?P<a>\w+)", _dtype_mismatch,
-         ("RuntimeError",), _different_dtypes),
+         ("RuntimeError",), different_dtypes),
     Rule("input-dtype-mismatch", r"Expected tensor for argument #1 'indices' to have one of the following scalar "
                                  r"types: Long, Int; but got torch\.(?:cuda\.)?(?P<a>\w+) instead",
-         lambda m: f"An embedding got {_dtype_name(m['a'])} input; it needs integer token ids (x.long()).",
+         lambda m: f"An embedding got {dtype_name(m['a'])} input; it needs integer token ids (x.long()).",
          ("RuntimeError",)),
     Rule("channels-last-input", r"expected input\[(?P<shape>[\d, ]+)\] to have (?P<want>\d+) channels, but got "
                                 r"(?P<got>\d+) channels instead", _channels_last_message, ("RuntimeError",),
@@ -274,39 +282,45 @@ RULES: tuple[Rule, ...] = (
          lambda m: (f"A convolution with weight [{m['weight']}] expects {m['want']} input channels but got "
                     f"{m['got']} (input [{m['shape']}])."), ("RuntimeError",),
          model_error=True),
-    Rule("layer-shape-mismatch", r"mat1 and mat2 shapes cannot be multiplied \((?P<a>\d+x\d+) and (?P<b>\d+x\d+)\)",
-         lambda m: (f"A linear layer got input {m['a']} but its weight is {m['b']} (transposed): in_features "
-                    "differs from the flattened size of what reaches it."), ("RuntimeError",),
+    Rule("layer-shape-mismatch", r"mat1 and mat2 shapes cannot be multiplied \((?P<rows>\d+)x(?P<got>\d+) and "
+                                 r"(?P<want>\d+)x(?P<out>\d+)\)",
+         lambda m: (f"The linear layer with in_features={m['want']}, out_features={m['out']} got {m['got']} "
+                    f"features per row (input {m['rows']}x{m['got']}): its in_features differs from the flattened "
+                    "size of what reaches it."), ("RuntimeError",),
          model_error=True),
     # torch 1.x wordings (pitfalls A19): the CPU BLAS check and the old matmul message
     Rule("layer-shape-mismatch", r"On entry to SGEMM parameter number \d+ had an illegal value|size mismatch, "
                                  r"m1: \[[\d x]+\], m2: \[[\d x]+\]",
-         _fixed("A linear layer's in_features differs from the flattened size of its input."), (),
+         fixed("A linear layer's in_features differs from the flattened size of its input."), (),
          model_error=True),
     Rule("variable-size-samples", r"stack expects each tensor to be equal size, but got \[(?P<a>[\d, ]*)\] at entry "
                                   r"(?P<i>\d+) and \[(?P<b>[\d, ]*)\] at entry (?P<j>\d+)", _stack_message,
          ("RuntimeError",)),
     # with worker processes default_collate stacks into shared memory and fails earlier, with this message
     Rule("variable-size-samples", r"Trying to resize storage that is not resizable",
-         _fixed("default_collate in a worker cannot stack samples of different shapes into one batch."),
+         fixed("default_collate in a worker cannot stack samples of different shapes into one batch."),
          ("RuntimeError",)),
     Rule("variable-size-samples", r"each element in list of batch should be of equal size",
-         _fixed("default_collate got samples whose lists have different lengths."), ("RuntimeError",)),
+         fixed("default_collate got samples whose lists have different lengths."), ("RuntimeError",)),
     Rule("batchnorm-single-sample-batch", rf"Expected more than 1 value per channel when training, got input size "
                                           rf"(?P<size>{_SIZE})",
          lambda m: f"BatchNorm in training mode got a batch of one sample ({m['size']}).", ("ValueError",)),
     Rule("negative-strides", r"stride in the given numpy array is negative|negative strides? (?:is|are) not "
                              r"(?:currently )?supported",
-         _fixed("A numpy array with negative strides (a [::-1] flip) reached torch: copy it first."),
+         fixed("A numpy array with negative strides (a [::-1] flip) reached torch: copy it first."),
          ("ValueError", "RuntimeError")),
     # a bus error in a worker is /dev/shm running out (pitfalls A7/A8): before the generic dead-worker rows
     Rule("shm-too-small", r"insufficient shared memory|unable to write to file </torch_|unable to allocate shared "
                           r"memory|killed by signal: Bus error|Unexpected bus error encountered in worker",
-         _fixed("DataLoader workers ran out of shared memory (/dev/shm) handing batches to the main process."), ()),
+         fixed("DataLoader workers ran out of shared memory (/dev/shm) handing batches to the main process."), ()),
     Rule("cuda-fork-init", r"Cannot re-initialize CUDA in forked subprocess|CUDA error: initialization error",
-         _fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),
+         fixed("A forked DataLoader worker touched CUDA, which the parent had already initialised."), ()),
     Rule("collate-failed", r"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
                            r"found <class '(?P<type>[\w.]+)'>", _unknown_sample_type, ("TypeError",)),
+    # numpy arrays it cannot convert: the message names their numpy dtype (torch 1.5-2.13)
+    Rule("collate-failed", r"default_collate: batch must contain tensors, numpy arrays, numbers, dicts or lists; "
+                           r"found (?P<dtype>object|[<>|=]?[SUa]\d+)\b", lambda m: numpy_sample_message(m["dtype"]),
+         ("TypeError",)),
     Rule("loader-hang", r"DataLoader timed out after (?P<seconds>[\d.]+) seconds",
          lambda m: (f"The DataLoader's own timeout expired: no batch arrived from its worker processes within "
                     f"{m['seconds']} s (DataLoader(timeout={m['seconds']}))."), ("RuntimeError",)),
@@ -338,12 +352,13 @@ def normalize_message(text: str) -> str:
     return " ".join(unicodedata.normalize("NFKC", _ANSI.sub("", text)).translate(_QUOTES).split())
 
 
-def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> Explanation | None:
+def match_exception(exc: BaseException | str, *, model_errors: bool = False, context: str = "") -> Explanation | None:
     """The first rule that explains ``exc`` (an exception, or its text such as ``"IndexError: Target 5 ..."``).
 
     ``model_errors`` also tries the rows that blame the model rather than its input (layer-shape-mismatch).
     Off by default because the data probe calls this and reports those as ``training-step-failed`` with the
-    user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True.
+    user's frame; every other caller (explain, nan-hunt, env, ckpt, count) passes True. ``context`` is the
+    pasted text around the error (its traceback's frames), which a few ambiguous rows need.
     """
     type_names, exc_type, raw = _type_and_text(exc)
     worker_type, raw = unwrap_worker_error(raw)
@@ -355,6 +370,8 @@ def match_exception(exc: BaseException | str, *, model_errors: bool = False) -> 
         if rule.model_error and not model_errors:
             continue
         if rule.exception_types and type_names and not set(rule.exception_types) & set(type_names):
+            continue
+        if rule.context is not None and not re.search(rule.context, context):
             continue
         found = rule.match(text)
         if found is not None:
