@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torchdoctor.nan.counting import HAND_UPDATE
 from torchdoctor.nan.frames import describe_site, user_source
 from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.records import NonFinite, Producer, RootCall
@@ -138,10 +139,15 @@ class Locator:
                          dtype=dtype_name(bad[0].grad), model=self._model_name(), note=note)
 
     def optimizer(self, optimizer: Any, bad: list[Any], step: int) -> NonFinite:
+        """A weight turned non-finite in ``optimizer.step()``, or (``optimizer`` None) in a hand-written update."""
         kind = worst_kind(bad, self.watcher.kinds) or NAN
         name = self._param_name(bad[0], optimizer, self._param_names())
-        return NonFinite(kind, "optimizer", step, module=_owner(name), op=f"{type(optimizer).__name__}.step",
-                         source=user_source(), dtype=dtype_name(bad[0]), param=name, model=self._model_name())
+        if optimizer is None:  # found before the next model call: the update's own line is not on the stack
+            op, source = HAND_UPDATE, None
+        else:
+            op, source = f"{type(optimizer).__name__}.step", user_source()
+        return NonFinite(kind, "optimizer", step, module=_owner(name), op=op,
+                         source=source, dtype=dtype_name(bad[0]), param=name, model=self._model_name())
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -169,7 +175,7 @@ class Locator:
     def _param_name(self, param: Any, optimizer: Any, names: dict[int, str]) -> str:
         if id(param) in names:
             return names[id(param)]
-        for g, group in enumerate(optimizer.param_groups):  # a parameter of no model we saw called
+        for g, group in enumerate(optimizer.param_groups if optimizer is not None else ()):  # of no model seen
             for i, candidate in enumerate(group["params"]):
                 if candidate is param:
                     return f"param_groups[{g}].params[{i}]"

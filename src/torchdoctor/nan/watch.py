@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.nan.batches import BatchLog
+from torchdoctor.nan.counting import StepCounting
 from torchdoctor.nan.frames import user_site
 from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.locator import Locator
@@ -20,6 +21,7 @@ from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, total_norm, wor
 from torchdoctor.nan.window import LossWindow
 
 TRAJECTORY = 64  # steps of loss / grad norm kept for the divergence judgement and the report
+HEAD = 8  # the run's first losses, kept apart: a loss explosion is judged against where the run started
 _KEPT_CALLS = 8  # training forwards since the last optimizer step kept for a backward replay
 
 
@@ -39,6 +41,7 @@ class Watcher:
         self.bad_steps: set[int] = set()
         self.stopped: str | None = None
         self.losses: deque[tuple[int, Any]] = deque(maxlen=TRAJECTORY)
+        self.first_losses: list[tuple[int, Any]] = []
         self.grad_norms: deque[tuple[int, float]] = deque(maxlen=TRAJECTORY)
         self.amp = AmpCount()
         self.roots: dict[int, Any] = {}
@@ -52,6 +55,7 @@ class Watcher:
         self._in_backward = 0
         self._thread = threading.get_ident()
         self.locator = Locator(self)
+        self.counting = StepCounting(self)  # optimizer steps, or backward calls in hand-updated loops
 
     # --- global module hooks ----------------------------------------------------------------
 
@@ -65,6 +69,7 @@ class Watcher:
         self._depth = depth + 1
         if depth or self._in_backward or self.stopped or not self._is_root(module):
             return
+        self.counting.before_model_call()
         self.window.close()  # this model call is not part of the loss
         self._root = self._begin(module)
 
@@ -141,10 +146,13 @@ class Watcher:
             self.before_backward(args[0] if args else kwargs.get("tensors"))
             self._in_backward += 1
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 self._in_backward -= 1
                 self.window.end_backward()
+            if not self._in_backward:
+                self.counting.after_backward()
+            return result
 
         return backward
 
@@ -171,12 +179,17 @@ class Watcher:
             self.losses[-1] = entry
         else:
             self.losses.append(entry)
+        if self.first_losses and self.first_losses[-1][0] == self.steps:
+            self.first_losses[-1] = entry
+        elif len(self.first_losses) < HEAD:
+            self.first_losses.append(entry)
 
     # --- optimizer ----------------------------------------------------------------------------
 
     def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if threading.get_ident() != self._thread:
             return
+        self.counting.optimizer_stepping()
         self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])
         self.window.close()
         if self.stopped:
@@ -260,6 +273,7 @@ class Watcher:
         self.model = self._root = None
         self.roots.clear()
         self.losses.clear()
+        self.first_losses.clear()
         self.batches = BatchLog()
 
     # --- localisation: done by the Locator, only when something went wrong -----------------------

@@ -1,0 +1,81 @@
+"""A loss that explodes without going non-finite: pure functions over a loss series (shared with ``watch``).
+
+Geometric growth up to the first NaN is ``divergence`` (nan/checks.py). A run with a far too large
+learning rate can instead jump to hundreds of times its starting loss and stay there, every value
+finite (nanoGPT at lr 10: ~400x, gradient norm 4e15): nothing non-finite ever happens, so only the
+loss series shows it. Thresholds are far from any healthy run: healthy losses fall.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Point = tuple[int, float]
+
+EXPLOSION_FACTOR = 100.0  # the loss stays at least this many times its start
+START_STEPS = 3  # the start is the lowest of the first this many losses (a loss can explode at step 1 already)
+STAYED_STEPS = 3  # ... and the last this many recorded losses all stay that high
+
+
+@dataclass(frozen=True)
+class Explosion:
+    """Facts of an exploded loss: where it started, when it first crossed the line, where it stayed."""
+
+    start: float
+    start_steps: tuple[int, int]
+    crossed_step: int
+    last: Point
+    lowest_recent: float  # the lowest loss since it crossed: the factor is a floor, not one spike
+
+    @property
+    def factor(self) -> float:
+        return self.lowest_recent / self.start
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"start": self.start, "start_steps": list(self.start_steps), "crossed_step": self.crossed_step,
+                "last_step": self.last[0], "last_loss": self.last[1], "factor": self.factor,
+                "threshold_factor": EXPLOSION_FACTOR}
+
+
+def loss_explosion(head: Sequence[Point], tail: Sequence[Point], factor: float = EXPLOSION_FACTOR,
+                   stayed: int = STAYED_STEPS) -> Explosion | None:
+    """The loss rose to ``factor`` x its start and its last ``stayed`` values all stayed there, else None.
+
+    ``head``: the run's first (step, loss) points; ``tail``: its latest ones (they may overlap).
+    A start that is not positive (a loss that can be 0 or negative) is never judged.
+    """
+    first = [(step, value) for step, value in head if math.isfinite(value)][:START_STEPS]
+    if len(first) < START_STEPS:
+        return None
+    start = min(value for _, value in first)
+    recent = [(step, value) for step, value in tail if math.isfinite(value) and step > first[-1][0]]
+    if not start > 0 or len(recent) < stayed:
+        return None
+    line = factor * start
+    if len(_trailing_run(recent, line)) < stayed:
+        return None
+    run = _trailing_run(recent, line)
+    return Explosion(start, (first[0][0], first[-1][0]), run[0][0], recent[-1], min(value for _, value in run))
+
+
+def _trailing_run(points: Sequence[Point], line: float) -> list[Point]:
+    """The last points that all stay at or above ``line``."""
+    run: list[Point] = []
+    for point in reversed(points):
+        if point[1] < line:
+            break
+        run.insert(0, point)
+    return run
+
+
+def describe_explosion(explosion: Explosion, grad_norm: float | None = None) -> str:
+    """One sentence for the finding."""
+    norm = f", gradient norm {grad_norm:.3g}" if grad_norm is not None and math.isfinite(grad_norm) else ""
+    first, last = explosion.start_steps
+    return (f"The loss jumped from {explosion.start:.4g} (steps {first}-{last}) to at least {explosion.factor:.3g}x "
+            f"that from step {explosion.crossed_step} and stayed there through step {explosion.last[0]} "
+            f"(last loss {explosion.last[1]:.4g}{norm}), without any value going non-finite: "
+            "the step size is far too large for this model.")
