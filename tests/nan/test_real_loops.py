@@ -154,3 +154,43 @@ def test_a_loss_that_jumps_hundreds_of_times_its_start_and_stays_is_flagged():
 def test_a_healthy_classifier_gives_no_explosion():
     report = train_classifier(lr=0.5)
     assert report.findings == ()
+
+
+# --- a fault that fires once: the replay misses it, the report keeps what the cheap watch saw ----------------
+
+
+class FiresOnce(nn.Module):
+    """A layer whose output is corrupted on one call only (a flaky kernel, a one-off bad state)."""
+
+    def __init__(self, value: float, at_call: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 1)
+        self.value, self.at_call, self.calls = value, at_call, 0
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.linear(x)
+        return out + self.value if self.calls == self.at_call else out
+
+
+@pytest.mark.parametrize(("value", "kind"), [(float("nan"), "nan"), (float("inf"), "inf")])
+def test_a_fault_the_replay_does_not_reproduce_keeps_the_model_and_line_and_says_so(value, kind):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), FiresOnce(value, at_call=3))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with nan_hunt() as hunt:
+        for _ in range(5):
+            optimizer.zero_grad()
+            loss = nn.functional.mse_loss(model(torch.randn(8, 4)), torch.randn(8, 1))  # <-- model call
+            loss.backward()
+            optimizer.step()
+    first = hunt.report.result["first_nonfinite"]
+    assert (first["phase"], first["step"], first["kind"], first["replay"]) == ("forward", 2, kind, "missed"), first
+    assert first["model"] == "torch.nn.modules.container.Sequential"
+    assert first["source"]["line"] == THIS_LINE_OF_MODEL_CALL
+    assert "output of Sequential" in first["note"] and "did not reproduce" in first["note"]
+    assert "output of Sequential" in hunt.report.findings[0].message
+
+
+THIS_LINE_OF_MODEL_CALL = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+                               if text.rstrip().endswith("# <-- model call"))
