@@ -81,3 +81,14 @@ def test_a_spec_that_is_not_a_module_exits_2_in_a_real_process(spec):
     not_module = run_torchdoctor("count", spec("not_a_model"))
     assert not_module.returncode == 2 and "expected a torch.nn.Module" in not_module.stderr
     assert "Traceback" not in not_module.stderr
+
+
+def test_a_guessed_input_is_said_to_be_a_guess_and_its_failure_asks_for_the_shape(cli, spec, validate_report):
+    guessed = cli("count", spec("LinearStack"), "--json")
+    assert guessed.exit_code == 0
+    report = validate_report(json.loads(guessed.stdout))
+    assert report["result"]["input_guessed"] is True and report["result"]["inputs"][0]["shape"] == [1, 16]
+    assert "a guessed input" in cli("count", spec("LinearStack")).stdout
+    failed = cli("count", spec("SmallImageNet"))
+    assert failed.exit_code == 2 and "layer-shape-mismatch" not in failed.output
+    assert "pass --input-shape" in failed.output and "Traceback" not in failed.output

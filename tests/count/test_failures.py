@@ -52,3 +52,13 @@ def test_a_forward_that_fails_for_another_reason_cannot_be_counted():
 def test_not_a_module_is_a_usage_error():
     with pytest.raises(UsageError):
         count("resnet50", torch.randn(1, 3))
+
+
+def test_a_guessed_input_that_does_not_fit_blames_the_guess_not_the_model():
+    model = models.SmallImageNet()  # healthy on 64x64 images; the guess from its first conv is 32x32
+    with pytest.raises(UsageError) as caught:
+        count(model)
+    assert "guessed" in str(caught.value) and "[1, 3, 32, 32]" in str(caught.value)
+    assert "--input-shape" in caught.value.hint
+    report = count(model, input_shapes=[(1, 3, 64, 64)])  # the real shape: counted, nothing to blame
+    assert report.exit_code() == 0 and report.result["input_guessed"] is False and report.result["macs"] > 0

@@ -13,7 +13,14 @@ from typing import Any
 from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
 from torchdoctor.count.compare import collect_comparisons, parse_tools
 from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
-from torchdoctor.count.inputs import as_call, build_inputs, describe_inputs, parse_dtype, prepare_inputs
+from torchdoctor.count.inputs import (
+    GUESSED_HINT,
+    as_call,
+    build_inputs,
+    describe_inputs,
+    parse_dtype,
+    prepare_inputs,
+)
 from torchdoctor.count.layers import layer_rows
 from torchdoctor.count.ops import CONVENTION, OpKind
 from torchdoctor.count.params import collect_params
@@ -64,6 +71,7 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
     dtype, tools = parse_dtype(dtype), parse_tools(compare)
     meta = _check_options(model, depth, train_step, meta)
     device = "meta" if meta else _device_of(model)
+    guessed = inputs is None and not input_shapes
     if inputs is None:
         inputs = build_inputs(model, input_shapes, dtype=dtype, device=device)
     else:
@@ -76,12 +84,15 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
         facts, step = collect_training_step(model.to(dtype) if dtype is not None else model, inputs)
     else:
         facts = collect_forward(model, args, kwargs, substitute_tensors(model, dtype=dtype, meta=meta))
+    if guessed and facts.failure is not None:
+        raise _guess_failed(facts.failure, model, describe_inputs(args, kwargs))
     findings = _judge(facts, model, train_step)
     result = {
         "model": type(model).__name__, "spec": spec, "device": device,
         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         "mode": "train-step" if train_step else "forward",
         "inputs": describe_inputs(args, kwargs),
+        "input_guessed": guessed,
         "convention": CONVENTION,
         "params": params.to_dict(),
         **_compute_result(facts, model, depth),
@@ -92,6 +103,16 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
         result["compare"] = [row.to_dict(facts.macs) for row in
                              collect_comparisons(tools, model, args, kwargs, meta=meta)]
     return Report("count", tuple(findings), result, count_sections(result, findings))
+
+
+def _guess_failed(failure: Any, model: Any, inputs: list[dict[str, Any]]) -> UsageError:
+    """The model failed on an input torchdoctor guessed: the guess is wrong, not the model (exit 2)."""
+    shapes = ", ".join(str(row["shape"]) for row in inputs)
+    return UsageError(
+        f"{type(model).__name__} did not accept the input torchdoctor guessed from its first layer ({shapes}): "
+        f"{failure.exc_type}: {failure.headline}; nothing was counted",
+        hint=GUESSED_HINT,
+    )
 
 
 def _original_module(model: Any) -> Any:
