@@ -18,7 +18,7 @@ def series(*values: float, first_step: int = 3) -> list[tuple[int, float]]:
 def test_a_jump_to_400x_that_stays_is_an_explosion_from_the_step_it_crossed():
     points = series(3.9, 3.5, 1700.0, 1650.0, 1680.0, 1690.0)
     explosion = loss_explosion(START, points)
-    assert explosion is not None and explosion.start == 4.1 and explosion.crossed_step == 5
+    assert explosion is not None and (explosion.start, explosion.start_step, explosion.crossed_step) == (4.1, 1, 5)
     assert explosion.factor == pytest.approx(1650.0 / 4.1) and explosion.last == (8, 1690.0)
 
 
@@ -37,6 +37,9 @@ def test_a_start_that_is_zero_or_negative_is_not_judged_and_short_runs_are_not_j
     assert loss_explosion([(0, -2.0), (1, -1.0), (2, -1.5)], [(i, 500.0) for i in range(3, 9)]) is None
     assert loss_explosion(START[:2], series(900.0, 900.0, 900.0)) is None
     assert loss_explosion(START, START) is None
+    jumped_at_1 = [(0, 5.3), (1, 1e8), (2, 5e8), (3, 1.1e9), (4, 9e8)]  # word_language_model at lr 1e9
+    explosion = loss_explosion(jumped_at_1[:3], jumped_at_1)
+    assert explosion is not None and (explosion.start_step, explosion.crossed_step) == (0, 1)
 
 
 def test_explosion_only_without_a_first_nonfinite_and_the_threshold_is_documented():

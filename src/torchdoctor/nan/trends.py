@@ -22,20 +22,20 @@ STAYED_STEPS = 3  # ... and the last this many recorded losses all stay that hig
 
 @dataclass(frozen=True)
 class Explosion:
-    """Facts of an exploded loss: where it started, when it first crossed the line, where it stayed."""
+    """Facts of an exploded loss: where it started, when it crossed the line for good, where it stayed."""
 
     start: float
-    start_steps: tuple[int, int]
+    start_step: int
     crossed_step: int
     last: Point
-    lowest_recent: float  # the lowest loss since it crossed: the factor is a floor, not one spike
+    lowest_since: float  # the lowest loss since it crossed: the factor is a floor, not one spike
 
     @property
     def factor(self) -> float:
-        return self.lowest_recent / self.start
+        return self.lowest_since / self.start
 
     def to_dict(self) -> dict[str, Any]:
-        return {"start": self.start, "start_steps": list(self.start_steps), "crossed_step": self.crossed_step,
+        return {"start": self.start, "start_step": self.start_step, "crossed_step": self.crossed_step,
                 "last_step": self.last[0], "last_loss": self.last[1], "factor": self.factor,
                 "threshold_factor": EXPLOSION_FACTOR}
 
@@ -44,21 +44,23 @@ def loss_explosion(head: Sequence[Point], tail: Sequence[Point], factor: float =
                    stayed: int = STAYED_STEPS) -> Explosion | None:
     """The loss rose to ``factor`` x its start and its last ``stayed`` values all stayed there, else None.
 
-    ``head``: the run's first (step, loss) points; ``tail``: its latest ones (they may overlap).
-    A start that is not positive (a loss that can be 0 or negative) is never judged.
+    ``head``: the run's first (step, loss) points; ``tail``: its latest ones (they may overlap). The start
+    is the lowest of the first ``START_STEPS`` losses; one that is not positive (a loss that can be 0 or
+    negative) is never judged.
     """
     first = [(step, value) for step, value in head if math.isfinite(value)][:START_STEPS]
     if len(first) < START_STEPS:
         return None
-    start = min(value for _, value in first)
-    recent = [(step, value) for step, value in tail if math.isfinite(value) and step > first[-1][0]]
-    if not start > 0 or len(recent) < stayed:
+    start_step, start = min(first, key=lambda point: point[1])
+    merged = dict(first)
+    merged.update((step, value) for step, value in tail if math.isfinite(value))
+    after = sorted((step, value) for step, value in merged.items() if step > start_step)
+    if not start > 0:
         return None
-    line = factor * start
-    if len(_trailing_run(recent, line)) < stayed:
+    run = _trailing_run(after, factor * start)
+    if len(run) < stayed:
         return None
-    run = _trailing_run(recent, line)
-    return Explosion(start, (first[0][0], first[-1][0]), run[0][0], recent[-1], min(value for _, value in run))
+    return Explosion(start, start_step, run[0][0], run[-1], min(value for _, value in run))
 
 
 def _trailing_run(points: Sequence[Point], line: float) -> list[Point]:
@@ -74,8 +76,8 @@ def _trailing_run(points: Sequence[Point], line: float) -> list[Point]:
 def describe_explosion(explosion: Explosion, grad_norm: float | None = None) -> str:
     """One sentence for the finding."""
     norm = f", gradient norm {grad_norm:.3g}" if grad_norm is not None and math.isfinite(grad_norm) else ""
-    first, last = explosion.start_steps
-    return (f"The loss jumped from {explosion.start:.4g} (steps {first}-{last}) to at least {explosion.factor:.3g}x "
-            f"that from step {explosion.crossed_step} and stayed there through step {explosion.last[0]} "
+    return (f"The loss jumped from {explosion.start:.4g} (step {explosion.start_step}) to at least "
+            f"{explosion.factor:.3g}x that from step {explosion.crossed_step} and stayed there through step "
+            f"{explosion.last[0]} "
             f"(last loss {explosion.last[1]:.4g}{norm}), without any value going non-finite: "
             "the step size is far too large for this model.")
