@@ -320,7 +320,7 @@ _SPECS = (
     ),
     _spec(
         "loss-explosion", "TD311", "error",
-        "The loss jumped to 100x or more its starting value and stayed there, without any value going NaN/inf.",
+        "The loss jumped to 20x or more its starting value and stayed there, without any value going NaN/inf.",
         "The run goes on but learns nothing: the step size is far too large (nanoGPT at lr 10 sits at ~400x "
         "its first loss with a gradient norm of 4e15). No NaN ever appears, so only the loss series shows it.",
         "Lower the learning rate (a 10x step down first), add warm-up, or clip gradients "

@@ -46,6 +46,7 @@ class HuntFacts:
     models: Sequence[str] = field(default_factory=tuple)
     first_losses: Sequence[Point] = ()  # the run's first steps, kept apart from the trailing ``losses``
     step_counting: str = "optimizer"  # or "backward": no optimizer stepped, each backward call was a step
+    grad_norm_source: str = "gradients"  # "clip_grad_norm_": the norms are what it measured before clipping
 
 
 def check_hunt(facts: HuntFacts) -> list[Finding]:

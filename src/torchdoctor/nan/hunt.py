@@ -108,6 +108,7 @@ def install(watcher: Watcher, patches: Patches) -> None:
     patches.attribute(dataloader._BaseDataLoaderIter, "_next_index", watcher.batches.wrap_next_index)
     patches.attribute(dataloader._BaseDataLoaderIter, "__next__", watcher.batches.wrap_next)
     patches.attribute(torch.amp.GradScaler, "update", watcher.wrap_scaler_update)
+    patches.attribute(torch.nn.utils, "clip_grad_norm_", watcher.wrap_clip)
     for owner, name in ((optim.Optimizer, "__init__"), (optim.Optimizer, "zero_grad"), (torch.amp.GradScaler, "scale")):
         patches.attribute(owner, name, watcher.counting.wrap_optimizer_use)
 
@@ -123,6 +124,7 @@ def collect_facts(watcher: Watcher) -> HuntFacts:
         first_losses=[(step, _scalar(value)) for step, value in watcher.first_losses],
         step_counting=watcher.counting.counting,
         grad_norms=list(watcher.grad_norms),
+        grad_norm_source="clip_grad_norm_" if watcher.clip_seen else "gradients",
         amp_steps=watcher.amp.steps,
         amp_skipped=watcher.amp.skipped,
         amp_trailing_skips=watcher.amp.trailing_skips,
@@ -141,6 +143,7 @@ def result_dict(facts: HuntFacts, check_inf: bool, max_steps: int | None) -> dic
         "later_nonfinite_steps": facts.later_nonfinite_steps,
         "loss_trajectory": [{"step": s, "loss": _json_float(v)} for s, v in facts.losses],
         "grad_norm_trajectory": [{"step": s, "grad_norm": _json_float(v)} for s, v in facts.grad_norms],
+        "grad_norm_source": facts.grad_norm_source,
         "amp": {"skipped_steps": facts.amp_skipped, "steps": facts.amp_steps},
         "models": list(dict.fromkeys(facts.models)),
         "no_grad_nonfinite": facts.no_grad_first.to_dict() if facts.no_grad_first else None,

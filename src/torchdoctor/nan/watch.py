@@ -43,6 +43,8 @@ class Watcher:
         self.losses: deque[tuple[int, Any]] = deque(maxlen=TRAJECTORY)
         self.first_losses: list[tuple[int, Any]] = []
         self.grad_norms: deque[tuple[int, float]] = deque(maxlen=TRAJECTORY)
+        self.clipped_from: Any = None  # this step's norm before clip_grad_norm_ (its own return value)
+        self.clip_seen = False  # some recorded norm is clip_grad_norm_'s (result.grad_norm_source)
         self.amp = AmpCount()
         self.roots: dict[int, Any] = {}
         self.batches = BatchLog()
@@ -196,12 +198,40 @@ class Watcher:
             return
         params = _params_with_grads(optimizer)
         norm = total_norm([p.grad for p in params])
-        self.grad_norms.append((self.steps, norm))
+        self.grad_norms.append((self.steps, self._before_clipping(norm)))
         if math.isfinite(norm):
             return
         bad = [p for p in params if worst_kind([p.grad], self.kinds)]
         if bad and not self._seen_already(self.steps):
             self.grads_nonfinite(optimizer, bad)
+
+    def wrap_clip(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``clip_grad_norm_``: keep the norm it measured, so the trajectory shows the norm before clipping.
+
+        nanoGPT clips to 1.0 before every step: the norm at step() is then always <= 1 and would hide a run
+        whose true gradient norm is 4e15.
+        """
+
+        @functools.wraps(original)
+        def clip(*args: Any, **kwargs: Any) -> Any:
+            total = original(*args, **kwargs)
+            if threading.get_ident() == self._thread:
+                self.clipped_from = total
+            return total
+
+        return clip
+
+    def _before_clipping(self, norm: float) -> float:
+        """The step's norm before clipping when clip_grad_norm_ measured a finite one, else ``norm``."""
+        clipped, self.clipped_from = self.clipped_from, None
+        try:
+            value = float(clipped) if clipped is not None else norm
+        except (TypeError, ValueError, RuntimeError):
+            return norm
+        if not math.isfinite(value):
+            return norm
+        self.clip_seen = clipped is not None
+        return value
 
     def step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if threading.get_ident() != self._thread or self.stopped:
