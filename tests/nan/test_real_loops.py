@@ -44,6 +44,9 @@ def test_hand_updated_lm_names_the_backward_producer_at_batch_7(in_scripts_dir, 
     assert (first["phase"], first["op"], first["step"]) == ("backward", "aten.sqrt", 7), first
     assert first["source"]["line"] == marker_line(SCRIPTS / "hand_update_lm.py")
     assert ids(report)[0] == "nonfinite-backward" and report.exit_code() == 1
+    headline = report.sections[0].headline  # short: the finding below says the rest, not twice
+    assert headline.startswith("first ") and "step 7" in headline and "aten.sqrt" in headline
+    assert report.findings[0].message not in headline and len(headline) < len(report.findings[0].message)
     assert [p["step"] for p in report.result["loss_trajectory"]] == list(range(8))  # one loss per batch
     assert "batch 6 loss" in capsys.readouterr().out  # the script ran its first 7 batches
 
