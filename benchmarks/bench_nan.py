@@ -11,13 +11,17 @@ runs, medians:
 Goals: nan-hunt / plain <= 1.3; (nan-hunt - plain) / (anomaly - plain) <= 0.5. The training loop
 alone (from the script's ``--timestamps``) is printed too, since start-up (~2.5 s of imports) hides it.
 
+Gradient accumulation (``--accum``): the same model trained the way nanoGPT accumulates, 4
+micro-steps (forward, loss / 4, backward) per optimizer step, clip, step, ``zero_grad(set_to_none)``,
+20 optimizer steps; nan-hunt vs plain only. Goal <= 1.3x as well.
+
 Localisation: ``--nan-at 20`` turns an activation into NaN at step 20. The time from the start of
 step 20 (the script's timestamp) to the report file's modification time (``--report``, written
 atomically once the producer is named) is compared with one step's time. Goal <= 10x.
 Every child runs with ``OMP_NUM_THREADS=1`` by default (``--threads``): on a small shared machine two
 intra-op threads per process fighting other work made single runs vary 10x; one thread keeps the
 paired ratios stable and affects all three commands alike.
-Run: ``python benchmarks/bench_nan.py [--runs 5] [--threads 1]``.
+Run: ``python benchmarks/bench_nan.py [--runs 5] [--threads 1] [--only overhead|accum|localisation]``.
 """
 
 from __future__ import annotations
@@ -44,16 +48,18 @@ COMMANDS = {
     "anomaly": [sys.executable, "-c", ANOMALY, str(SCRIPT)],
 }
 NAN_AT = 20
+ACCUM_ARGS = ["--accum", "4", "--steps", "20"]  # nanoGPT's shape: 4 micro-steps per optimizer step
 
 
 CHILD_ENV = dict(os.environ)
 
 
-def timed(command: list[str]) -> tuple[float, float, float]:
+def timed(command: list[str], extra: list[str] = ()) -> tuple[float, float, float]:
     """Whole-process wall seconds, its CPU seconds (user + sys), and training-loop wall seconds."""
     cpu_before = _children_cpu()
     start = time.perf_counter()
-    done = subprocess.run([*command, "--timestamps"], capture_output=True, text=True, check=False, env=CHILD_ENV)
+    done = subprocess.run([*command, *extra, "--timestamps"], capture_output=True, text=True, check=False,
+                          env=CHILD_ENV)
     wall = time.perf_counter() - start
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
@@ -84,13 +90,31 @@ def step_time(stamps: dict[int | str, float], last: int) -> float:
     return statistics.median(stamps[i + 1] - stamps[i] for i in range(1, last) if i + 1 in stamps)
 
 
-def overhead(runs: int) -> None:
-    for command in COMMANDS.values():  # warm the page cache so the first pair is not penalised
-        timed(command)
-    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in COMMANDS}
+def sample(runs: int, commands: dict[str, list[str]], extra: list[str] = ()
+           ) -> dict[str, list[tuple[float, float, float]]]:
+    """Paired runs of every command (one of each per round, so load changes hit all alike)."""
+    for command in commands.values():  # warm the page cache so the first pair is not penalised
+        timed(command, extra)
+    samples: dict[str, list[tuple[float, float, float]]] = {name: [] for name in commands}
     for _ in range(runs):
-        for name, command in COMMANDS.items():
-            samples[name].append(timed(command))
+        for name, command in commands.items():
+            samples[name].append(timed(command, extra))
+    return samples
+
+
+def accumulation(runs: int) -> None:
+    commands = {name: COMMANDS[name] for name in ("plain", "nan-hunt")}
+    samples = sample(runs, commands, ACCUM_ARGS)
+    print(f"gradient accumulation ({' '.join(ACCUM_ARGS)}):")
+    for index, label in enumerate(("process wall", "process CPU", "training loop")):
+        plain, hunt = ([v[index] for v in samples[name]] for name in commands)
+        ratio = statistics.median(h / p for p, h in zip(plain, hunt, strict=True))
+        print(f"  {label:<14} plain median {statistics.median(plain):.2f} s, nan-hunt {statistics.median(hunt):.2f} s;"
+              f" nan-hunt/plain {ratio:.2f}x (goal <= 1.3)")
+
+
+def overhead(runs: int) -> None:
+    samples = sample(runs, COMMANDS)
     for name, values in samples.items():
         walls = [wall for wall, _, _ in values]
         print(
@@ -151,12 +175,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the children (0: inherit)")
+    parser.add_argument("--only", choices=("overhead", "accum", "localisation"), default=None)
     args = parser.parse_args()
     if args.threads:
         CHILD_ENV["OMP_NUM_THREADS"] = str(args.threads)
     print(f"{args.runs} paired runs, OMP_NUM_THREADS={CHILD_ENV.get('OMP_NUM_THREADS', 'unset')}")
-    overhead(args.runs)
-    localisation(args.runs)
+    for name, run in (("overhead", overhead), ("accum", accumulation), ("localisation", localisation)):
+        if args.only in (None, name):
+            run(args.runs)
 
 
 if __name__ == "__main__":

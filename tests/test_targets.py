@@ -319,3 +319,14 @@ def test_errors_exit_with_code_2() -> None:
 def test_importing_targets_does_not_import_torch() -> None:
     code = "import sys, torchdoctor.targets; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def test_a_scripts_main_is_named_as_no_model_factory_not_as_an_unguarded_module(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(sys, "argv", ["torchdoctor", "count", "guarded_train.py:main"])  # what main() will parse
+    error = _user_error(_spec("guarded_train.py", "main"))
+    assert "named a function that is not a model factory" in error.message and "code 2" in error.message
+    assert "__main__" not in error.hint and "main()" in error.hint
+    assert "the following arguments are required: --data" in capsys.readouterr().err  # argparse really ran
+    with pytest.raises(TargetError) as caught:  # a function that runs and returns None: no factory either
+        resolve_target(_spec("guarded_train.py", "evaluate"), expect=MODULE)
+    assert "returned None" in caught.value.message and "main()" in caught.value.hint

@@ -418,6 +418,15 @@ _SPECS = (
         "See the script's own output for why it called sys.exit with that code.",
         commands=("nan-hunt",), section="nan-hunt",
     ),
+    _spec(
+        "loss-explosion", "TD311", "error",
+        "The loss jumped to 20x or more its starting value and stayed there, without any value going NaN/inf.",
+        "The run goes on but learns nothing: the step size is far too large (nanoGPT at lr 10 sits at ~400x "
+        "its first loss with a gradient norm of 4e15). No NaN ever appears, so only the loss series shows it.",
+        "Lower the learning rate (a 10x step down first), add warm-up, or clip gradients "
+        "(torch.nn.utils.clip_grad_norm_).",
+        commands=("nan-hunt",), section="nan-hunt",
+    ),
     # --- 4xx: count ------------------------------------------------------------------------
     _spec(
         "uncounted-ops", "TD401", "warning",

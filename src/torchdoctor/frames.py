@@ -44,6 +44,11 @@ def is_library_file(filename: str) -> bool:
     return not third_party and any(_is_under(path, root) for root in stdlib)
 
 
+def is_installed_package(filename: str) -> bool:
+    """A file of an installed third-party package (site-packages / dist-packages), e.g. PIL's ``ImageFile.py``."""
+    return any(part in ("site-packages", "dist-packages") for part in os.path.realpath(filename).split(os.sep))
+
+
 @functools.lru_cache(maxsize=1)
 def _library_roots() -> tuple[str, ...]:
     roots = [os.path.dirname(os.path.realpath(__file__))]

@@ -156,7 +156,8 @@ def _materialize(obj: Any, spec: str, expect: tuple[type, ...] | None, user_file
     result = _call(obj, spec, user_file) if called else obj
     if expect and not isinstance(result, expect):
         verb = "returned" if called else "is"
-        raise TargetError(f"{spec} {verb} {_type_name(result)}, expected {_describe(expect)}")
+        hint = _NOT_A_FACTORY_HINT if called and result is None and not isinstance(obj, type) else None
+        raise TargetError(f"{spec} {verb} {_type_name(result)}, expected {_describe(expect)}", hint=hint)
     return result
 
 
@@ -176,8 +177,25 @@ def _call(obj: Any, spec: str, user_file: str | None) -> Any:
             # Raised by the call itself (no signature to check beforehand): it wanted arguments.
             raise _needs_arguments(spec, str(exc)) from exc
         raise _user_code_error(exc, user_file, spec) from exc
-    except (Exception, SystemExit) as exc:
+    except SystemExit as exc:
+        raise _exited_when_called(exc, spec) from exc
+    except Exception as exc:
         raise _user_code_error(exc, user_file, spec) from exc
+
+
+_NOT_A_FACTORY_HINT = ("name the model class or a function that returns the model (e.g. train.py:Net), "
+                       "not the script's main()")
+
+
+def _exited_when_called(exc: SystemExit, spec: str) -> UserCodeError:
+    """The named function exited: a script's ``main()`` (argparse reading torchdoctor's own argv), not a factory.
+
+    The module itself imported fine, so "move script code under __main__" would blame a guarded file.
+    """
+    code = exc.code if isinstance(exc.code, int) or exc.code is None else 1
+    return UserCodeError(f"{spec} named a function that is not a model factory: calling it exited with code "
+                         f"{code or 0} (a script's main() parses the command line it was given, here torchdoctor's)",
+                         hint=_NOT_A_FACTORY_HINT)
 
 
 def _missing_params(obj: Any) -> list[str]:

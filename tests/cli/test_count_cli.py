@@ -77,6 +77,8 @@ def test_missing_shapes_and_bad_options_exit_2_with_one_line(cli, spec):
 
 
 @pytest.mark.slow
+
+
 def test_a_spec_that_is_not_a_module_exits_2_in_a_real_process(spec):
     not_module = run_torchdoctor("count", spec("not_a_model"))
     assert not_module.returncode == 2 and "expected a torch.nn.Module" in not_module.stderr
@@ -89,3 +91,14 @@ def test_device_option_reports_where_the_step_ran(cli, spec, validate_report):
     assert result["device"] == "cpu" and result["training_step"]["device"] == "cpu"
     absent = cli("count", spec("LinearStack"), "--device", "warp9")
     assert absent.exit_code == 2 and "--device warp9" in absent.stderr and "Traceback" not in absent.stderr
+
+
+def test_a_guessed_input_is_said_to_be_a_guess_and_its_failure_asks_for_the_shape(cli, spec, validate_report):
+    guessed = cli("count", spec("LinearStack"), "--json")
+    assert guessed.exit_code == 0
+    report = validate_report(json.loads(guessed.stdout))
+    assert report["result"]["input_guessed"] is True and report["result"]["inputs"][0]["shape"] == [1, 16]
+    assert "a guessed input" in cli("count", spec("LinearStack")).stdout
+    failed = cli("count", spec("SmallImageNet"))
+    assert failed.exit_code == 2 and "layer-shape-mismatch" not in failed.output
+    assert "pass --input-shape" in failed.output and "Traceback" not in failed.output

@@ -57,3 +57,13 @@ def test_not_a_module_is_a_usage_error():
 def test_the_fix_names_the_layer_it_means():
     (finding,) = count(models.LinearStack(), torch.randn(2, 30)).findings
     assert "layer 'fc1' (Linear)" in finding.fix and "named layer" not in finding.fix
+
+
+def test_a_guessed_input_that_does_not_fit_blames_the_guess_not_the_model():
+    model = models.SmallImageNet()  # healthy on 64x64 images; the guess from its first conv is 32x32
+    with pytest.raises(UsageError) as caught:
+        count(model)
+    assert "guessed" in str(caught.value) and "[1, 3, 32, 32]" in str(caught.value)
+    assert "--input-shape" in caught.value.hint
+    report = count(model, input_shapes=[(1, 3, 64, 64)])  # the real shape: counted, nothing to blame
+    assert report.exit_code() == 0 and report.result["input_guessed"] is False and report.result["macs"] > 0

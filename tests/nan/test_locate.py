@@ -218,9 +218,10 @@ def test_findings_from_hand_built_facts():
                       source={"file": "train.py", "line": 12, "code": "x.sum(1)"})
     facts = HuntFacts(first=event, steps=7, losses=[(4, 1.0), (5, 30.0), (6, 900.0)])
     findings = check_hunt(facts)
-    assert [f.id for f in findings] == ["nonfinite-forward", "low-precision-overflow", "divergence"]
-    assert findings[0].location == "train.py:12"
-    assert "aten.sum" in findings[0].message and "'pool'" in findings[0].message and "step 7" in findings[0].message
+    # the loss grew geometrically before it: divergence is the cause and comes first (issue 13)
+    assert [f.id for f in findings] == ["divergence", "nonfinite-forward", "low-precision-overflow"]
+    assert findings[1].location == "train.py:12"
+    assert "aten.sum" in findings[1].message and "'pool'" in findings[1].message and "step 7" in findings[1].message
     no_grad = NonFinite("nan", "forward", 2, op="aten.div", no_grad=True)
     findings = check_hunt(HuntFacts(first=None, steps=3, no_grad_first=no_grad, no_grad_count=2))
     assert [(f.id, f.severity.value) for f in findings] == [("nonfinite-forward", "warning")]

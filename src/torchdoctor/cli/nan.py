@@ -60,6 +60,7 @@ def nan_hunt_command(
             script, list(ctx.args), steps=steps, keep_going=keep_going, check_inf=not no_inf, stdout_to_stderr=json,
             distributed=rank is not None,
         )
+        _print_script_traceback(result)
         if rank is not None:
             result, exit_code = gather_ranks(rank, result)
             if result is None:
@@ -71,6 +72,17 @@ def nan_hunt_command(
     finally:
         if rank is not None:
             release_ranks(rank)  # only now: torchrun stops rank 0 as soon as another rank exits non-zero
+
+
+def _print_script_traceback(result) -> None:
+    """The script's own traceback on stderr, exactly as `python SCRIPT` prints it, before our report."""
+    import sys
+
+    for finding in result.findings:
+        text = finding.details.get("python_traceback") if finding.id == "script-failed" else None
+        if text:
+            sys.stderr.write(text)
+            sys.stderr.flush()
 
 
 def _output(result, *, as_json: bool, to_stderr: bool, strict: bool) -> None:

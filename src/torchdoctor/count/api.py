@@ -14,7 +14,7 @@ from torchdoctor.batch import as_call
 from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
 from torchdoctor.count.compare import collect_comparisons, parse_tools
 from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
-from torchdoctor.count.inputs import build_inputs, describe_inputs, parse_dtype, prepare_inputs
+from torchdoctor.count.inputs import GUESSED_HINT, build_inputs, describe_inputs, parse_dtype, prepare_inputs
 from torchdoctor.count.layers import layer_rows
 from torchdoctor.count.ops import CONVENTION, OpKind
 from torchdoctor.count.params import collect_params
@@ -69,6 +69,7 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
     if not meta and device is not None and _usable_device(device) != _device_of(model):
         model, owned = (model if owned else copy.deepcopy(model)).to(device), True
     device = "meta" if meta else _device_of(model)
+    guessed = inputs is None and not input_shapes
     if inputs is None:
         inputs = build_inputs(model, input_shapes, dtype=dtype, device=device)
     else:
@@ -81,12 +82,15 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
         facts, step = collect_training_step(model.to(dtype) if dtype is not None else model, inputs, device)
     else:
         facts = collect_forward(model, args, kwargs, substitute_tensors(model, dtype=dtype, meta=meta))
+    if guessed and facts.failure is not None:
+        raise _guess_failed(facts.failure, model, describe_inputs(args, kwargs))
     findings = _judge(facts, model, train_step)
     result = {
         "model": type(model).__name__, "spec": spec, "device": device,
         "dtype": str(dtype).removeprefix("torch.") if dtype is not None else None,
         "mode": "train-step" if train_step else "forward",
         "inputs": describe_inputs(args, kwargs),
+        "input_guessed": guessed,
         "convention": CONVENTION,
         "params": params.to_dict(),
         **_compute_result(facts, model, depth),
@@ -97,6 +101,16 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
         result["compare"] = [row.to_dict(facts.macs) for row in
                              collect_comparisons(tools, model, args, kwargs, meta=meta)]
     return Report("count", tuple(findings), result, count_sections(result, findings))
+
+
+def _guess_failed(failure: Any, model: Any, inputs: list[dict[str, Any]]) -> UsageError:
+    """The model failed on an input torchdoctor guessed: the guess is wrong, not the model (exit 2)."""
+    shapes = ", ".join(str(row["shape"]) for row in inputs)
+    return UsageError(
+        f"{type(model).__name__} did not accept the input torchdoctor guessed from its first layer ({shapes}): "
+        f"{failure.exc_type}: {failure.headline}; nothing was counted",
+        hint=GUESSED_HINT,
+    )
 
 
 def _original_module(model: Any) -> Any:

@@ -14,6 +14,7 @@ DTYPE_ALIASES = {
     "float64": "float64", "fp64": "float64", "double": "float64",
 }
 
+GUESSED_HINT = "pass --input-shape with the shape the model expects (e.g. --input-shape 1,3,64,64)"
 _NO_SHAPE_HINT = "pass --input-shape, e.g. --input-shape 1,3,224,224 (repeat it for each input), or --input SPEC"
 
 
@@ -33,8 +34,8 @@ def parse_dtype(value: Any) -> Any:
 
 def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: Any = None,
                  device: str = "cpu") -> tuple[Any, ...]:
-    """Tensors of ``shapes`` (token ids when the model starts with an embedding), or a guess from the first
-    layer like ``ckpt inspect`` makes; ``UsageError`` (exit 2) when neither is possible."""
+    """Tensors of ``shapes`` (token ids when the model starts with an embedding), or a batch-1 guess from the
+    first layer like ``ckpt inspect`` makes; ``UsageError`` (exit 2) when neither is possible."""
     import torch
 
     from torchdoctor.examples import example_inputs
@@ -44,7 +45,8 @@ def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: A
         if guess is None:
             raise UsageError(f"cannot infer an input shape for {type(model).__name__}: its first layer is not a "
                              "convolution, linear or embedding layer", hint=_NO_SHAPE_HINT)
-        return tuple(_convert(tensor, dtype, device) for tensor in guess)
+        # A guess is batch 1: the smallest call, and a count per sample is what a user compares.
+        return tuple(_convert(tensor[:1], dtype, device) for tensor in guess)
     embedding = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
     ids = guess is not None and not guess[0].is_floating_point() and embedding is not None
     generator = torch.Generator().manual_seed(0)

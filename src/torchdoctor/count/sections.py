@@ -59,6 +59,8 @@ def _compute_headline(result: Mapping[str, Any]) -> str:
     shapes = ", ".join(f"{row['shape']} {row['dtype']}" for row in result["inputs"]) or "no tensor inputs"
     what = "a training step (forward, backward, optimizer)" if result["mode"] == "train-step" else "forward (eval)"
     where = " on the meta device" if result["device"] == "meta" else ""
+    if result.get("input_guessed"):
+        shapes += " (a guessed input, batch 1: pass --input-shape to count on the real one)"
     if result.get("macs") is None:
         return f"not counted: {what} of {shapes}{where} failed"
     return f"{si(result['macs'], 'MACs')} = {si(result['flops'], 'FLOPs')}, {what} of {shapes}{where}"

@@ -6,7 +6,7 @@ import re
 import traceback
 from typing import Any
 
-from torchdoctor.frames import frame_facts, is_library_file
+from torchdoctor.frames import frame_facts, is_installed_package, is_library_file
 from torchdoctor.frames import user_frame as traceback_user_frame
 
 _FETCH_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]fetch\.py$")
@@ -14,22 +14,33 @@ _TEXT_FRAME = re.compile(r'^\s*File "(?P<file>[^"]+)", line (?P<line>\d+), in (?
 
 
 def user_frame(exc: BaseException) -> dict[str, Any] | None:
-    """The innermost frame outside torch, torchdoctor and the standard library: from the traceback, or, for an
-    exception re-raised from a DataLoader worker, from the worker's traceback text."""
-    frame = traceback_user_frame(exc.__traceback__)
-    if frame is None:
+    """The user's innermost frame (their ``__getitem__``, not PIL's ``ImageFile.py`` it called): from the
+    traceback, or, for an exception re-raised from a DataLoader worker, from the worker's traceback text.
+
+    The shared rule counts third-party code as the user's; here a frame in the user's own files wins, and
+    the installed package's frame that raised is kept as ``raised_in``.
+    """
+    if traceback_user_frame(exc.__traceback__) is None:
         return user_frame_from_text(str(exc))
-    return _named(frame, [(f.f_code.co_filename, f.f_code.co_name) for f, _ in traceback.walk_tb(exc.__traceback__)])
+    walked = traceback.walk_tb(exc.__traceback__)
+    return _pick([(frame.f_code.co_filename, line, frame.f_code.co_name) for frame, line in walked])
 
 
 def user_frame_from_text(text: str) -> dict[str, Any] | None:
-    found, chain = None, []
-    for match in _TEXT_FRAME.finditer(text):
-        filename = match["file"]
-        chain.append((filename, match["function"]))
-        if not is_library_file(filename):
-            found = frame_facts(filename, int(match["line"]), match["function"])
-    return _named(found, chain) if found else None
+    return _pick([(match["file"], int(match["line"]), match["function"]) for match in _TEXT_FRAME.finditer(text)])
+
+
+def _pick(frames: list[tuple[str, int, str]]) -> dict[str, Any] | None:
+    """The innermost frame in the user's own files, else the innermost outside torch and the stdlib."""
+    outside = [frame for frame in frames if not is_library_file(frame[0])]
+    if not outside:
+        return None
+    own = [frame for frame in outside if not is_installed_package(frame[0])]
+    chain = [(filename, function) for filename, _, function in frames]
+    found = _named(frame_facts(*(own or outside)[-1]), chain)
+    if own and own[-1] is not outside[-1]:
+        found["raised_in"] = frame_facts(*outside[-1])
+    return found
 
 
 def _named(frame: dict[str, Any], chain: list[tuple[str, str]]) -> dict[str, Any]:

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from torchdoctor.codes import make_finding
-from torchdoctor.report import Finding
+from torchdoctor.report import Finding, Severity
 
 Facts = Mapping[str, Any]
 MAX_LISTED = 8
+MIN_PER_CLASS = 5  # samples per class, on average, before a missing class 0 counts as a pattern
 
 
 def check_label_range(facts: Facts) -> list[Finding]:
@@ -22,7 +23,7 @@ def check_label_range(facts: Facts) -> list[Finding]:
     bad = {value: count for value, count in histogram.items()
            if value != ignore and (value < 0 or (classes is not None and value >= classes))}
     if not bad:
-        return []
+        return _class_zero_missing(histogram, source, ignore) if classes is None else []
     valid = sorted(v for v in histogram if v != ignore)
     off_by_one = classes is not None and valid and valid[0] == 1 and valid[-1] == classes
     listed = ", ".join(f"{value} ({count:,}×)" for value, count in sorted(bad.items())[:MAX_LISTED])
@@ -37,6 +38,26 @@ def check_label_range(facts: Facts) -> list[Finding]:
         "bad_values": {str(v): c for v, c in sorted(bad.items())}, "num_classes": classes,
         "num_classes_source": task["num_classes_source"], "source": source, "off_by_one": bool(off_by_one),
         "ignore_index": ignore})]
+
+
+def _class_zero_missing(histogram: Mapping[int, int], source: str, ignore: int | None) -> list[Finding]:
+    """Labels 1..K, every one of them seen often, never 0, and no class count given: likely off by one.
+
+    Only a warning: without --num-classes nothing is out of range yet, but with K classes cross-entropy
+    wants 0..K-1 and label K fails. Every class must appear ``MIN_PER_CLASS`` times on average, so
+    class 0 missing by chance from a few batches of many classes is not taken for a pattern.
+    """
+    counts = {value: count for value, count in histogram.items() if value != ignore}
+    top = max(counts, default=0)
+    if top < 2 or sorted(counts) != list(range(1, top + 1)) or sum(counts.values()) < MIN_PER_CLASS * top:
+        return []
+    message = (f"Class 0 never appears in {source}: the labels run 1..{top}. With {top} classes cross-entropy wants "
+               f"0..{top - 1}, so label {top} is out of range (likely off by one); give --num-classes to check.")
+    return [make_finding("label-out-of-range", message, severity=Severity.WARNING,
+                         fix=f"Subtract 1 in the Dataset (label - 1) so they run 0..{top - 1}, or pass "
+                             "--num-classes if class 0 exists but is rare.",
+                         details={"bad_values": {}, "num_classes": None, "num_classes_source": None, "source": source,
+                                  "off_by_one": True, "likely": True, "labels": [1, top], "ignore_index": ignore})]
 
 
 def check_label_dtype(facts: Facts) -> list[Finding]:

@@ -180,7 +180,8 @@ def _reading_facts(reading: Reading, loader: Any) -> dict[str, Any]:
         failure["explained"] = _explained(reading.failure.exception)
         failure["worker"] = _worker_facts(reading, loader)
         failure["stage"] = "collate" if _in_collate(reading.failure.exception, loader.collate_fn) else "fetch"
-    return {"requested": reading.requested, "read": reading.read, "start_ms": reading.start_ms,
+    return {"requested": reading.requested, "read": reading.read, "exhausted": reading.exhausted,
+            "start_ms": reading.start_ms,
             "batch_ms": reading.batch_ms, "batch_sizes": reading.batch_sizes,
             "layout": layout.to_dict() if layout else None, "fields": fields,
             "input": layout.input_name if layout and layout.input_name in fields else None,

@@ -62,6 +62,7 @@ class Reading:
     kept: list[Any] = field(default_factory=list, repr=False)
     failure: ReadFailure | None = None
     warnings: list[str] = field(default_factory=list)
+    exhausted: bool = False  # the loader ran out before ``requested`` batches: it has no more
 
     @property
     def read(self) -> int:
@@ -106,6 +107,7 @@ def _read_loop(reading: Reading, iterator: Any, count: int, input_key: Any, targ
         try:
             batch = limit.call(next, iterator)
         except StopIteration:
+            reading.exhausted = True
             return
         except (Exception, TimedOut) as exc:
             reading.failure = _failure(exc, number, at_start=False, iterator=iterator)

@@ -49,7 +49,11 @@ def _batches(result: Mapping[str, Any]) -> str:
     reading, speed = result["reading"], result["throughput"]
     if reading["read"] == 0:
         return "no batch could be read"
-    text = f"read {reading['read']} of {reading['requested']} batches ({speed['samples']:,} samples)"
+    if reading.get("exhausted"):  # not "8 of 20": the loader has only 8
+        text = (f"read all {reading['read']} batch(es) the loader has ({speed['samples']:,} samples; "
+                f"{reading['requested']} were asked for)")
+    else:
+        text = f"read {reading['read']} of {reading['requested']} batches ({speed['samples']:,} samples)"
     text += f"; first {speed['first_batch_ms']:.1f} ms"
     if speed["per_batch_ms"] is not None:
         text += f", then {speed['per_batch_ms']:.1f} ms per batch"

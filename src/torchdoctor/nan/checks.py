@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from torchdoctor.codes import make_finding
 from torchdoctor.nan.records import NonFinite
+from torchdoctor.nan.trends import describe_explosion, loss_explosion
 from torchdoctor.report import Finding, Severity
 
 PHASE_IDS = {
@@ -43,29 +44,71 @@ class HuntFacts:
     no_grad_first: NonFinite | None = None
     no_grad_count: int = 0
     models: Sequence[str] = field(default_factory=tuple)
+    first_losses: Sequence[Point] = ()  # the run's first steps, kept apart from the trailing ``losses``
+    step_counting: str = "optimizer"  # or "backward": no optimizer stepped, each backward call was a step
+    grad_norm_source: str = "gradients"  # "clip_grad_norm_": the norms are what it measured before clipping
 
 
 def check_hunt(facts: HuntFacts) -> list[Finding]:
-    """Every finding of a run: the first non-finite value and what explains it, logging NaNs, AMP skips."""
+    """Every finding of a run: the first non-finite value and what explains it, logging NaNs, AMP skips.
+
+    When the run diverged, ``divergence`` is the cause and comes first; the phase finding is its symptom.
+    """
     findings = []
     if facts.first is not None:
-        findings.append(check_first(facts.first))
-        findings.extend(f for f in (check_overflow(facts.first), check_divergence(facts)) if f is not None)
+        divergence = check_divergence(facts)
+        findings.extend([divergence] if divergence is not None else [])
+        findings.append(check_first(facts.first, diverged=divergence is not None))
+        findings.extend(f for f in (check_overflow(facts.first),) if f is not None)
+    else:
+        findings.extend(f for f in (check_explosion(facts),) if f is not None)
     if facts.no_grad_first is not None:
         findings.append(check_first(facts.no_grad_first, count=facts.no_grad_count))
     amp = check_amp(facts.amp_steps, facts.amp_skipped, facts.amp_trailing_skips)
     return findings + ([amp] if amp is not None else [])
 
 
-def check_first(event: NonFinite, count: int = 1) -> Finding:
+def check_first(event: NonFinite, count: int = 1, *, diverged: bool = False) -> Finding:
     """The phase finding; only a warning when the forward ran under no_grad (evaluation, logging)."""
     message = describe(event)
     if event.no_grad:
         message += f" It ran under no_grad ({count} time(s)), so training was not affected."
     return make_finding(
         PHASE_IDS[event.phase], message, severity=Severity.WARNING if event.no_grad else None,
-        location=location(event), details=event.to_dict(),
+        fix=phase_fix(event, diverged=diverged), location=location(event), details=event.to_dict(),
     )
+
+
+def phase_fix(event: NonFinite, *, diverged: bool) -> str:
+    """The fix for the op actually seen ("" = the registry's); never advice the code already follows.
+
+    The registry's loss fix says "use F.cross_entropy instead of log(softmax)": right after ``aten.log``,
+    wrong after the fused losses themselves, and beside the point when the run diverged.
+    """
+    if diverged:
+        return ("A symptom of the divergence reported first: lower the learning rate or clip gradients; "
+                f"{event.op or 'the op'} itself is not at fault.")
+    if event.phase != "loss" or event.op is None or _short(event.op) in _LOG_OPS:
+        return ""
+    if _short(event.op) in STABLE_LOSS_OPS:
+        return (f"{event.op} is already the numerically stable form: its input (the model's output) or the "
+                "target was out of range; check the targets and the scale of the logits (learning rate, init).")
+    return f"Guard {event.op} in the loss: clamp its input (clamp(min=eps)) or add an eps where it divides."
+
+
+def _short(op: str) -> str:
+    """``aten.nll_loss2d_forward.default`` -> ``nll_loss2d_forward``."""
+    name = op.removeprefix("aten.")
+    return name.split(".")[0]
+
+
+_LOG_OPS = frozenset({"log", "log2", "log10"})
+# ops F.cross_entropy, F.nll_loss, the log-space and with-logits losses run: the stable forms themselves
+STABLE_LOSS_OPS = frozenset({
+    "_log_softmax", "log_softmax", "nll_loss", "nll_loss_forward", "nll_loss2d", "nll_loss2d_forward",
+    "nll_loss_nd", "cross_entropy_loss", "binary_cross_entropy_with_logits", "mse_loss", "l1_loss",
+    "smooth_l1_loss", "huber_loss", "logsumexp", "kl_div", "soft_margin_loss", "log_sigmoid_forward",
+})
 
 
 def describe(event: NonFinite) -> str:
@@ -141,6 +184,17 @@ def geometric_run(points: Sequence[Point], until: int) -> list[Point] | None:
     if len(run) > MIN_INCREASES and run[-1][1] >= MIN_GROWTH * max(run[0][1], 1e-30):
         return run
     return None
+
+
+def check_explosion(facts: HuntFacts) -> Finding | None:
+    """A loss that jumped to >= 100x its start and stayed there, all values finite (no first non-finite)."""
+    explosion = loss_explosion(facts.first_losses, facts.losses)
+    if explosion is None:
+        return None
+    norms = [norm for step, norm in facts.grad_norms if step <= explosion.last[0]]
+    norm = norms[-1] if norms else None
+    details = {**explosion.to_dict(), "grad_norm": norm if norm is not None and math.isfinite(norm) else None}
+    return make_finding("loss-explosion", describe_explosion(explosion, norm), details=details)
 
 
 def check_amp(steps: int, skipped: int, trailing: int) -> Finding | None:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from torchdoctor.nan.checks import HuntFacts, check_hunt, describe
+from torchdoctor.nan.checks import HuntFacts, check_hunt
+from torchdoctor.nan.counting import BACKWARD
 from torchdoctor.nan.patches import Patches
 from torchdoctor.nan.records import HuntStopped, NonFinite
 from torchdoctor.nan.tensors import INF, NAN
@@ -40,8 +41,13 @@ class NanHunt:
 
     @property
     def steps(self) -> int:
-        """Optimizer steps completed so far."""
+        """Steps completed so far: optimizer steps, or backward calls where no optimizer is used."""
         return self._watcher.steps
+
+    @property
+    def step_counting(self) -> str:
+        """What a step is: "optimizer" (its step() calls) or "backward" (weights updated by hand)."""
+        return self._watcher.counting.counting
 
     @property
     def first_nonfinite(self) -> NonFinite | None:
@@ -75,7 +81,7 @@ class NanHunt:
         facts = self._facts or collect_facts(self._watcher)
         findings = tuple(check_hunt(facts)) + tuple(extra_findings)
         result = {**result_dict(facts, self.check_inf, self.max_steps), **dict(extra_result or {})}
-        section = Section("nan-hunt", "NaN hunt", headline(facts), findings)
+        section = Section("nan-hunt", "NaN hunt", headline(facts, findings), findings)
         return Report(COMMAND, findings, result, (section,))
 
 
@@ -101,6 +107,9 @@ def install(watcher: Watcher, patches: Patches) -> None:
     patches.attribute(dataloader._BaseDataLoaderIter, "_next_index", watcher.batches.wrap_next_index)
     patches.attribute(dataloader._BaseDataLoaderIter, "__next__", watcher.batches.wrap_next)
     patches.attribute(torch.amp.GradScaler, "update", watcher.wrap_scaler_update)
+    patches.attribute(torch.nn.utils, "clip_grad_norm_", watcher.wrap_clip)
+    for owner, name in ((optim.Optimizer, "__init__"), (optim.Optimizer, "zero_grad"), (torch.amp.GradScaler, "scale")):
+        patches.attribute(owner, name, watcher.counting.wrap_optimizer_use)
 
 
 def collect_facts(watcher: Watcher) -> HuntFacts:
@@ -111,7 +120,10 @@ def collect_facts(watcher: Watcher) -> HuntFacts:
         stopped=watcher.stopped,
         later_nonfinite_steps=watcher.later_nonfinite_steps,
         losses=[(step, _scalar(value)) for step, value in watcher.losses],
+        first_losses=[(step, _scalar(value)) for step, value in watcher.first_losses],
+        step_counting=watcher.counting.counting,
         grad_norms=list(watcher.grad_norms),
+        grad_norm_source="clip_grad_norm_" if watcher.clip_seen else "gradients",
         amp_steps=watcher.amp.steps,
         amp_skipped=watcher.amp.skipped,
         amp_trailing_skips=watcher.amp.trailing_skips,
@@ -125,10 +137,12 @@ def result_dict(facts: HuntFacts, check_inf: bool, max_steps: int | None) -> dic
     return {
         "first_nonfinite": facts.first.to_dict() if facts.first else None,
         "steps": facts.steps,
+        "step_counting": facts.step_counting,
         "stopped": facts.stopped,
         "later_nonfinite_steps": facts.later_nonfinite_steps,
         "loss_trajectory": [{"step": s, "loss": json_float(v)} for s, v in facts.losses],
         "grad_norm_trajectory": [{"step": s, "grad_norm": json_float(v)} for s, v in facts.grad_norms],
+        "grad_norm_source": facts.grad_norm_source,
         "amp": {"skipped_steps": facts.amp_skipped, "steps": facts.amp_steps},
         "models": list(dict.fromkeys(facts.models)),
         "no_grad_nonfinite": facts.no_grad_first.to_dict() if facts.no_grad_first else None,
@@ -137,11 +151,29 @@ def result_dict(facts: HuntFacts, check_inf: bool, max_steps: int | None) -> dic
     }
 
 
-def headline(facts: HuntFacts) -> str:
+def headline(facts: HuntFacts, findings: Sequence[Finding] = ()) -> str:
+    """The run in a few words; the findings below it say the rest (never repeated word for word)."""
+    by_id = {finding.id: finding for finding in findings}
+    failed = by_id.get("script-failed")
     if facts.first is not None:
-        return describe(facts.first)
+        first = facts.first
+        what = "NaN" if first.kind == NAN else "inf"
+        where = ", ".join(part for part in (first.op, f"module '{first.module}'" if first.module else None) if part)
+        seen = f"first {what} at step {first.step}, in the {first.phase}" + (f" ({where})" if where else "")
+        return ("the run diverged; " + seen) if "divergence" in by_id else seen
+    if failed is not None:
+        return (f"the script failed with {failed.details.get('exc_type', 'an error')} after {step_count(facts)}, "
+                "before any non-finite value")
     ending = " (stopped at max_steps)" if facts.stopped == "max-steps" else ""
-    return f"no non-finite value in {facts.steps} optimizer step(s){ending}"
+    exploded = "; but the loss exploded" if "loss-explosion" in by_id else ""
+    return f"no non-finite value in {step_count(facts)}{ending}{exploded}"
+
+
+def step_count(facts: HuntFacts) -> str:
+    """``12 optimizer step(s)``, or, without an optimizer, the backward calls that stood for steps."""
+    if facts.step_counting == BACKWARD and facts.steps:
+        return f"{facts.steps} step(s) (no optimizer stepped: each backward call counted as a step)"
+    return f"{facts.steps} {'optimizer ' if facts.step_counting != BACKWARD else ''}step(s)"
 
 
 def _scalar(value: Any) -> float:

@@ -106,6 +106,7 @@ class ProducerWatch:
         self.active = True
         self.producers: list[tuple[Producer, Any]] = []  # (producer, its output tensor) in run order
         self.inflows: list[tuple[Producer, Any]] = []  # (the op reading it, the outside tensor)
+        self.output_kinds: set[str] | None = None  # a replay's output: which kinds it held (None: not read)
         self._known: dict[int, tuple[Any, set[str]]] = {}  # bad outputs seen: id -> (tensor, kinds)
         self._bad_storages: set[int] = set()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from torchdoctor.nan.counting import HAND_UPDATE
 from torchdoctor.nan.frames import describe_site, user_source
 from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.records import NonFinite, Producer, RootCall
@@ -47,10 +48,16 @@ class Locator:
             return outside
         if in_inputs:
             return self._input_event(call, inputs, kind)
-        if kind == INF:
+        missed = watch.output_kinds is not None and kind not in watch.output_kinds
+        if kind == INF and not missed:
             return None  # every inf came from an explicit -inf/inf argument (a mask): on purpose
-        note = "the replay did not reproduce it (non-deterministic forward, or inputs changed in place)"
-        return NonFinite(kind, "forward", call.step, source=describe_site(call.site), note=note, **extra)
+        # Keep what the cheap watch saw (which model's output, called where) and say the replay missed.
+        seen = "NaN" if kind == NAN else "inf"
+        note = (f"the output of {_short_name(extra['model'])} held {seen} when it ran, but the exact replay did "
+                "not reproduce it (a fault that fires once, a non-deterministic forward, or inputs changed in "
+                "place), so the op is not known")
+        return NonFinite(kind, "forward", call.step, source=describe_site(call.site), note=note,
+                         replay="missed" if missed else None, **extra)
 
     def _outside_inflow(self, call: RootCall, inflows: list, inputs: list[Any]) -> NonFinite | None:
         """A NaN/inf no op made: a parameter, buffer or constant already held it; named where first read."""
@@ -133,15 +140,23 @@ class Locator:
                 )
         kind = worst_kind([p.grad for p in bad], watcher.kinds) or NAN
         name = self._param_name(bad[0], optimizer, names)
-        note = "the replay did not reproduce it (no recorded model call, or grads from outside the model)"
+        seen = "NaN" if kind == NAN else "inf"
+        note = (f"the gradient of '{name}' held {seen}, but the replay did not reproduce it (a fault that fires "
+                "once, no recorded model call, or grads from outside the model)")
         return NonFinite(kind, "backward", watcher.steps, module=_owner(name), param=name,
-                         dtype=dtype_name(bad[0].grad), model=self._model_name(), note=note)
+                         dtype=dtype_name(bad[0].grad), model=self._model_name(), note=note,
+                         replay="missed" if watcher.calls else None)
 
     def optimizer(self, optimizer: Any, bad: list[Any], step: int) -> NonFinite:
+        """A weight turned non-finite in ``optimizer.step()``, or (``optimizer`` None) in a hand-written update."""
         kind = worst_kind(bad, self.watcher.kinds) or NAN
         name = self._param_name(bad[0], optimizer, self._param_names())
-        return NonFinite(kind, "optimizer", step, module=_owner(name), op=f"{type(optimizer).__name__}.step",
-                         source=user_source(), dtype=dtype_name(bad[0]), param=name, model=self._model_name())
+        if optimizer is None:  # found before the next model call: the update's own line is not on the stack
+            op, source = HAND_UPDATE, None
+        else:
+            op, source = f"{type(optimizer).__name__}.step", user_source()
+        return NonFinite(kind, "optimizer", step, module=_owner(name), op=op,
+                         source=source, dtype=dtype_name(bad[0]), param=name, model=self._model_name())
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -169,7 +184,7 @@ class Locator:
     def _param_name(self, param: Any, optimizer: Any, names: dict[int, str]) -> str:
         if id(param) in names:
             return names[id(param)]
-        for g, group in enumerate(optimizer.param_groups):  # a parameter of no model we saw called
+        for g, group in enumerate(optimizer.param_groups if optimizer is not None else ()):  # of no model seen
             for i, candidate in enumerate(group["params"]):
                 if candidate is param:
                     return f"param_groups[{g}].params[{i}]"
@@ -179,6 +194,11 @@ class Locator:
         roots = self._roots()
         module = module if module is not None else (roots[0] if roots else None)
         return None if module is None else f"{type(module).__module__}.{type(module).__qualname__}"
+
+
+def _short_name(qualified: str | None) -> str:
+    """``model.GPT`` -> ``GPT``: the class a user recognises."""
+    return (qualified or "the model").rpartition(".")[2]
 
 
 def _owner(param_name: str) -> str | None:

@@ -65,6 +65,7 @@ class NonFinite:
     sample_index: int | None = None
     sample_indices: tuple[int, ...] = ()
     note: str | None = None  # why localisation fell short, when it did
+    replay: str | None = None  # "missed": the cheap watch saw it, the exact replay did not reproduce it
     # (optimizer class, step() calls before this event) per optimizer, in the order they first stepped; with
     # more than one (a GAN's generator and discriminator) ``step`` counts the calls of all of them
     optimizer_steps: tuple[tuple[str, int], ...] = ()
@@ -92,6 +93,7 @@ class NonFinite:
             "sample_index": self.sample_index,
             "sample_indices": list(self.sample_indices),
             "note": self.note,
+            "replay": self.replay,
             "optimizer_steps": [{"optimizer": name, "steps": steps} for name, steps in self.optimizer_steps],
         }
 

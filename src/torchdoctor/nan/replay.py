@@ -104,9 +104,11 @@ def replay_forward(call: RootCall, kinds: tuple[str, ...], tracker: ModuleTracke
     watch = ProducerWatch(kinds, tracker, stop=True)
     with replaying(call), dispatch_mode(watch):
         try:
-            replay_target(call.module)(*call.args, **call.kwargs)
+            output = replay_target(call.module)(*call.args, **call.kwargs)
         except Found:
             pass
+        else:
+            watch.output_kinds = bad_kinds(leaves(output), kinds)
     return watch
 
 

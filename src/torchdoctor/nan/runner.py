@@ -200,10 +200,30 @@ def _failure_finding(exc: BaseException, script_dir: Path) -> Finding:
         "exc_type": type(exc).__name__,
         "message": str(exc)[:_MAX_MESSAGE_CHARS],
         "traceback": [_frame_dict(frame) for frame in frames[-MAX_TRACEBACK_FRAMES:]],
+        "python_traceback": python_traceback(exc),
     }
     if explained is not None:
         details["explained_by"] = explained.id
     return make_finding("script-failed", message, location=where, details=details)
+
+
+def python_traceback(exc: BaseException) -> str:
+    """The traceback text ``python SCRIPT`` prints for ``exc``, chained exceptions included.
+
+    Only our own frames go (the ``exec`` that ran the script, the hunt's hooks and wrappers): under plain
+    python they do not exist. Every other frame, torch's too, stays as python shows it.
+    """
+    report = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+    seen: set[int] = set()
+    pending = [report]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.stack = traceback.StackSummary.from_list([f for f in current.stack if not _is_ours(f.filename)])
+        pending.extend(e for e in (current.__cause__, current.__context__, *(current.exceptions or ())) if e)
+    return "".join(report.format())
 
 
 def _exit_finding(exc: SystemExit, script_dir: Path) -> Finding:

@@ -99,13 +99,21 @@ def bad_rows(tensor: Any, kind: str, limit: int = 16) -> list[int]:
 
 
 def total_norm(tensors: list[Any]) -> float:
-    """Global L2 norm in one fused pass (``torch.nn.utils.get_total_norm``); inf/NaN when any element is."""
+    """Global L2 norm, inf/NaN only when an element is: a fused float32 pass, redone in float64 if it overflowed.
+
+    float32 squares overflow above ~1.8e19 per element, so a run whose gradients are all finite (true norm
+    6e20) would otherwise record ``inf``; the float64 pass runs only on that rare non-finite result.
+    """
     import torch
 
     dense = [t.detach() for t in tensors if t.layout is torch.strided]
     if not dense:
         return 0.0
-    return float(torch.nn.utils.get_total_norm(dense).item())
+    norm = float(torch.nn.utils.get_total_norm(dense).item())
+    if math.isfinite(norm):
+        return norm
+    norms = torch._foreach_norm(dense, 2, dtype=torch.float64)
+    return float(torch.linalg.vector_norm(torch.stack(norms)).item())
 
 
 def dtype_name(tensor: Any) -> str:

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.nan.batches import BatchLog
+from torchdoctor.nan.counting import StepCounting
 from torchdoctor.nan.frames import user_site
 from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.locator import Locator
@@ -20,6 +21,7 @@ from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, total_norm, wor
 from torchdoctor.nan.window import LossWindow
 
 TRAJECTORY = 64  # steps of loss / grad norm kept for the divergence judgement and the report
+HEAD = 8  # the run's first losses, kept apart: a loss explosion is judged against where the run started
 _KEPT_CALLS = 8  # training forwards since the last optimizer step kept for a backward replay
 
 
@@ -39,7 +41,10 @@ class Watcher:
         self.bad_steps: set[int] = set()
         self.stopped: str | None = None
         self.losses: deque[tuple[int, Any]] = deque(maxlen=TRAJECTORY)
+        self.first_losses: list[tuple[int, Any]] = []
         self.grad_norms: deque[tuple[int, float]] = deque(maxlen=TRAJECTORY)
+        self.clipped_from: Any = None  # this step's norm before clip_grad_norm_ (its own return value)
+        self.clip_seen = False  # some recorded norm is clip_grad_norm_'s (result.grad_norm_source)
         self.amp = AmpCount()
         self.roots: dict[int, Any] = {}
         self.batches = BatchLog()
@@ -52,6 +57,7 @@ class Watcher:
         self._in_backward = 0
         self._thread = threading.get_ident()
         self.locator = Locator(self)
+        self.counting = StepCounting(self)  # optimizer steps, or backward calls in hand-updated loops
 
     # --- global module hooks ----------------------------------------------------------------
 
@@ -65,6 +71,7 @@ class Watcher:
         self._depth = depth + 1
         if depth or self._in_backward or self.stopped or not self._is_root(module):
             return
+        self.counting.before_model_call()
         self.window.close()  # this model call is not part of the loss
         self._root = self._begin(module)
 
@@ -141,10 +148,13 @@ class Watcher:
             self.before_backward(args[0] if args else kwargs.get("tensors"))
             self._in_backward += 1
             try:
-                return original(*args, **kwargs)
+                result = original(*args, **kwargs)
             finally:
                 self._in_backward -= 1
                 self.window.end_backward()
+            if not self._in_backward:
+                self.counting.after_backward()
+            return result
 
         return backward
 
@@ -171,24 +181,57 @@ class Watcher:
             self.losses[-1] = entry
         else:
             self.losses.append(entry)
+        if self.first_losses and self.first_losses[-1][0] == self.steps:
+            self.first_losses[-1] = entry
+        elif len(self.first_losses) < HEAD:
+            self.first_losses.append(entry)
 
     # --- optimizer ----------------------------------------------------------------------------
 
     def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if threading.get_ident() != self._thread:
             return
+        self.counting.optimizer_stepping()
         self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])
         self.window.close()
         if self.stopped:
             return
         params = _params_with_grads(optimizer)
         norm = total_norm([p.grad for p in params])
-        self.grad_norms.append((self.steps, norm))
+        self.grad_norms.append((self.steps, self._before_clipping(norm)))
         if math.isfinite(norm):
             return
         bad = [p for p in params if worst_kind([p.grad], self.kinds)]
         if bad and not self._seen_already(self.steps):
             self.grads_nonfinite(optimizer, bad)
+
+    def wrap_clip(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        """``clip_grad_norm_``: keep the norm it measured, so the trajectory shows the norm before clipping.
+
+        nanoGPT clips to 1.0 before every step: the norm at step() is then always <= 1 and would hide a run
+        whose true gradient norm is 4e15.
+        """
+
+        @functools.wraps(original)
+        def clip(*args: Any, **kwargs: Any) -> Any:
+            total = original(*args, **kwargs)
+            if threading.get_ident() == self._thread:
+                self.clipped_from = total
+            return total
+
+        return clip
+
+    def _before_clipping(self, norm: float) -> float:
+        """The step's norm before clipping when clip_grad_norm_ measured a finite one, else ``norm``."""
+        clipped, self.clipped_from = self.clipped_from, None
+        try:
+            value = float(clipped) if clipped is not None else norm
+        except (TypeError, ValueError, RuntimeError):
+            return norm
+        if not math.isfinite(value):
+            return norm
+        self.clip_seen = clipped is not None
+        return value
 
     def step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if threading.get_ident() != self._thread or self.stopped:
@@ -260,6 +303,7 @@ class Watcher:
         self.model = self._root = None
         self.roots.clear()
         self.losses.clear()
+        self.first_losses.clear()
         self.batches = BatchLog()
 
     # --- localisation: done by the Locator, only when something went wrong -----------------------
