@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
@@ -13,7 +14,7 @@ from typing import Any, BinaryIO
 
 from torchdoctor.ckpt.formats import Format, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
-from torchdoctor.ckpt.plan import Plan, build_plan, parse_options, planned_devices, remaining_findings
+from torchdoctor.ckpt.plan import Plan, Step, build_plan, parse_options, planned_devices, remaining_findings
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, collect_tensors, read_checkpoint
 from torchdoctor.ckpt.record_copy import CopiedStorage, start_writeback
 from torchdoctor.ckpt.verify import StorageComparer, VerificationFailed, one_line, verify_output
@@ -80,6 +81,8 @@ def fix_checkpoint(
                        strip_prefixes=strip_prefixes, drop_mismatched=drop_mismatched, keep_wrapper=keep_wrapper,
                        input_shapes=input_shapes, on_progress=on_progress)
     plan = build_plan(reading, options, model.state_dict() if model is not None else None)
+    if result.pop("module_extracted", None):
+        plan = _with_extraction(plan, reading)
     target = _output_path(source, output, plan)
     fixed = plan.apply(reading.tree)
     writer, why = _choose_writer(reading, plan, fixed)
@@ -91,9 +94,11 @@ def fix_checkpoint(
     if not plan.steps:
         result["nothing_to_fix"] = True
         return _report(findings, result)
-    _check_target(target, force)
     result["dry_run"] = dry_run
-    if not dry_run:
+    if dry_run:  # a dry run writes nothing, so an existing output never stops it: say what a real run needs
+        result["notes"] += _target_notes(target, force)
+    else:
+        _check_target(target, force)
         result["writer"], result["verified"] = _write_atomically(source, target, job)
         result.update(written=True, bytes_out=_size(target))
     return _report(findings, result)
@@ -113,11 +118,30 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
     except CheckpointCorrupt as exc:
         return _refused(result, [corrupt_finding(str(source), exc.message, detection.format.value)],
                         "the input is damaged")
+    if reading.format is Format.LEGACY_TAR:  # a torch 0.1-0.3 module pickle: only its weights can still load
+        from torchdoctor.ckpt.old_tar import module_as_state_dict
+
+        reading, extracted = module_as_state_dict(reading)
+        if extracted:
+            result["module_extracted"] = extracted
     unsafe = _unsafe_findings(reading)
     if unsafe:
         return _refused(result, unsafe, "the pickle names globals that only a full unpickler would run; torchdoctor "
                         "rewrites only files it can load with weights_only=True")
     return reading
+
+
+def _with_extraction(plan: Plan, reading: CheckpointReading) -> Plan:
+    extract = Step("extract-state-dict", False, f"Write the pickled module's {len(reading.tensors)} parameters and "
+                   "buffers as a state dict (the names model.state_dict() gives); the module object and its class "
+                   "are not kept: load the result with model.load_state_dict")
+    return dataclasses.replace(plan, steps=(extract, *plan.steps))
+
+
+def _target_notes(target: Path, force: bool) -> list[str]:
+    if target.exists() and not force:
+        return [f"{target} already exists: a real run needs --force to overwrite it, or another --output"]
+    return []
 
 
 def _refused(result: dict[str, Any], findings: Sequence[Finding], why: str) -> Report:

@@ -81,7 +81,7 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
     from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes
     from torchdoctor.ckpt.structure import check_structure, locate_weights, metadata_of, training_state_keys
 
-    weights = locate_weights(reading.tree)
+    weights = _module_weights(reading) or locate_weights(reading.tree)
     weight_keys = list(weights.state_dict) if weights else []
     findings = check_globals(reading.globals, reading.format.value) + check_format(reading.format)
     findings += check_structure(reading.tree) + check_prefixes(weight_keys)
@@ -110,6 +110,18 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
         "values_scanned": scan_values and any(r.storage_key in reading.storages for r in reading.tensors.values()),
     }
     return findings, facts
+
+
+def _module_weights(reading: CheckpointReading) -> Any:
+    """A pickled nn.Module's weights are its parameters and buffers, named as its state_dict() would."""
+    from torchdoctor.ckpt.records import PickledObject
+    from torchdoctor.ckpt.structure import WeightsKind, WeightsLocation
+
+    root = reading.tree
+    if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
+        return None
+    return WeightsLocation(path=(), state_dict=dict(reading.tensors), kind=WeightsKind.PLAIN,
+                           framework="pickled nn.Module", num_tensors=len(reading.tensors))
 
 
 def scan_nonfinite(reading: CheckpointReading, on_progress: Progress | None = None) -> dict[str, tuple[int, int]]:

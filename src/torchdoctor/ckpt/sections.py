@@ -86,7 +86,7 @@ def fix_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tupl
     steps = tuple(f"[{'safe' if step.get('safe') else 'UNSAFE'}] {step['action']}: {step.get('detail', '')}"
                   for step in result.get("plan", []))
     plan = Section("plan", "Plan", _plan_headline(result), (), steps)
-    checks = tuple(f"{name}: {value}" for name, value in (result.get("verified") or {}).items())
+    checks = verified_sentences(result.get("verified") or {}) + tuple(result.get("notes") or ())
     written = Section("output", "Output", _output_headline(result), tuple(findings), checks)
     return (plan, written)
 
@@ -105,3 +105,43 @@ def _output_headline(result: Mapping[str, Any]) -> str:
         return "nothing written; the input is untouched"
     size = f" ({format_bytes(result['bytes_out'])})" if result.get("bytes_out") is not None else ""
     return f"wrote {result['output']}{size}, verified; the input is untouched"
+
+
+def verified_sentences(verified: Mapping[str, Any]) -> tuple[str, ...]:
+    """What the written file was checked for, as sentences (the JSON keeps the facts)."""
+    said = []
+    if "reread" in verified:
+        said.append(f"Read back as {verified['reread']}: {verified.get('tensors', '?')} tensors, keys, shapes and "
+                    f"dtypes {verified.get('keys_shapes_dtypes', 'checked')}.")
+    if "bytes_compared" in verified:
+        while_copying = verified.get("storages_compared_while_copying")
+        extra = f" ({while_copying} storage(s) compared while copying)" if while_copying else ""
+        same = "bit-identical to the input" if verified.get("bit_identical") else "compared with the input"
+        said.append(f"{format_bytes(verified['bytes_compared'])} of tensor data compared: {same}{extra}.")
+    if "torch_load" in verified:
+        said.append(f"{verified['torch_load']}.")
+    if "shared_storages" in verified:
+        said.append(_shared_sentence(verified["shared_storages"]))
+    if isinstance(verified.get("model"), Mapping):
+        said.append(_model_sentence(verified["model"]))
+    if isinstance(verified.get("consolidation"), Mapping):
+        facts = verified["consolidation"]
+        said.append(f"Consolidated {facts.get('tensors')} tensors from {len(facts.get('shards') or [])} shard "
+                    f"file(s), checked against {facts.get('against', 'the input')}.")
+    return tuple(said)
+
+
+def _shared_sentence(shared: Any) -> str:
+    groups = shared.get("groups") if isinstance(shared, Mapping) else None
+    if not groups:
+        return "No tensors share a storage, in the input or the output."
+    return f"{len(groups)} group(s) of tied tensors still share one storage after torch.load."
+
+
+def _model_sentence(model: Mapping[str, Any]) -> str:
+    if "skipped" in model:
+        return f"Not loaded into {model.get('class')}: {model['skipped']}."
+    step = model.get("training_step") or {}
+    trained = (f"a training step ran (loss {step['loss']:.4g})" if step.get("ok") and "loss" in step
+               else f"training step skipped: {step.get('skipped', 'not run')}")
+    return f"Loaded into {model.get('class')} with load_state_dict({model.get('load_state_dict')}); {trained}."
