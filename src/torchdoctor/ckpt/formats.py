@@ -355,11 +355,24 @@ def _hf_index_detection(index: Path, size: int) -> Detection | None:
         return None
     shards = sorted(set(weight_map.values()))
     missing = [name for name in shards if not (index.parent / name).is_file()]
-    details = {"index": index.name, "shards": shards, "tensors": len(weight_map), "missing_shards": missing}
-    problem = (f"{len(missing)} of {len(shards)} shard files named in {index.name} are missing: "
-               f"{', '.join(missing[:3])}" if missing else None)
+    # missing shards and git-lfs pointers are findings of their own (shard-missing, lfs-pointer): the
+    # shards that are there are still read
+    details = {"index": index.name, "shards": shards, "tensors": len(weight_map), "missing_shards": missing,
+               "pointer_shards": _pointer_shards(index.parent, [name for name in shards if name not in missing])}
     return Detection(Format.HF_SHARDED, f"A sharded Hugging Face checkpoint: {index.name} maps {len(weight_map)} "
-                     f"tensors to {len(shards)} shard files.", details, corrupt=problem)
+                     f"tensors to {len(shards)} shard files.", details)
+
+
+def _pointer_shards(folder: Path, names: list[str]) -> dict[str, int | None]:
+    """Shard name → the size its git-lfs pointer stands for, for each shard that is a pointer file."""
+    pointers = {}
+    for name in names:
+        with (folder / name).open("rb") as f:
+            head = f.read(len(LFS_PREFIX))
+            if head == LFS_PREFIX:
+                f.seek(0)
+                pointers[name] = _lfs_pointer(_as_text(f.read(1024)) or "", 0).details["size"]
+    return pointers
 
 
 def _detect_directory(directory: Path) -> Detection:

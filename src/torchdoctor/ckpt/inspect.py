@@ -21,6 +21,7 @@ from torchdoctor.ckpt.judge import (
     corrupt_finding,
 )
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, read_checkpoint
+from torchdoctor.ckpt.sharded import check_shards
 from torchdoctor.errors import InputError
 from torchdoctor.report import Finding, Report
 
@@ -49,6 +50,7 @@ def inspect_checkpoint(
     except CheckpointCorrupt as exc:
         return _report([corrupt_finding(shown, exc.message, detection.format.value)], result)
     findings, facts = judge_reading(reading, scan_values=scan_values, on_progress=on_progress)
+    findings = check_shards(detection, shown, reading.metadata.get("total_size")) + findings
     result.update(facts)
     if model is not None:
         from torchdoctor.ckpt.against_model import check_against_model

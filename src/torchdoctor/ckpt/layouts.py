@@ -67,7 +67,8 @@ def read_hf_sharded(path: Path, detection: Detection) -> FormatParts:
     storages: dict[str, StorageInfo] = {}
     shards: dict[str, str] = {}
     reports = []
-    for shard in sorted(set(weight_map.values())):
+    absent = set(detection.details.get("missing_shards", ())) | set(detection.details.get("pointer_shards", ()))
+    for shard in sorted(set(weight_map.values()) - absent):  # absent shards are findings (ckpt/sharded.py)
         reading = read_checkpoint(index_path.parent / shard)
         if reading.format not in SHARD_FORMATS:
             raise CheckpointCorrupt(f"shard {shard} is {reading.format.value}, not safetensors or torch.save")
@@ -77,7 +78,7 @@ def read_hf_sharded(path: Path, detection: Detection) -> FormatParts:
                 else record
             shards[key] = shard
         storages.update({f"{shard}:{key}": info for key, info in reading.storages.items()})
-    missing = [key for key, shard in weight_map.items() if shards.get(key) != shard]
+    missing = [key for key, shard in weight_map.items() if shards.get(key) != shard and shard not in absent]
     if missing:
         raise CheckpointCorrupt(f"{len(missing)} tensors of {index_path.name}'s weight_map are not in the shard it "
                                 f"names: {', '.join(missing[:3])}")

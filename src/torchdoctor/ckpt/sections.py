@@ -9,7 +9,8 @@ from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
 
 GROUPS = (
-    ("file", "File", ("lfs-pointer", "not-a-checkpoint", "corrupt-checkpoint", "legacy-format", "torchscript-archive")),
+    ("file", "File", ("lfs-pointer", "shard-missing", "not-a-checkpoint", "corrupt-checkpoint", "legacy-format",
+                      "torchscript-archive")),
     ("safety", "Pickle safety", ("unsafe-pickle", "full-module-pickle")),
     ("structure", "Structure", ("nested-state-dict", "training-state-present", "cuda-saved-tensors")),
     ("keys", "Keys", ("module-prefix", "compile-prefix", "key-prefix")),

@@ -1,0 +1,39 @@
+"""Sharded Hugging Face layouts cloned without git-lfs, or with shards missing: one finding each, a full report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fixtures.sharded_builders import hf_sharded_lfs_dir, hf_sharded_partial_dir
+
+
+@pytest.mark.parametrize("as_index", [False, True])
+def test_lfs_pointer_shards_are_one_finding_with_counts_and_sizes(cli, tmp_path, validate_report, as_index):
+    folder = hf_sharded_lfs_dir(tmp_path)
+    target = folder / "model.safetensors.index.json" if as_index else folder
+    sizes = [int(p.read_text().split("size ")[1]) for p in folder.glob("*.safetensors")]
+    result = cli("ckpt", "inspect", str(target), "--json")
+    assert result.exit_code == 1, result.output
+    report = validate_report(json.loads(result.stdout))
+    pointers = [f for f in report["findings"] if f["id"] == "lfs-pointer"]
+    assert len(pointers) == 1
+    details = pointers[0]["details"]
+    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    assert (details["pointers"], details["shards"]) == (2, 2)
+    assert details["pointed_bytes"] == sum(sizes)
+    assert details["total_size"] == index["metadata"]["total_size"]
+    assert "git lfs pull" in pointers[0]["message"]
+    assert report["result"]["format"] == "hf-sharded" and "tensors" in report["result"]  # the full report
+
+
+def test_missing_shards_are_named_and_the_rest_is_read(cli, tmp_path, validate_report):
+    folder = hf_sharded_partial_dir(tmp_path)
+    result = cli("ckpt", "inspect", str(folder), "--json")
+    assert result.exit_code == 1, result.output
+    report = validate_report(json.loads(result.stdout))
+    assert [f["id"] for f in report["findings"]] == ["shard-missing"]
+    assert "model-00002-of-00002.safetensors" in report["findings"][0]["message"]
+    assert report["result"]["tensors"]["count"] == 2  # the shard that is there
+    human = cli("ckpt", "inspect", str(folder))
+    assert "not on disk: model-00002-of-00002.safetensors" in human.stdout
