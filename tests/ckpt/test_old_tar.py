@@ -17,6 +17,8 @@ from torchdoctor.ckpt.reader import read_checkpoint
 from torchdoctor.ckpt.tensor_data import iter_tensor_values
 
 EXPECTED = old.old_model_tensors()
+# torch 2.x deprecates torch.jit.script/load, which two tests call on purpose
+pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.:DeprecationWarning")
 
 
 def stored_values(reading, key: str) -> np.ndarray:
@@ -85,3 +87,35 @@ def test_fix_output_is_written_in_sentences(cli, tmp_path):
     assert result.exit_code == 0, result.output
     assert "bit-identical" in result.stdout
     assert "{'" not in result.stdout and ": True" not in result.stdout
+
+
+# --- TorchScript archives of PyTorch 1.0-1.2 (model.json) and lite-interpreter archives ------------------------
+
+
+def test_a_model_json_torchscript_archive_lists_its_tensors(tmp_path):
+    path = old.torchscript_v1_archive(tmp_path)
+    detection = detect_format(path)
+    assert detection.format is Format.TORCHSCRIPT and detection.details["layout"] == "model.json"
+    with pytest.raises(RuntimeError, match="Legacy model format"):  # why listing it ourselves matters
+        torch.jit.load(path)
+    report = inspect_checkpoint(path)
+    assert [f.id for f in report.findings] == ["torchscript-archive"]
+    assert "1.0-1.2" in report.findings[0].message
+    rows = {row["key"]: row["shape"] for row in report.result["tensors"]["keys"]}
+    assert rows == {key: list(values.shape) for key, values in EXPECTED.items()}
+    reading = read_checkpoint(path)
+    for key, values in EXPECTED.items():
+        np.testing.assert_array_equal(stored_values(reading, key), values.ravel())
+
+
+def test_a_lite_interpreter_archive_is_torchscript_with_its_weights(tmp_path):
+    module = torch.jit.script(torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ReLU(), torch.nn.Linear(4, 2)))
+    path = tmp_path / "model.ptl"
+    with pytest.warns(DeprecationWarning, match="Lite Interpreter"):  # the real writer, still shipped
+        module._save_for_lite_interpreter(str(path))
+    report = inspect_checkpoint(path)
+    assert report.result["format"] == "torchscript"
+    assert [f.id for f in report.findings] == ["torchscript-archive"]
+    assert "lite-interpreter" in report.findings[0].message
+    rows = {row["key"]: row["shape"] for row in report.result["tensors"]["keys"]}
+    assert rows == {key: list(value.shape) for key, value in module.state_dict().items()}

@@ -140,9 +140,15 @@ def _judge_zip_names(names: list[str], size: int) -> Detection:
     inner = {name[len(prefix):] for name in names if name.startswith(prefix)}
     details = {"archive": prefix.rstrip("/"), "records": len(names), "size": size,
                "data_records": sum(1 for name in inner if name.startswith("data/"))}
+    if "data.pkl" not in inner and "model.json" in inner:
+        return Detection(Format.TORCHSCRIPT, "A TorchScript archive of PyTorch 1.0-1.2 (torch.jit.save): model.json "
+                         "lists the tensors, tensors/ holds their bytes.", {**details, "layout": "model.json"})
     if "data.pkl" not in inner:
         return Detection(Format.UNKNOWN, "A zip archive that is not a torch checkpoint (it has no data.pkl record).",
                          details)
+    if "bytecode.pkl" in inner:
+        return Detection(Format.TORCHSCRIPT, "A TorchScript lite-interpreter archive (_save_for_lite_interpreter, "
+                         "PyTorch Mobile): bytecode.pkl beside data.pkl and constants.", {**details, "layout": "lite"})
     if "constants.pkl" in inner or any(name.startswith("code/") for name in inner):
         return Detection(Format.TORCHSCRIPT, "A TorchScript archive (torch.jit.save): a zip with code/ and "
                          "constants.pkl records.", details)

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torchdoctor.ckpt.formats import detect_format
+from torchdoctor.ckpt.formats import Format, detect_format
 from torchdoctor.ckpt.judge import (
     check_detection,
     check_devices,
@@ -85,7 +85,8 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
 
     weights = _module_weights(reading) or locate_weights(reading.tree)
     weight_keys = list(weights.state_dict) if weights else []
-    findings = check_globals(reading.globals, reading.format.value) + check_format(reading.format)
+    layout = reading.detection.details.get("layout")
+    findings = check_globals(reading.globals, reading.format.value) + check_format(reading.format, layout)
     findings += check_structure(reading.tree) + check_prefixes(weight_keys)
     devices = Counter(record.device for record in reading.tensors.values())
     findings += check_devices(devices)
@@ -115,15 +116,23 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
 
 
 def _module_weights(reading: CheckpointReading) -> Any:
-    """A pickled nn.Module's weights are its parameters and buffers, named as its state_dict() would."""
+    """A pickled nn.Module's (or TorchScript module's) weights: its parameters and buffers, named as its
+    state_dict() would name them."""
     from torchdoctor.ckpt.records import PickledObject
     from torchdoctor.ckpt.structure import WeightsKind, WeightsLocation
 
     root = reading.tree
-    if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
+    if not (isinstance(root, PickledObject) and root.use is not None):
         return None
-    return WeightsLocation(path=(), state_dict=dict(reading.tensors), kind=WeightsKind.PLAIN,
-                           framework="pickled nn.Module", num_tensors=len(reading.tensors))
+    if root.use.kind == "module":
+        framework, weights = "pickled nn.Module", dict(reading.tensors)
+    elif reading.format is Format.TORCHSCRIPT:  # a scripted module; its constants are not weights
+        framework = "TorchScript module"
+        weights = {key: record for key, record in reading.tensors.items() if not key.startswith("constants.")}
+    else:
+        return None
+    return WeightsLocation(path=(), state_dict=weights, kind=WeightsKind.PLAIN, framework=framework,
+                           num_tensors=len(weights))
 
 
 def scan_nonfinite(reading: CheckpointReading, on_progress: Progress | None = None) -> dict[str, tuple[int, int]]:

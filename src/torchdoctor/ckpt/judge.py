@@ -58,10 +58,25 @@ def check_globals(globals_: list[Mapping[str, Any]], format_name: str) -> list[F
     return findings
 
 
-def check_format(format_: Format) -> list[Finding]:
-    if format_ in (Format.LEGACY, Format.LEGACY_TAR):
+def check_format(format_: Format, layout: str | None = None) -> list[Finding]:
+    """legacy-format and torchscript-archive; ``layout`` (a detection detail) tells TorchScript kinds apart."""
+    if format_ is Format.LEGACY_TAR:
+        return [make_finding("legacy-format", "The checkpoint uses the tar format of torch < 0.4: torch.load reads "
+                             "it only with weights_only=False, and no other tool reads it.",
+                             details={"format": format_.value})]
+    if format_ is Format.LEGACY:
         return [make_finding("legacy-format", "The checkpoint uses the legacy (pre-1.6) format: slower to load, "
                              "not mmap-able, unreadable by some tools.", details={"format": format_.value})]
+    if format_ is Format.TORCHSCRIPT and layout == "model.json":
+        return [make_finding("torchscript-archive", "This is a TorchScript archive of PyTorch 1.0-1.2 (model.json "
+                             "layout): today's torch.jit.load refuses it ('Legacy model format is not supported'); "
+                             "its tensors are listed from model.json.",
+                             fix="Load it with torch 1.x (torch.jit.load) and save its state_dict(), or read the "
+                             "tensors/ records this report lists.", details={"layout": layout})]
+    if format_ is Format.TORCHSCRIPT and layout == "lite":
+        return [make_finding("torchscript-archive", "This is a TorchScript lite-interpreter archive (PyTorch Mobile, "
+                             "bytecode.pkl): load it with torch.jit.load or the mobile runtime, not torch.load.",
+                             details={"layout": layout})]
     if format_ is Format.TORCHSCRIPT:
         return [make_finding("torchscript-archive", "This is a TorchScript archive (torch.jit.save): load it with "
                              "torch.jit.load, not torch.load.")]
