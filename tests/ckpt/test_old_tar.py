@@ -119,3 +119,14 @@ def test_a_lite_interpreter_archive_is_torchscript_with_its_weights(tmp_path):
     assert "lite-interpreter" in report.findings[0].message
     rows = {row["key"]: row["shape"] for row in report.result["tensors"]["keys"]}
     assert rows == {key: list(value.shape) for key, value in module.state_dict().items()}
+
+
+def test_fix_writes_a_model_json_archive_as_a_state_dict(tmp_path):
+    path = old.torchscript_v1_archive(tmp_path)
+    assert "ckpt fix" in inspect_checkpoint(path).findings[0].fix
+    report = fix_checkpoint(path)
+    assert report.result["written"] and report.result["format_out"] == "zip"
+    loaded = torch.load(report.result["output"], weights_only=True)
+    assert list(loaded) == list(EXPECTED)
+    for key, values in EXPECTED.items():
+        np.testing.assert_array_equal(loaded[key].detach().numpy(), values)

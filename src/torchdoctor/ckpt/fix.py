@@ -111,7 +111,8 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
     early = check_detection(detection, str(source))
     if early or not detection.format.is_checkpoint:
         return _refused(result, early, "the input is not a readable checkpoint")
-    if detection.format in OUT_OF_SCOPE:
+    # a 1.0-1.2 TorchScript archive is a plain table of tensors that no torch today loads: rewriting it is a fix
+    if detection.format in OUT_OF_SCOPE and detection.details.get("layout") != "model.json":
         raise InputError(f"{source} {OUT_OF_SCOPE[detection.format]}")
     try:
         reading = read_checkpoint(source, detection)

@@ -71,8 +71,8 @@ def check_format(format_: Format, layout: str | None = None) -> list[Finding]:
         return [make_finding("torchscript-archive", "This is a TorchScript archive of PyTorch 1.0-1.2 (model.json "
                              "layout): today's torch.jit.load refuses it ('Legacy model format is not supported'); "
                              "its tensors are listed from model.json.",
-                             fix="Load it with torch 1.x (torch.jit.load) and save its state_dict(), or read the "
-                             "tensors/ records this report lists.", details={"layout": layout})]
+                             fix="torchdoctor ckpt fix PATH --to zip  (writes its tensors as a state dict that "
+                             "torch.load reads)", details={"layout": layout})]
     if format_ is Format.TORCHSCRIPT and layout == "lite":
         return [make_finding("torchscript-archive", "This is a TorchScript lite-interpreter archive (PyTorch Mobile, "
                              "bytecode.pkl): load it with torch.jit.load or the mobile runtime, not torch.load.",
