@@ -37,3 +37,16 @@ def test_missing_shards_are_named_and_the_rest_is_read(cli, tmp_path, validate_r
     assert report["result"]["tensors"]["count"] == 2  # the shard that is there
     human = cli("ckpt", "inspect", str(folder))
     assert "not on disk: model-00002-of-00002.safetensors" in human.stdout
+
+
+def test_inspecting_a_training_script_says_what_the_file_is(cli, tmp_path):
+    script = tmp_path / "train.py"
+    script.write_text("import torch\nfrom torch import nn\n\n\ndef main():\n    torch.save(nn.Linear(2, 2).state_dict(), "
+                      "'model.pt')\n")
+    result = cli("ckpt", "inspect", str(script))
+    assert result.exit_code == 1
+    assert "is Python source code, not a checkpoint" in result.stdout
+    assert "download" not in result.stdout.lower()
+    page = tmp_path / "model.pt"  # an error page saved by a download: downloading again is the fix
+    page.write_text("<!DOCTYPE html><html><head><title>404 Not Found</title></head></html>")
+    assert "download" in cli("ckpt", "inspect", str(page)).stdout.lower()

@@ -296,7 +296,18 @@ def _probe_text(path: Path, head: bytes, size: int) -> Detection | None:
         return _text(size, "an HTML page", text, title=_html_title(text))
     if stripped.startswith("<?xml"):
         return _text(size, "an XML document", text)
+    if _looks_like_python(path, text):
+        return _text(size, "Python source code", text)
     return _text(size, "UTF-8 text", text)
+
+
+def _looks_like_python(path: Path, text: str) -> bool:
+    """A .py file, a python shebang, or lines that only Python source starts with."""
+    if path.suffix in (".py", ".pyw", ".pyi") or text.startswith("#!") and "python" in text.split("\n", 1)[0]:
+        return True
+    starts = ("import ", "from ", "def ", "class ", "if __name__")
+    lines = [line for line in text.splitlines()[:200] if line.strip() and not line.startswith("#")]
+    return sum(line.startswith(starts) for line in lines) >= 2
 
 
 def _as_text(head: bytes) -> str | None:

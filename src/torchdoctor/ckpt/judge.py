@@ -11,6 +11,8 @@ from torchdoctor.report import Finding
 from torchdoctor.units import format_bytes
 
 MAX_NAMED = 5
+PASS_THE_CHECKPOINT = ("Pass the checkpoint itself: the file torch.save or save_pretrained wrote (often .pt, .pth, "
+                       ".ckpt, .bin or .safetensors), or its folder.")
 
 
 def check_detection(detection: Detection, path: str) -> list[Finding]:
@@ -20,6 +22,11 @@ def check_detection(detection: Detection, path: str) -> list[Finding]:
         points_to = f" to a {format_bytes(int(size))} object" if str(size or "").isdigit() else ""
         return [make_finding("lfs-pointer", f"{path} is a git-lfs pointer{points_to}, not the checkpoint itself; "
                              "run git lfs pull.", location=path, details=dict(detection.details))]
+    if detection.format is Format.TEXT and detection.details.get("looks_like") != "an HTML page":
+        # a script, a config or notes: passed by mistake, not a failed download (an HTML page is one)
+        return [make_finding("not-a-checkpoint", f"{path} is {detection.details.get('looks_like', 'text')}, not a "
+                             "checkpoint.", location=path, fix=PASS_THE_CHECKPOINT,
+                             details={"format": detection.format.value, **detection.details})]
     if detection.format in (Format.TEXT, Format.UNKNOWN):
         return [make_finding("not-a-checkpoint", f"{path} is not a checkpoint: {detection.reason}", location=path,
                              details={"format": detection.format.value, **detection.details})]
