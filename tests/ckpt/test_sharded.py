@@ -41,8 +41,8 @@ def test_missing_shards_are_named_and_the_rest_is_read(cli, tmp_path, validate_r
 
 def test_inspecting_a_training_script_says_what_the_file_is(cli, tmp_path):
     script = tmp_path / "train.py"
-    script.write_text("import torch\nfrom torch import nn\n\n\ndef main():\n    torch.save(nn.Linear(2, 2).state_dict(), "
-                      "'model.pt')\n")
+    script.write_text("import torch\nfrom torch import nn\n\n\ndef main():\n"
+                      "    torch.save(nn.Linear(2, 2).state_dict(), 'model.pt')\n")
     result = cli("ckpt", "inspect", str(script))
     assert result.exit_code == 1
     assert "is Python source code, not a checkpoint" in result.stdout
