@@ -27,6 +27,8 @@ from torchdoctor.report import Finding, Report
 
 COMMAND = "ckpt inspect"
 Progress = Callable[[int, int], None]
+# buffers torch.nn registers (BatchNorm, InstanceNorm with track_running_stats): a plain state dict marks none
+BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 
 def inspect_checkpoint(
@@ -36,8 +38,12 @@ def inspect_checkpoint(
     input_shapes: Sequence[Sequence[int]] | None = None,
     scan_values: bool = True,
     on_progress: Progress | None = None,
+    all_keys: bool = False,
 ) -> Report:
-    """Judge the checkpoint at ``path``; with ``model`` (an ``nn.Module``), also whether it loads and trains."""
+    """Judge the checkpoint at ``path``; with ``model`` (an ``nn.Module``), also whether it loads and trains.
+
+    ``all_keys``: the human report lists every key, not a few per top-level group (the JSON has them all).
+    """
     shown = str(path)
     detection = detect_format(path)
     result: dict[str, Any] = {"path": shown, "format": detection.format.value, "detected": detection.reason,
@@ -57,14 +63,14 @@ def inspect_checkpoint(
 
         model_findings, result["model"] = check_against_model(reading, model, input_shapes)
         findings += model_findings
-    return _report(findings, result)
+    return _report(findings, result, all_keys)
 
 
-def _report(findings: list[Finding], result: dict[str, Any]) -> Report:
+def _report(findings: list[Finding], result: dict[str, Any], all_keys: bool = False) -> Report:
     from torchdoctor.ckpt.sections import inspect_sections
 
     findings = [with_path(finding, result["path"]) for finding in findings]
-    return Report(COMMAND, tuple(findings), result, inspect_sections(result, findings))
+    return Report(COMMAND, tuple(findings), result, inspect_sections(result, findings, all_keys=all_keys))
 
 
 def with_path(finding: Finding, path: str) -> Finding:
@@ -153,21 +159,40 @@ def scan_nonfinite(reading: CheckpointReading, on_progress: Progress | None = No
 
 
 def summarize_tensors(reading: CheckpointReading, state_dict: Mapping[str, Any]) -> dict[str, Any]:
-    """Counts, parameters and bytes of the weights (shared storages counted once), and one row per key."""
+    """Counts, values and bytes of the weights (shared storages counted once), and one row per key.
+
+    ``parameters`` (kept for the JSON contract) counts every value, buffers included; ``elements`` is the
+    same figure under its right name, split into ``parameter_elements`` (what ``count`` counts) and
+    ``buffer_elements``.
+    """
     records = [record for record in state_dict.values() if hasattr(record, "numel")]
     storages = {r.storage_key for r in records if r.storage_key in reading.storages}
     by_dtype = Counter()
     for record in records:
         by_dtype[record.dtype] += record.numel
+    marked = any(getattr(record, "is_parameter", False) for record in records)
+    buffers = sum(record.numel for key, record in state_dict.items()
+                  if hasattr(record, "numel") and _is_buffer(str(key), record, marked))
+    elements = sum(record.numel for record in records)
     return {
         "count": len(records),
         "total_in_file": len(reading.tensors),
-        "parameters": sum(record.numel for record in records),
+        "parameters": elements,
+        "elements": elements,
+        "parameter_elements": elements - buffers,
+        "buffer_elements": buffers,
         "bytes": sum(reading.storages[key].nbytes for key in storages),
         "elements_by_dtype": dict(by_dtype),
         "keys": [{"key": key, "shape": list(record.shape), "dtype": record.dtype, "device": record.device}
                  for key, record in state_dict.items() if hasattr(record, "numel")],
     }
+
+
+def _is_buffer(key: str, record: Any, marked: bool) -> bool:
+    """A buffer by the file's own marks (pickled modules, TorchScript) or by the names nn modules give them."""
+    if marked and not record.is_parameter:
+        return True
+    return key.rsplit(".", 1)[-1] in BUFFER_NAMES
 
 
 def shared_storages(reading: CheckpointReading) -> list[list[str]]:

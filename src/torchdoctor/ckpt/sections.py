@@ -8,6 +8,9 @@ from typing import Any
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
 
+MAX_LISTED_KEYS = 12
+MAX_GROUPS = 10
+KEYS_PER_GROUP = 3
 GROUPS = (
     ("file", "File", ("lfs-pointer", "shard-missing", "not-a-checkpoint", "corrupt-checkpoint", "legacy-format",
                       "torchscript-archive")),
@@ -20,9 +23,11 @@ GROUPS = (
 )
 
 
-def inspect_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:
+def inspect_sections(result: Mapping[str, Any], findings: Sequence[Finding], *,
+                     all_keys: bool = False) -> tuple[Section, ...]:
     """The groups that apply to this result: only File when the file is no readable checkpoint."""
     headlines = {"file": _file(result)}
+    lines = {"structure": key_table(result["tensors"]["keys"], all_keys)} if "tensors" in result else {}
     if "tensors" in result:
         headlines.update(safety=_safety(result), structure=_structure(result), keys=_keys(result),
                          values=_values(result))
@@ -32,7 +37,7 @@ def inspect_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> 
     for name, title, ids in GROUPS:
         if name in headlines:
             members = tuple(f for f in findings if f.id in ids)
-            sections.append(Section(name, title, headlines[name], members))
+            sections.append(Section(name, title, headlines[name], members, lines.get(name, ())))
     return tuple(sections)
 
 
@@ -54,8 +59,48 @@ def _structure(result: Mapping[str, Any]) -> str:
     where = f"checkpoint[{result['weights_path']!r}]" if result.get("weights_path") else "top level"
     framework = f" ({result['framework']})" if result.get("framework") else ""
     shared = f", {len(result['shared_storages'])} shared storage group(s)" if result.get("shared_storages") else ""
-    return (f"weights at {where}{framework}: {tensors['count']} tensors, {tensors['parameters']:,} values, "
+    return (f"weights at {where}{framework}: {tensors['count']} tensors holding {_values_split(tensors)}, "
             f"{format_bytes(tensors['bytes'])}{shared}")
+
+
+def _values_split(tensors: Mapping[str, Any]) -> str:
+    """Name what each figure counts: ``count MODEL`` counts parameters, a checkpoint holds buffers too."""
+    total, buffers = tensors["elements"], tensors["buffer_elements"]
+    if not buffers:
+        return f"{total:,} values (parameters only, no buffers)"
+    return f"{total:,} values ({tensors['parameter_elements']:,} in parameters, {buffers:,} in buffers)"
+
+
+def key_table(rows: Sequence[Mapping[str, Any]], all_keys: bool = False) -> tuple[str, ...]:
+    """Keys, shapes and dtypes for people: every key with ``all_keys`` or when there are few, else grouped by
+    the first part of the key with a count, the values and the first few keys of each group."""
+    if all_keys or len(rows) <= MAX_LISTED_KEYS:
+        width = max((len(row["key"]) for row in rows), default=0)
+        return tuple(f"{row['key']:<{width}}  {_layout(row)}" for row in rows)
+    groups: dict[str, list[Mapping[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["key"].split(".", 1)[0], []).append(row)
+    width = max(len(name) for name in list(groups)[:MAX_GROUPS])
+    lines = []
+    for name, members in list(groups.items())[:MAX_GROUPS]:
+        values = sum(_numel(row["shape"]) for row in members)
+        shown = ", ".join(f"{row['key']} {_layout(row)}" for row in members[:KEYS_PER_GROUP])
+        more = f", +{len(members) - KEYS_PER_GROUP} more" if len(members) > KEYS_PER_GROUP else ""
+        lines.append(f"{name:<{width}}  {len(members)} tensors, {values:,} values: {shown}{more}")
+    hidden = len(groups) - MAX_GROUPS
+    tail = f"{hidden} more group(s); " if hidden > 0 else ""
+    return (*lines, f"{tail}--all lists all {len(rows)} keys")
+
+
+def _layout(row: Mapping[str, Any]) -> str:
+    return f"{list(row['shape'])} {row['dtype']}"
+
+
+def _numel(shape: Sequence[int]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
 
 
 def _keys(result: Mapping[str, Any]) -> str:

@@ -40,6 +40,7 @@ def inspect_command(
     model: ModelOpt = None,
     input_shape: ShapeOpt = None,
     no_values: Annotated[bool, typer.Option("--no-values", help="Skip the NaN/inf scan of tensor values.")] = False,
+    all_keys: Annotated[bool, typer.Option("--all", help="List every key (default: a few per top-level group).")] = False,  # noqa: E501
     json: JsonOpt = False,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
@@ -50,7 +51,7 @@ def inspect_command(
     with collector_paused():  # until the report is rendered: importing rich would trigger full collections
         with exit_on_tool_errors(debug), progress_bar("scanning tensor values", enabled=not json) as on_progress:
             report = inspect_checkpoint(path, model=load_model(model), input_shapes=parse_shapes(input_shape),
-                                        scan_values=not no_values, on_progress=on_progress)
+                                        scan_values=not no_values, on_progress=on_progress, all_keys=all_keys)
         emit(report, as_json=json, strict=strict)
 
 
