@@ -1,4 +1,5 @@
-"""Sharded Hugging Face layouts cloned without git-lfs, or with shards missing: one finding each, a full report."""
+"""Sharded Hugging Face layouts cloned without git-lfs, or with shards missing: one finding each, a full report;
+large checkpoints read headers only by default, and the value scan; text passed by mistake."""
 
 from __future__ import annotations
 
@@ -50,3 +51,35 @@ def test_inspecting_a_training_script_says_what_the_file_is(cli, tmp_path):
     page = tmp_path / "model.pt"  # an error page saved by a download: downloading again is the fix
     page.write_text("<!DOCTYPE html><html><head><title>404 Not Found</title></head></html>")
     assert "download" in cli("ckpt", "inspect", str(page)).stdout.lower()
+
+
+def test_above_the_limit_the_default_reads_headers_only_and_says_so(cli, tmp_path, validate_report):
+    from fixtures.sharded_builders import sparse_sharded_dir
+
+    from torchdoctor.ckpt.inspect import SCAN_LIMIT_BYTES
+
+    folder = sparse_sharded_dir(tmp_path, shards=4, shard_bytes=(SCAN_LIMIT_BYTES // 4) + (1 << 20))  # sparse
+    report = validate_report(json.loads(cli("ckpt", "inspect", str(folder), "--json").stdout))
+    scan = report["result"]["values_scan"]
+    assert scan["mode"] == "headers-only" and scan["data_bytes"] > SCAN_LIMIT_BYTES
+    assert report["result"]["values_scanned"] is False and report["result"]["tensors"]["count"] == 16
+    human = cli("ckpt", "inspect", str(folder)).stdout
+    assert "headers only" in human and "--scan-values" in human
+
+
+def test_the_scan_counts_nan_and_inf_in_every_float_layout(tmp_path):
+    import torch
+    from fixtures.ckpt_builders import write_safetensors
+
+    from torchdoctor.ckpt.inspect import inspect_checkpoint
+
+    values = torch.zeros(3 << 20)  # larger than one read chunk: counts add up across chunks
+    values[5], values[(2 << 20) + 1], values[-1] = float("nan"), float("inf"), float("-inf")
+    tensors = {"a": values, "b": values.half(), "c": values.double(), "d": values.bfloat16(),
+               "clean": torch.ones(7)}
+    path = write_safetensors(tensors, tmp_path / "model.safetensors")
+    torch.save(tensors, tmp_path / "model.pt")
+    for target in (path, tmp_path / "model.pt"):
+        report = inspect_checkpoint(target, scan_values=True)
+        assert report.result["values_scan"]["mode"] == "full"
+        assert report.result["nonfinite"] == {key: {"nan": 1, "inf": 2} for key in "abcd"}, target

@@ -110,7 +110,8 @@ def _keys(result: Mapping[str, Any]) -> str:
 
 def _values(result: Mapping[str, Any]) -> str:
     if not result.get("values_scanned"):
-        return "not scanned"
+        scan = result.get("values_scan") or {}
+        return scan["reason"] if scan.get("mode") in ("headers-only", "off") else "not scanned"
     bad = result.get("nonfinite") or {}
     return f"NaN/inf in {len(bad)} tensor(s)" if bad else "no NaN or inf"
 
