@@ -130,3 +130,14 @@ def test_fix_writes_a_model_json_archive_as_a_state_dict(tmp_path):
     assert list(loaded) == list(EXPECTED)
     for key, values in EXPECTED.items():
         np.testing.assert_array_equal(loaded[key].detach().numpy(), values)
+
+
+def test_a_mobile_flatbuffer_model_is_named_not_called_damaged(tmp_path):
+    module = torch.jit.script(torch.nn.Linear(3, 4))
+    path = tmp_path / "model.ptl"
+    with pytest.warns(DeprecationWarning, match="Lite Interpreter"):
+        module._save_for_lite_interpreter(str(path), _use_flatbuffer=True)
+    report = inspect_checkpoint(path)
+    assert [f.id for f in report.findings] == ["torchscript-archive"]
+    assert "flatbuffer" in report.findings[0].message and report.exit_code() == 0
+    assert [section.name for section in report.sections] == ["file"]

@@ -205,6 +205,15 @@ def _skip_pickle(reader: BoundedReader) -> None:
             return
 
 
+def _probe_flatbuffer(path: Path, head: bytes, size: int) -> Detection | None:
+    # _save_for_lite_interpreter(..., _use_flatbuffer=True): a flatbuffer whose file identifier
+    # (mobile_bytecode.fbs) sits at bytes 4-8
+    if head[4:8] != b"PTMF":
+        return None
+    return Detection(Format.TORCHSCRIPT, "A PyTorch Mobile flatbuffer model (_save_for_lite_interpreter with "
+                     "_use_flatbuffer=True): the PTMF file identifier.", {"layout": "flatbuffer", "size": size})
+
+
 def _probe_pickle(path: Path, head: bytes, size: int) -> Detection | None:
     if len(head) < 2 or head[0] != 0x80 or not 2 <= head[1] <= 5:
         return None
@@ -349,7 +358,8 @@ def _unknown(head: bytes) -> Detection:
     return Detection(Format.UNKNOWN, reason, {"first_bytes": head[:16].hex(), "looks_like": what})
 
 
-_FILE_PROBES = (_probe_empty, _probe_zip, _probe_legacy, _probe_pickle, _probe_tar, _probe_safetensors, _probe_text)
+_FILE_PROBES = (_probe_empty, _probe_zip, _probe_legacy, _probe_pickle, _probe_tar, _probe_safetensors,
+                _probe_flatbuffer, _probe_text)
 
 
 def read_hf_index(path: Path) -> dict[str, Any]:

@@ -57,6 +57,8 @@ def inspect_checkpoint(
     early = check_detection(detection, shown)
     if early or not detection.format.is_checkpoint:
         return _report(early, result)
+    if detection.details.get("layout") == "flatbuffer":  # no pickle, no records to read: say what it is
+        return _report(check_format(detection.format, "flatbuffer"), result)
     try:
         reading = read_checkpoint(path, detection)
     except CheckpointCorrupt as exc:

@@ -80,6 +80,11 @@ def check_format(format_: Format, layout: str | None = None) -> list[Finding]:
                              "its tensors are listed from model.json.",
                              fix="torchdoctor ckpt fix PATH --to zip  (writes its tensors as a state dict that "
                              "torch.load reads)", details={"layout": layout})]
+    if format_ is Format.TORCHSCRIPT and layout == "flatbuffer":
+        return [make_finding("torchscript-archive", "This is a PyTorch Mobile flatbuffer model, not a torch.save "
+                             "checkpoint; torchdoctor does not list its tensors.",
+                             fix="torch.jit.load(PATH) (or the mobile runtime) loads it; its state_dict() gives the "
+                             "weights.", details={"layout": layout})]
     if format_ is Format.TORCHSCRIPT and layout == "lite":
         return [make_finding("torchscript-archive", "This is a TorchScript lite-interpreter archive (PyTorch Mobile, "
                              "bytecode.pkl): load it with torch.jit.load or the mobile runtime, not torch.load.",

@@ -211,6 +211,8 @@ def _read_zip(path: Path, detection: Detection) -> FormatParts:
         from torchdoctor.ckpt.torchscript_v1 import read_model_json
 
         return read_model_json(path, detection)
+    if detection.details.get("layout") == "flatbuffer":  # no pickles, no zip: its tensors are not listed
+        return FormatParts({}, {}, [], "little", "PyTorch Mobile flatbuffer (tensors not listed)")
     torchscript = detection.format is Format.TORCHSCRIPT
     log = GlobalLog()
     with zipfile.ZipFile(path) as archive:
