@@ -6,24 +6,28 @@ from __future__ import annotations
 import json
 
 import pytest
-from fixtures.sharded_builders import hf_sharded_lfs_dir, hf_sharded_partial_dir
+from fixtures.sharded_builders import hf_sharded_bin_lfs_dir, hf_sharded_lfs_dir, hf_sharded_partial_dir
 
 
-@pytest.mark.parametrize("as_index", [False, True])
-def test_lfs_pointer_shards_are_one_finding_with_counts_and_sizes(cli, tmp_path, validate_report, as_index):
-    folder = hf_sharded_lfs_dir(tmp_path)
-    target = folder / "model.safetensors.index.json" if as_index else folder
-    sizes = [int(p.read_text().split("size ")[1]) for p in folder.glob("*.safetensors")]
+@pytest.mark.parametrize("builder, index_name, as_index", [
+    (hf_sharded_lfs_dir, "model.safetensors.index.json", False),
+    (hf_sharded_lfs_dir, "model.safetensors.index.json", True),
+    (hf_sharded_bin_lfs_dir, "pytorch_model.bin.index.json", True)])
+def test_lfs_pointer_shards_are_one_finding_with_counts_and_sizes(cli, tmp_path, validate_report, builder,
+                                                                  index_name, as_index):
+    folder = builder(tmp_path)
+    target = folder / index_name if as_index else folder
+    sizes = [int(p.read_text().split("size ")[1]) for p in folder.iterdir() if p.name != index_name]
     result = cli("ckpt", "inspect", str(target), "--json")
     assert result.exit_code == 1, result.output
     report = validate_report(json.loads(result.stdout))
     pointers = [f for f in report["findings"] if f["id"] == "lfs-pointer"]
     assert len(pointers) == 1
     details = pointers[0]["details"]
-    index = json.loads((folder / "model.safetensors.index.json").read_text())
+    index = json.loads((folder / index_name).read_text())
     assert (details["pointers"], details["shards"]) == (2, 2)
     assert details["pointed_bytes"] == sum(sizes)
-    assert details["total_size"] == index["metadata"]["total_size"]
+    assert details["total_size"] == index["metadata"].get("total_size")
     assert "git lfs pull" in pointers[0]["message"]
     assert report["result"]["format"] == "hf-sharded" and "tensors" in report["result"]  # the full report
 
