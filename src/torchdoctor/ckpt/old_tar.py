@@ -80,6 +80,8 @@ def _storages(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
     # the first layout ends here; later ones add (view key, root key, offset, numel) rows
     rows = load_data_pickle(reader, log) if reader.remaining() else []
     views = {str(target): (str(root), offset) for target, root, offset, _numel in rows}
+    if not all(type(offset) is int and offset >= 0 for _root, offset in views.values()):
+        raise CheckpointCorrupt("a storage view in the 'storages' member has no non-negative element offset")
     return storages, views
 
 
@@ -110,6 +112,8 @@ def _tensors(tar: tarfile.TarFile, member: tarfile.TarInfo, storages: dict[str, 
         shape = _dims(struct.unpack(f"<{ndim}q", reader.read(8 * ndim)))
         stride = _dims(struct.unpack(f"<{ndim}q", reader.read(8 * ndim)))
         offset = struct.unpack("<q", reader.read(8))[0]
+        if offset < 0:
+            raise CheckpointCorrupt(f"tensor {key} in the 'tensors' member has a negative storage offset")
         if storage_id is None:  # a tensor that never had a storage: empty, no bytes
             tensors[key] = TensorRecord(None, "float32", shape, stride, offset)
             continue

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading
+from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, corruption_as
 from torchdoctor.ckpt.tensor_data import count_nonfinite, nonfinite_counts, numpy_dtype, zip_record_span
 from torchdoctor.errors import InputError
 
@@ -43,7 +43,8 @@ def _scan(reading: CheckpointReading, key: str) -> tuple[int, int] | None:
         place = _plain_place(reading, key)
         if place is None or record.dtype not in IEEE_FLOATS:
             return count_nonfinite(reading, key)
-        return _scan_file(*place, record.dtype, reading.byteorder)
+        with corruption_as(f"tensor data in {os.path.basename(place[0])} cannot be read"):
+            return _scan_file(*place, record.dtype, reading.byteorder)
     except InputError:  # a dtype whose layout we do not know: nothing to scan
         return None
 
