@@ -27,10 +27,10 @@ from torchdoctor.units import format_bytes
 
 COMMAND = "ckpt inspect"
 Progress = Callable[[int, int], None]
-# buffers torch.nn registers (BatchNorm, InstanceNorm with track_running_stats): a plain state dict marks none
 # Above this much tensor data the default reads headers only: a full scan reads every byte (about 10 s for
 # 10 GiB from the page cache, minutes from a cold disk), the headers answer in well under a second.
 SCAN_LIMIT_BYTES = 4 << 30
+# buffers torch.nn registers (BatchNorm, InstanceNorm with track_running_stats): a plain state dict marks none
 BUFFER_NAMES = frozenset({"running_mean", "running_var", "num_batches_tracked"})
 
 
