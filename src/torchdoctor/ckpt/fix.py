@@ -6,6 +6,7 @@ import dataclasses
 import os
 import stat
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -120,9 +121,7 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
         return _refused(result, [corrupt_finding(str(source), exc.message, detection.format.value)],
                         "the input is damaged")
     if reading.format is Format.LEGACY_TAR:  # a torch 0.1-0.3 module pickle: only its weights can still load
-        from torchdoctor.ckpt.old_tar import module_as_state_dict
-
-        reading, extracted = module_as_state_dict(reading)
+        reading, extracted = _module_as_state_dict(reading)
         if extracted:
             result["module_extracted"] = extracted
     unsafe = _unsafe_findings(reading)
@@ -130,6 +129,24 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
         return _refused(result, unsafe, "the pickle names globals that only a full unpickler would run; torchdoctor "
                         "rewrites only files it can load with weights_only=True")
     return reading
+
+
+def _module_as_state_dict(reading: CheckpointReading) -> tuple[CheckpointReading, str | None]:
+    """A pickled ``nn.Module`` as the state dict its ``state_dict()`` would give, and the class name.
+
+    No torch since 0.4 can unpickle these modules (``Variable``, the THNN backend are gone), so their
+    weights are the only part anyone can still use. The reading is returned unchanged for anything else.
+    """
+    from torchdoctor.ckpt.old_tar import THNN_BACKEND, VARIABLE_CLASSES
+    from torchdoctor.ckpt.records import PickledObject
+
+    root = reading.tree
+    if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
+        return reading, None
+    # what only the module object used goes with it; anything unsafe stays and still stops a rewrite
+    dropped = VARIABLE_CLASSES | {THNN_BACKEND, "collections.OrderedDict"}
+    kept = [row for row in reading.globals if row["kind"] != "module" and row["name"] not in dropped]
+    return dataclasses.replace(reading, tree=OrderedDict(reading.tensors), globals=kept), root.full_name()
 
 
 def _with_extraction(plan: Plan, reading: CheckpointReading) -> Plan:

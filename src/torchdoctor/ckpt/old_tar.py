@@ -14,15 +14,13 @@ from __future__ import annotations
 import pickle
 import struct
 import tarfile
-from collections import OrderedDict
 from dataclasses import replace
-from dataclasses import replace as dc_replace
 from pathlib import Path
 from typing import Any
 
 from torchdoctor.ckpt.formats import Detection
 from torchdoctor.ckpt.pickle_safe import BoundedReader, GlobalLog, SafeUnpickler, load_data_pickle
-from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, FormatParts, StorageInfo, corruption_as
+from torchdoctor.ckpt.reader import CheckpointCorrupt, FormatParts, StorageInfo, corruption_as
 from torchdoctor.ckpt.records import DTYPE_ITEMSIZE, PickledObject, StorageClass, StorageRef, TensorRecord, TorchClass
 
 MAX_NDIM = 64
@@ -208,17 +206,3 @@ def _dims(values: Any) -> tuple[int, ...]:
         raise CheckpointCorrupt("a tensor's size or stride is not a short list of non-negative integers")
     return tuple(values)
 
-
-def module_as_state_dict(reading: CheckpointReading) -> tuple[CheckpointReading, str | None]:
-    """A pickled ``nn.Module`` as the state dict its ``state_dict()`` would give, and the class name.
-
-    No torch since 0.4 can unpickle these modules (``Variable``, the THNN backend are gone), so their
-    weights are the only part anyone can still use. The reading is returned unchanged for anything else.
-    """
-    root = reading.tree
-    if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
-        return reading, None
-    # what only the module object used goes with it; anything unsafe stays and still stops a rewrite
-    dropped = VARIABLE_CLASSES | {THNN_BACKEND, "collections.OrderedDict"}
-    kept = [row for row in reading.globals if row["kind"] != "module" and row["name"] not in dropped]
-    return dc_replace(reading, tree=OrderedDict(reading.tensors), globals=kept), root.full_name()
