@@ -141,3 +141,15 @@ def test_a_mobile_flatbuffer_model_is_named_not_called_damaged(tmp_path):
     assert [f.id for f in report.findings] == ["torchscript-archive"]
     assert "flatbuffer" in report.findings[0].message and report.exit_code() == 0
     assert [section.name for section in report.sections] == ["file"]
+
+
+@pytest.mark.parametrize("builder", ["torch_019_cuda_module_tar", "torch_010_early_cuda_tar"])
+def test_gpu_saved_old_tar_files_say_so(tmp_path, builder):
+    path = getattr(old, builder)(tmp_path)
+    report = inspect_checkpoint(path)
+    ids = [f.id for f in report.findings]
+    assert "cuda-saved-tensors" in ids and "corrupt-checkpoint" not in ids
+    assert set(report.result["devices"]) == {"cuda:0"}
+    fixed = fix_checkpoint(path, to="zip")
+    loaded = torch.load(fixed.result["output"], weights_only=True, map_location="cpu")
+    np.testing.assert_array_equal(next(iter(loaded.values())).detach().numpy(), EXPECTED["0.weight"])

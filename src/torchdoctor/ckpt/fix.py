@@ -132,20 +132,24 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
 
 
 def _module_as_state_dict(reading: CheckpointReading) -> tuple[CheckpointReading, str | None]:
-    """A pickled ``nn.Module`` as the state dict its ``state_dict()`` would give, and the class name.
+    """A tar checkpoint's reading as the records the zip writer needs, and the class name of a pickled
+    ``nn.Module`` whose weights became a state dict (the one ``state_dict()`` would give).
 
     No torch since 0.4 can unpickle these modules (``Variable``, the THNN backend are gone), so their
-    weights are the only part anyone can still use. The reading is returned unchanged for anything else.
+    weights are the only part anyone can still use.
     """
     from torchdoctor.ckpt.old_tar import THNN_BACKEND, VARIABLE_CLASSES
     from torchdoctor.ckpt.records import PickledObject
 
+    # The storages and tensors members name torch.cuda.* classes for GPU tensors: the records keep their dtype
+    # and device, which is all the zip writer needs. Anything unsafe stays and still stops a rewrite.
+    kept = [row for row in reading.globals if not (row["kind"] == "safe" and row["name"].startswith("torch.cuda."))]
     root = reading.tree
     if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
-        return reading, None
-    # what only the module object used goes with it; anything unsafe stays and still stops a rewrite
+        return dataclasses.replace(reading, globals=kept), None
+    # what only the module object used goes with it
     dropped = VARIABLE_CLASSES | {THNN_BACKEND, "collections.OrderedDict"}
-    kept = [row for row in reading.globals if row["kind"] != "module" and row["name"] not in dropped]
+    kept = [row for row in kept if row["kind"] != "module" and row["name"] not in dropped]
     return dataclasses.replace(reading, tree=OrderedDict(reading.tensors), globals=kept), root.full_name()
 
 

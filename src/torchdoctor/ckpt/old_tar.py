@@ -67,7 +67,7 @@ def _storages(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
     reader = _member_reader(tar, member)
     storages = {}
     for _ in range(_count(load_data_pickle(reader, log))):  # each round reads >= 8 bytes or fails: bounded
-        key, location, storage_type = _storage_entry(load_data_pickle(reader, log))
+        key, location, storage_type = _storage_entry(OldTorchUnpickler(reader, log).load())
         numel = struct.unpack("<q", reader.read(8))[0]
         if numel < 0:
             raise CheckpointCorrupt(f"storage {key} in the 'storages' member claims {numel} elements")
@@ -84,12 +84,13 @@ def _storages(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
 
 
 def _storage_entry(entry: Any) -> tuple[str, str, StorageClass]:
-    """``(key, location, type)`` from 0.1.6 on; ``(key, type)`` before, which records no location (a
-    ``torch.cuda.*`` type meant the GPU; the stand-in keeps only the dtype, so those read as cpu)."""
+    """``(key, location, type)`` from 0.1.6 on; ``(key, type)`` before, which records no location: a
+    ``torch.cuda.*Storage`` type meant the GPU (device 0 unless the tensor was moved; the file does not say)."""
     if isinstance(entry, tuple) and len(entry) == 3 and isinstance(entry[1], str):
         key, location, storage_type = entry
     elif isinstance(entry, tuple) and len(entry) == 2:
-        (key, storage_type), location = entry, "cpu"
+        key, storage_type = entry
+        location = "cuda:0" if getattr(storage_type, "name", "").startswith("torch.cuda.") else "cpu"
     else:
         raise CheckpointCorrupt("a storage in the 'storages' member is not (key, location, type) or (key, type)")
     if not isinstance(storage_type, StorageClass):
@@ -161,7 +162,10 @@ class OldTorchUnpickler(SafeUnpickler):
         if full == THNN_BACKEND:
             self.log.note(full, True)
             return _thnn_backend
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if module == "torch.cuda" and isinstance(found, StorageClass):  # the first layout's only device hint
+            return StorageClass(full, found.dtype)
+        return found
 
     def _load_build(self) -> None:
         state = self.stack[-1]
