@@ -153,3 +153,16 @@ def test_gpu_saved_old_tar_files_say_so(tmp_path, builder):
     fixed = fix_checkpoint(path, to="zip")
     loaded = torch.load(fixed.result["output"], weights_only=True, map_location="cpu")
     np.testing.assert_array_equal(next(iter(loaded.values())).detach().numpy(), EXPECTED["0.weight"])
+
+
+def test_a_dict_of_variables_reads_as_nested_weights_and_converts(tmp_path):
+    path = old.torch_019_variables_tar(tmp_path)
+    report = inspect_checkpoint(path)
+    ids = [f.id for f in report.findings]
+    assert "legacy-format" in ids and "corrupt-checkpoint" not in ids and "unsafe-pickle" not in ids
+    assert report.result["weights_path"] == "state"
+    assert report.result["metadata"]["epoch"] == 3
+    fixed = fix_checkpoint(path, to="zip")
+    loaded = torch.load(fixed.result["output"], weights_only=True)
+    for key, values in EXPECTED.items():
+        np.testing.assert_array_equal(loaded[key].numpy(), values)

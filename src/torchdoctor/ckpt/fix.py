@@ -141,15 +141,16 @@ def _module_as_state_dict(reading: CheckpointReading) -> tuple[CheckpointReading
     from torchdoctor.ckpt.old_tar import THNN_BACKEND, VARIABLE_CLASSES
     from torchdoctor.ckpt.records import PickledObject
 
-    # The storages and tensors members name torch.cuda.* classes for GPU tensors: the records keep their dtype
-    # and device, which is all the zip writer needs. Anything unsafe stays and still stops a rewrite.
-    kept = [row for row in reading.globals if not (row["kind"] == "safe" and row["name"].startswith("torch.cuda."))]
+    # torch.cuda.* classes (GPU tensors) and Variable/Parameter wrappers became plain records, which keep
+    # dtype, device and the parameter flag: all the zip writer needs. Anything unsafe stays and stops a rewrite.
+    described = VARIABLE_CLASSES | {THNN_BACKEND}
+    kept = [row for row in reading.globals
+            if not (row["kind"] == "safe" and (row["name"].startswith("torch.cuda.") or row["name"] in described))]
     root = reading.tree
     if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
         return dataclasses.replace(reading, globals=kept), None
-    # what only the module object used goes with it
-    dropped = VARIABLE_CLASSES | {THNN_BACKEND, "collections.OrderedDict"}
-    kept = [row for row in kept if row["kind"] != "module" and row["name"] not in dropped]
+    # the module object goes, and with it what only it used
+    kept = [row for row in kept if row["kind"] != "module" and row["name"] != "collections.OrderedDict"]
     return dataclasses.replace(reading, tree=OrderedDict(reading.tensors), globals=kept), root.full_name()
 
 
