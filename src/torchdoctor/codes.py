@@ -347,6 +347,14 @@ _SPECS = (
         "torch.load(PATH, map_location='cpu')",
         commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
     ),
+    _spec(
+        "shard-missing", "TD219", "error",
+        "Shard files that a sharded checkpoint's index (*.index.json) names are not on disk.",
+        "from_pretrained and load_checkpoint_and_dispatch stop at the first missing shard; a partial download "
+        "or a copy of only some files looks complete until then.",
+        "Download the missing shards named in the finding (huggingface-cli download REPO --include 'FILE').",
+        commands=(INSPECT,), section={INSPECT: "file"},
+    ),
     # --- 3xx: nan-hunt ----------------------------------------------------------------------
     _spec(
         "nonfinite-input", "TD301", "error",

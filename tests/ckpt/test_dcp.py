@@ -137,6 +137,12 @@ def test_dry_run_and_output_inside_the_directory_write_nothing(source):
     assert report.result["dry_run"] and not report.result["written"]
     assert report.result["plan"][0]["action"] == "consolidate"
     assert sorted(p.name for p in source.parent.iterdir()) == ["dcp2"]
+    existing = source.parent / "dcp2.pt"
+    existing.write_bytes(b"keep me")  # a dry run still shows its plan, and says what a real run needs
+    again = fix(source, dry_run=True)
+    assert again.result["plan"][0]["action"] == "consolidate" and existing.read_bytes() == b"keep me"
+    assert any("already exists" in note for note in again.result["notes"])
+    existing.unlink()
     with pytest.raises(UsageError, match="inside the input directory"):
         fix(source, output=source / "out.pt")
 

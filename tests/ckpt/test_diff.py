@@ -73,3 +73,29 @@ def test_people_get_ten_differences_in_six_digits_and_a_count_of_the_rest():
     lines = difference_lines(result)
     assert lines[:2] == ("only in B: extra", "w0: max |a - b| = 0.00100017")
     assert len(lines) == 12 and lines[-1] == "... and 3 more (all of them are in --json)"
+
+
+def test_a_file_and_its_prefix_stripped_copy_are_identical_tensors_with_different_keys(cli, tmp_path):
+    from torchdoctor.ckpt.fix import fix_checkpoint
+
+    wrapped = build.dataparallel_state_dict(tmp_path)
+    stripped = fix_checkpoint(wrapped, output=tmp_path / "stripped.pt").result["output"]  # the user's own fix
+    result = cli("ckpt", "diff", str(wrapped), stripped)
+    assert result.exit_code == 0
+    assert "identical tensors" in result.stdout and "differ by a prefix" in result.stdout
+    assert "'module.'" in result.stdout
+    same = diff_checkpoints(stripped, stripped).result
+    assert same["identical"] is True and same["keys_differ_by_prefix"] is False
+
+
+def test_a_prefix_that_is_no_wrapper_is_matched_when_every_key_has_it(tmp_path):
+    torch.manual_seed(0)
+    state = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)).state_dict()
+    plain = save(tmp_path / "plain.pt", state)
+    prefixed = save(tmp_path / "prefixed.pt", {f"model.{k}": v for k, v in state.items()})
+    result = diff_checkpoints(plain, prefixed).result
+    assert result["identical"] is True and result["common"] == 4
+    assert result["key_prefixes"] == {"a": [], "b": ["model."]} and result["keys_differ_by_prefix"]
+    changed = dict(state, **{"0.bias": state["0.bias"] + 1})
+    other = diff_checkpoints(save(tmp_path / "changed.pt", {f"model.{k}": v for k, v in changed.items()}), plain)
+    assert other.result["identical"] is False and list(other.result["max_abs_diff"]) == ["0.bias"]

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 from fixtures import ckpt_builders as build
+from fixtures import old_ckpt_builders as old
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -20,11 +21,13 @@ SOURCES = {}
 def source(name: str) -> bytes:
     if name not in SOURCES:
         folder = Path(tempfile.mkdtemp())
-        SOURCES[name] = getattr(build, name)(folder).read_bytes()
+        SOURCES[name] = getattr(build, name, None) or getattr(old, name)
+        SOURCES[name] = SOURCES[name](folder).read_bytes()
     return SOURCES[name]
 
 
-INSPECTED = ["lightning_style", "legacy_file", "safetensors_file", "nan_weights"]
+INSPECTED = ["lightning_style", "legacy_file", "safetensors_file", "nan_weights",
+             "torch_019_module_tar", "torch_010_early_tar", "torchscript_v1_archive"]
 
 
 @pytest.fixture(scope="module", autouse=True)

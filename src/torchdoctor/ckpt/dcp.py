@@ -34,7 +34,8 @@ def fix_dcp(reading: CheckpointReading, result: dict[str, Any], *, output: str |
         raise UsageError("ckpt fix cannot write a torch.distributed.checkpoint directory",
                          hint="pass --to zip (the default), safetensors or legacy")
     target = _output_path(source, output, to)
-    check_target(target, force)
+    if not dry_run:  # a dry run writes nothing, so an existing output never stops it (fix.py says so in notes)
+        check_target(target, force)
     temp = _consolidated_temp(reading, target)
     try:
         consolidated = _verify_consolidated(temp, reading)

@@ -71,7 +71,9 @@ def _read(path: str | os.PathLike[str], findings: list[Finding]) -> CheckpointRe
 
 def compare(reading_a: CheckpointReading, reading_b: CheckpointReading,
             on_progress: Callable[[int, int], None] | None = None) -> dict[str, Any]:
-    keys_a, keys_b = _normalised_weights(reading_a), _normalised_weights(reading_b)
+    (keys_a, prefixes_a), (keys_b, prefixes_b) = _normalised_weights(reading_a), _normalised_weights(reading_b)
+    keys_a, keys_b, extra_a, extra_b = align_prefix(keys_a, keys_b)
+    prefixes = {"a": prefixes_a + extra_a, "b": prefixes_b + extra_b}
     common = [key for key in keys_a if key in keys_b]
     changes, values = [], {}
     for done, key in enumerate(common, 1):
@@ -93,25 +95,48 @@ def compare(reading_a: CheckpointReading, reading_b: CheckpointReading,
         "common": len(common), "equal": len(values) - len(differing) - len(unreadable),
         "max_abs_diff": {key: _json_float(diff) for key, diff in differing.items()},
         "unreadable": unreadable,
+        # keys are compared without these prefixes; A and B differing in them is worth saying even when
+        # every tensor is equal (load_state_dict would not match the keys)
+        "key_prefixes": prefixes, "keys_differ_by_prefix": prefixes["a"] != prefixes["b"],
         # None: no difference seen, but some tensors have no data here to compare (e.g. a dcp directory)
         "identical": False if (only_a or only_b or changes or differing) else (None if unreadable else True),
     }
 
 
-def _normalised_weights(reading: CheckpointReading) -> dict[str, str]:
-    """Weight key without wrapper prefixes -> the reader's full tensor key."""
+def _normalised_weights(reading: CheckpointReading) -> tuple[dict[str, str], list[str]]:
+    """Weight key without wrapper prefixes -> the reader's full tensor key, and the prefixes removed."""
     from torchdoctor.ckpt.keys import detect_prefixes, strip_prefixes
     from torchdoctor.ckpt.structure import locate_weights
 
     weights = locate_weights(reading.tree)
     if weights is None:
-        return {key: key for key in reading.tensors}
+        return {key: key for key in reading.tensors}, []
     full_keys = {id(record): key for key, record in reading.tensors.items()}
     by_key = {key: full_keys[id(record)] for key, record in weights.state_dict.items() if id(record) in full_keys}
+    prefixes = detect_prefixes(list(by_key))
     try:
-        return dict(strip_prefixes(by_key, detect_prefixes(list(by_key))))
+        return dict(strip_prefixes(by_key, prefixes)), prefixes
     except ValueError:  # stripping would merge keys: compare them as saved
-        return by_key
+        return by_key, []
+
+
+def align_prefix(keys_a: dict[str, str], keys_b: dict[str, str]) -> tuple[dict[str, str], dict[str, str],
+                                                                           list[str], list[str]]:
+    """When every key of one side is the other side's key behind one more prefix (``model.``), drop it.
+
+    Returns both key maps and the prefix taken off each side ([] or [prefix]); unchanged otherwise.
+    """
+    for long, short, flip in ((keys_a, keys_b, False), (keys_b, keys_a, True)):
+        if not long or len(long) != len(short) or set(long) == set(short):
+            continue
+        first = next(iter(long))
+        for key in short:
+            prefix = first[:len(first) - len(key)]
+            if first.endswith(key) and prefix.endswith(".") and all(k.startswith(prefix) for k in long) \
+                    and {k[len(prefix):] for k in long} == set(short):
+                stripped = {k[len(prefix):]: full for k, full in long.items()}
+                return (keys_a, stripped, [], [prefix]) if flip else (stripped, keys_b, [prefix], [])
+    return keys_a, keys_b, [], []
 
 
 def _layout_change(key: str, a: Any, b: Any) -> dict[str, Any] | None:
@@ -139,6 +164,10 @@ def _json_float(value: float | None) -> float | str | None:
 def headline(result: Mapping[str, Any]) -> str:
     if result.get("identical") is None:
         return "could not compare"
+    if result["identical"] and result.get("keys_differ_by_prefix"):
+        a, b = (" + ".join(repr(p) for p in result["key_prefixes"][side]) or "no prefix" for side in "ab")
+        return (f"identical tensors: {result['common']} tensors, every value equal; but the keys differ by a prefix "
+                f"(A: {a}, B: {b}): one model's load_state_dict accepts only one of them as saved")
     if result["identical"]:
         return f"identical: {result['common']} tensors, every value equal"
     return (f"different: {len(result['only_in_a'])} only in A, {len(result['only_in_b'])} only in B, "

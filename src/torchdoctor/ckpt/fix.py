@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import stat
 import tempfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -14,7 +16,7 @@ from typing import Any, BinaryIO
 from torchdoctor.ckpt.fix_output import check_target, fix_report, sync_folder
 from torchdoctor.ckpt.formats import Format, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
-from torchdoctor.ckpt.plan import Plan, build_plan, parse_options, planned_devices, remaining_findings
+from torchdoctor.ckpt.plan import Plan, Step, build_plan, parse_options, planned_devices, remaining_findings
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, collect_tensors, read_checkpoint
 from torchdoctor.ckpt.record_copy import CopiedStorage, start_writeback
 from torchdoctor.ckpt.verify import StorageComparer, VerificationFailed, one_line, verify_output
@@ -81,6 +83,8 @@ def fix_checkpoint(
                        strip_prefixes=strip_prefixes, drop_mismatched=drop_mismatched, keep_wrapper=keep_wrapper,
                        input_shapes=input_shapes, on_progress=on_progress)
     plan = build_plan(reading, options, model.state_dict() if model is not None else None)
+    if result.pop("module_extracted", None):
+        plan = _with_extraction(plan, reading)
     target = _output_path(source, output, plan)
     fixed = plan.apply(reading.tree)
     writer, why = _choose_writer(reading, plan, fixed)
@@ -92,9 +96,11 @@ def fix_checkpoint(
     if not plan.steps:
         result["nothing_to_fix"] = True
         return fix_report(findings, result)
-    check_target(target, force)
     result["dry_run"] = dry_run
-    if not dry_run:
+    if dry_run:  # a dry run writes nothing, so an existing output never stops it: say what a real run needs
+        result["notes"] += _target_notes(target, force)
+    else:
+        check_target(target, force)
         result["writer"], result["verified"] = _write_atomically(source, target, job)
         result.update(written=True, bytes_out=_size(target))
     return fix_report(findings, result)
@@ -107,18 +113,59 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
     early = check_detection(detection, str(source))
     if early or not detection.format.is_checkpoint:
         return _refused(result, early, "the input is not a readable checkpoint")
-    if detection.format in OUT_OF_SCOPE:
+    # a 1.0-1.2 TorchScript archive is a plain table of tensors that no torch today loads: rewriting it is a fix
+    if detection.format in OUT_OF_SCOPE and detection.details.get("layout") != "model.json":
         raise InputError(f"{source} {OUT_OF_SCOPE[detection.format]}")
     try:
         reading = read_checkpoint(source, detection)
     except CheckpointCorrupt as exc:
         return _refused(result, [corrupt_finding(str(source), exc.message, detection.format.value)],
                         "the input is damaged")
+    if reading.format is Format.LEGACY_TAR:  # a torch 0.1-0.3 module pickle: only its weights can still load
+        reading, extracted = _module_as_state_dict(reading)
+        if extracted:
+            result["module_extracted"] = extracted
     unsafe = _unsafe_findings(reading)
     if unsafe:
         return _refused(result, unsafe, "the pickle names globals that only a full unpickler would run; torchdoctor "
                         "rewrites only files it can load with weights_only=True")
     return reading
+
+
+def _module_as_state_dict(reading: CheckpointReading) -> tuple[CheckpointReading, str | None]:
+    """A tar checkpoint's reading as the records the zip writer needs, and the class name of a pickled
+    ``nn.Module`` whose weights became a state dict (the one ``state_dict()`` would give).
+
+    No torch since 0.4 can unpickle these modules (``Variable``, the THNN backend are gone), so their
+    weights are the only part anyone can still use.
+    """
+    from torchdoctor.ckpt.old_tar import THNN_BACKEND, VARIABLE_CLASSES
+    from torchdoctor.ckpt.records import PickledObject
+
+    # torch.cuda.* classes (GPU tensors) and Variable/Parameter wrappers became plain records, which keep
+    # dtype, device and the parameter flag: all the zip writer needs. Anything unsafe stays and stops a rewrite.
+    described = VARIABLE_CLASSES | {THNN_BACKEND}
+    kept = [row for row in reading.globals
+            if not (row["kind"] == "safe" and (row["name"].startswith("torch.cuda.") or row["name"] in described))]
+    root = reading.tree
+    if not (isinstance(root, PickledObject) and root.use is not None and root.use.kind == "module"):
+        return dataclasses.replace(reading, globals=kept), None
+    # the module object goes, and with it what only it used
+    kept = [row for row in kept if row["kind"] != "module" and row["name"] != "collections.OrderedDict"]
+    return dataclasses.replace(reading, tree=OrderedDict(reading.tensors), globals=kept), root.full_name()
+
+
+def _with_extraction(plan: Plan, reading: CheckpointReading) -> Plan:
+    extract = Step("extract-state-dict", False, f"Write the pickled module's {len(reading.tensors)} parameters and "
+                   "buffers as a state dict (the names model.state_dict() gives); the module object and its class "
+                   "are not kept: load the result with model.load_state_dict")
+    return dataclasses.replace(plan, steps=(extract, *plan.steps))
+
+
+def _target_notes(target: Path, force: bool) -> list[str]:
+    if target.exists() and not force:
+        return [f"{target} already exists: a real run needs --force to overwrite it, or another --output"]
+    return []
 
 
 def _refused(result: dict[str, Any], findings: Sequence[Finding], why: str) -> Report:

@@ -140,9 +140,15 @@ def _judge_zip_names(names: list[str], size: int) -> Detection:
     inner = {name[len(prefix):] for name in names if name.startswith(prefix)}
     details = {"archive": prefix.rstrip("/"), "records": len(names), "size": size,
                "data_records": sum(1 for name in inner if name.startswith("data/"))}
+    if "data.pkl" not in inner and "model.json" in inner:
+        return Detection(Format.TORCHSCRIPT, "A TorchScript archive of PyTorch 1.0-1.2 (torch.jit.save): model.json "
+                         "lists the tensors, tensors/ holds their bytes.", {**details, "layout": "model.json"})
     if "data.pkl" not in inner:
         return Detection(Format.UNKNOWN, "A zip archive that is not a torch checkpoint (it has no data.pkl record).",
                          details)
+    if "bytecode.pkl" in inner:
+        return Detection(Format.TORCHSCRIPT, "A TorchScript lite-interpreter archive (_save_for_lite_interpreter, "
+                         "PyTorch Mobile): bytecode.pkl beside data.pkl and constants.", {**details, "layout": "lite"})
     if "constants.pkl" in inner or any(name.startswith("code/") for name in inner):
         return Detection(Format.TORCHSCRIPT, "A TorchScript archive (torch.jit.save): a zip with code/ and "
                          "constants.pkl records.", details)
@@ -197,6 +203,15 @@ def _skip_pickle(reader: BoundedReader) -> None:
     for opcode, _arg, _pos in pickletools.genops(reader):
         if opcode.name == "STOP":
             return
+
+
+def _probe_flatbuffer(path: Path, head: bytes, size: int) -> Detection | None:
+    # _save_for_lite_interpreter(..., _use_flatbuffer=True): a flatbuffer whose file identifier
+    # (mobile_bytecode.fbs) sits at bytes 4-8
+    if head[4:8] != b"PTMF":
+        return None
+    return Detection(Format.TORCHSCRIPT, "A PyTorch Mobile flatbuffer model (_save_for_lite_interpreter with "
+                     "_use_flatbuffer=True): the PTMF file identifier.", {"layout": "flatbuffer", "size": size})
 
 
 def _probe_pickle(path: Path, head: bytes, size: int) -> Detection | None:
@@ -290,7 +305,18 @@ def _probe_text(path: Path, head: bytes, size: int) -> Detection | None:
         return _text(size, "an HTML page", text, title=_html_title(text))
     if stripped.startswith("<?xml"):
         return _text(size, "an XML document", text)
+    if _looks_like_python(path, text):
+        return _text(size, "Python source code", text)
     return _text(size, "UTF-8 text", text)
+
+
+def _looks_like_python(path: Path, text: str) -> bool:
+    """A .py file, a python shebang, or lines that only Python source starts with."""
+    if path.suffix in (".py", ".pyw", ".pyi") or text.startswith("#!") and "python" in text.split("\n", 1)[0]:
+        return True
+    starts = ("import ", "from ", "def ", "class ", "if __name__")
+    lines = [line for line in text.splitlines()[:200] if line.strip() and not line.startswith("#")]
+    return sum(line.startswith(starts) for line in lines) >= 2
 
 
 def _as_text(head: bytes) -> str | None:
@@ -332,7 +358,8 @@ def _unknown(head: bytes) -> Detection:
     return Detection(Format.UNKNOWN, reason, {"first_bytes": head[:16].hex(), "looks_like": what})
 
 
-_FILE_PROBES = (_probe_empty, _probe_zip, _probe_legacy, _probe_pickle, _probe_tar, _probe_safetensors, _probe_text)
+_FILE_PROBES = (_probe_empty, _probe_zip, _probe_legacy, _probe_pickle, _probe_tar, _probe_safetensors,
+                _probe_flatbuffer, _probe_text)
 
 
 def read_hf_index(path: Path) -> dict[str, Any]:
@@ -355,11 +382,24 @@ def _hf_index_detection(index: Path, size: int) -> Detection | None:
         return None
     shards = sorted(set(weight_map.values()))
     missing = [name for name in shards if not (index.parent / name).is_file()]
-    details = {"index": index.name, "shards": shards, "tensors": len(weight_map), "missing_shards": missing}
-    problem = (f"{len(missing)} of {len(shards)} shard files named in {index.name} are missing: "
-               f"{', '.join(missing[:3])}" if missing else None)
+    # missing shards and git-lfs pointers are findings of their own (shard-missing, lfs-pointer): the
+    # shards that are there are still read
+    details = {"index": index.name, "shards": shards, "tensors": len(weight_map), "missing_shards": missing,
+               "pointer_shards": _pointer_shards(index.parent, [name for name in shards if name not in missing])}
     return Detection(Format.HF_SHARDED, f"A sharded Hugging Face checkpoint: {index.name} maps {len(weight_map)} "
-                     f"tensors to {len(shards)} shard files.", details, corrupt=problem)
+                     f"tensors to {len(shards)} shard files.", details)
+
+
+def _pointer_shards(folder: Path, names: list[str]) -> dict[str, int | None]:
+    """Shard name → the size its git-lfs pointer stands for, for each shard that is a pointer file."""
+    pointers = {}
+    for name in names:
+        with (folder / name).open("rb") as f:
+            head = f.read(len(LFS_PREFIX))
+            if head == LFS_PREFIX:
+                f.seek(0)
+                pointers[name] = _lfs_pointer(_as_text(f.read(1024)) or "", 0).details["size"]
+    return pointers
 
 
 def _detect_directory(directory: Path) -> Detection:

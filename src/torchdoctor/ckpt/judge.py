@@ -11,6 +11,8 @@ from torchdoctor.report import Finding
 from torchdoctor.units import format_bytes
 
 MAX_NAMED = 5
+PASS_THE_CHECKPOINT = ("Pass the checkpoint itself: the file torch.save or save_pretrained wrote (often .pt, .pth, "
+                       ".ckpt, .bin or .safetensors), or its folder.")
 
 
 def check_detection(detection: Detection, path: str) -> list[Finding]:
@@ -20,6 +22,11 @@ def check_detection(detection: Detection, path: str) -> list[Finding]:
         points_to = f" to a {format_bytes(int(size))} object" if str(size or "").isdigit() else ""
         return [make_finding("lfs-pointer", f"{path} is a git-lfs pointer{points_to}, not the checkpoint itself; "
                              "run git lfs pull.", location=path, details=dict(detection.details))]
+    if detection.format is Format.TEXT and detection.details.get("looks_like") != "an HTML page":
+        # a script, a config or notes: passed by mistake, not a failed download (an HTML page is one)
+        return [make_finding("not-a-checkpoint", f"{path} is {detection.details.get('looks_like', 'text')}, not a "
+                             "checkpoint.", location=path, fix=PASS_THE_CHECKPOINT,
+                             details={"format": detection.format.value, **detection.details})]
     if detection.format in (Format.TEXT, Format.UNKNOWN):
         return [make_finding("not-a-checkpoint", f"{path} is not a checkpoint: {detection.reason}", location=path,
                              details={"format": detection.format.value, **detection.details})]
@@ -58,10 +65,30 @@ def check_globals(globals_: list[Mapping[str, Any]], format_name: str) -> list[F
     return findings
 
 
-def check_format(format_: Format) -> list[Finding]:
-    if format_ in (Format.LEGACY, Format.LEGACY_TAR):
+def check_format(format_: Format, layout: str | None = None) -> list[Finding]:
+    """legacy-format and torchscript-archive; ``layout`` (a detection detail) tells TorchScript kinds apart."""
+    if format_ is Format.LEGACY_TAR:
+        return [make_finding("legacy-format", "The checkpoint uses the tar format of torch < 0.4: torch.load reads "
+                             "it only with weights_only=False, and no other tool reads it.",
+                             details={"format": format_.value})]
+    if format_ is Format.LEGACY:
         return [make_finding("legacy-format", "The checkpoint uses the legacy (pre-1.6) format: slower to load, "
                              "not mmap-able, unreadable by some tools.", details={"format": format_.value})]
+    if format_ is Format.TORCHSCRIPT and layout == "model.json":
+        return [make_finding("torchscript-archive", "This is a TorchScript archive of PyTorch 1.0-1.2 (model.json "
+                             "layout): today's torch.jit.load refuses it ('Legacy model format is not supported'); "
+                             "its tensors are listed from model.json.",
+                             fix="torchdoctor ckpt fix PATH --to zip  (writes its tensors as a state dict that "
+                             "torch.load reads)", details={"layout": layout})]
+    if format_ is Format.TORCHSCRIPT and layout == "flatbuffer":
+        return [make_finding("torchscript-archive", "This is a PyTorch Mobile flatbuffer model, not a torch.save "
+                             "checkpoint; torchdoctor does not list its tensors.",
+                             fix="torch.jit.load(PATH) (or the mobile runtime) loads it; its state_dict() gives the "
+                             "weights.", details={"layout": layout})]
+    if format_ is Format.TORCHSCRIPT and layout == "lite":
+        return [make_finding("torchscript-archive", "This is a TorchScript lite-interpreter archive (PyTorch Mobile, "
+                             "bytecode.pkl): load it with torch.jit.load or the mobile runtime, not torch.load.",
+                             details={"layout": layout})]
     if format_ is Format.TORCHSCRIPT:
         return [make_finding("torchscript-archive", "This is a TorchScript archive (torch.jit.save): load it with "
                              "torch.jit.load, not torch.load.")]

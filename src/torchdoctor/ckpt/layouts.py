@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import struct
-import tarfile
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import replace
@@ -13,12 +11,9 @@ from typing import Any
 from torchdoctor.ckpt.allowlist import allow_dcp
 from torchdoctor.ckpt.formats import Detection, Format, SafetensorsError, read_hf_index, read_safetensors_header
 from torchdoctor.ckpt.parts import CheckpointCorrupt, FormatParts, StorageInfo, corruption_as, merge_globals
-from torchdoctor.ckpt.pickle_safe import BoundedReader, GlobalLog, SafeUnpickler, load_data_pickle
+from torchdoctor.ckpt.pickle_safe import BoundedReader, GlobalLog, SafeUnpickler
 from torchdoctor.ckpt.records import (
-    DTYPE_ITEMSIZE,
     PickledObject,
-    StorageClass,
-    StorageRef,
     TensorRecord,
     contiguous_strides,
 )
@@ -67,7 +62,8 @@ def read_hf_sharded(path: Path, detection: Detection, *, read_shard: Callable[[P
     storages: dict[str, StorageInfo] = {}
     shards: dict[str, str] = {}
     reports = []
-    for shard in sorted(set(weight_map.values())):
+    absent = set(detection.details.get("missing_shards", ())) | set(detection.details.get("pointer_shards", ()))
+    for shard in sorted(set(weight_map.values()) - absent):  # absent shards are findings (ckpt/sharded.py)
         reading = read_shard(index_path.parent / shard)
         if reading.format not in SHARD_FORMATS:
             raise CheckpointCorrupt(f"shard {shard} is {reading.format.value}, not safetensors or torch.save")
@@ -77,7 +73,7 @@ def read_hf_sharded(path: Path, detection: Detection, *, read_shard: Callable[[P
                 else record
             shards[key] = shard
         storages.update({f"{shard}:{key}": info for key, info in reading.storages.items()})
-    missing = [key for key, shard in weight_map.items() if shards.get(key) != shard]
+    missing = [key for key, shard in weight_map.items() if shards.get(key) != shard and shard not in absent]
     if missing:
         raise CheckpointCorrupt(f"{len(missing)} tensors of {index_path.name}'s weight_map are not in the shard it "
                                 f"names: {', '.join(missing[:3])}")
@@ -128,81 +124,10 @@ def _dcp_tensor(item: PickledObject) -> TensorRecord:
 
 
 def read_legacy_tar(path: Path, detection: Detection) -> FormatParts:
-    """Mirror of torch.serialization's ``legacy_load``: storages, then tensors over them, then the pickle."""
-    log = GlobalLog()
-    with tarfile.open(path, "r:") as tar:
-        members = {member.name: member for member in tar.getmembers()}
-        with corruption_as("tar member 'storages' cannot be read"):
-            storages, views = _tar_storages(tar, members["storages"], path, log)
-        with corruption_as("tar member 'tensors' cannot be read"):
-            tensors = _tar_tensors(tar, members["tensors"], storages, views, log)
-        with corruption_as("tar member 'pickle' cannot be unpickled"):
-            tree = _tar_pickle(tar, members["pickle"], tensors, storages, log)
-    return FormatParts(tree, storages, log.report(), "little", "legacy tar format: torch < 0.4")
+    """The tar layouts of torch < 0.4: see old_tar.py, which reads every layout torch wrote."""
+    from torchdoctor.ckpt.old_tar import read_old_tar
 
-
-def _member_reader(tar: tarfile.TarFile, member: tarfile.TarInfo) -> BoundedReader:
-    f = tar.extractfile(member)
-    if f is None:
-        raise CheckpointCorrupt(f"tar member {member.name!r} is not a regular file")
-    return BoundedReader(f, member.size, start=0)
-
-
-def _tar_storages(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path,
-                  log: GlobalLog) -> tuple[dict[str, StorageInfo], dict[str, tuple[str, int]]]:
-    reader = _member_reader(tar, member)
-    count = load_data_pickle(reader, log)
-    storages = {}
-    for _ in range(_count(count)):  # every round reads at least 8 bytes or fails: bounded by the member's size
-        key, location, storage_type = load_data_pickle(reader, log)
-        if not isinstance(storage_type, StorageClass) or not isinstance(location, str):
-            raise CheckpointCorrupt("a storage in the 'storages' member has no storage type or location")
-        numel = struct.unpack("<q", reader.read(8))[0]
-        nbytes = numel * DTYPE_ITEMSIZE.get(storage_type.dtype, 1)
-        storages[str(key)] = StorageInfo(storage_type.dtype, numel, nbytes, location, path,
-                                         offset=member.offset_data + reader.tell())
-        reader.skip(nbytes)
-    views = {str(target): (str(root), offset) for target, root, offset, _numel in load_data_pickle(reader, log)}
-    return storages, views
-
-
-def _tar_tensors(tar: tarfile.TarFile, member: tarfile.TarInfo, storages: dict[str, StorageInfo],
-                 views: dict[str, tuple[str, int]], log: GlobalLog) -> dict[str, TensorRecord]:
-    reader = _member_reader(tar, member)
-    tensors = {}
-    for _ in range(_count(load_data_pickle(reader, log))):
-        key, storage_id, _tensor_type = load_data_pickle(reader, log)
-        ndim = struct.unpack("<i", reader.read(4))[0]
-        reader.read(4)  # legacy encoding treated ndim as 8 bytes
-        if not 0 <= ndim <= MAX_NDIM:
-            raise CheckpointCorrupt(f"a tensor in the 'tensors' member claims {ndim} dimensions")
-        shape = _dims(struct.unpack(f"<{ndim}q", reader.read(8 * ndim)))
-        stride = _dims(struct.unpack(f"<{ndim}q", reader.read(8 * ndim)))
-        offset = struct.unpack("<q", reader.read(8))[0]
-        root, view_offset = views.get(str(storage_id), (str(storage_id), 0))
-        info = storages[root]
-        tensors[str(key)] = TensorRecord(root, info.dtype, shape, stride, offset + view_offset, info.device)
-    return tensors
-
-
-def _tar_pickle(tar: tarfile.TarFile, member: tarfile.TarInfo, tensors: dict[str, TensorRecord],
-                storages: dict[str, StorageInfo], log: GlobalLog) -> Any:
-    def persistent(pid: Any) -> Any:
-        if isinstance(pid, tuple) and pid and isinstance(pid[0], type) and issubclass(pid[0], PickledObject):
-            if pid[0].use is not None:
-                pid[0].use.module_like = True  # (container class, source file, source) of a pickled module
-            return pid[0]
-        if str(pid) in tensors:
-            return tensors[str(pid)]
-        info = storages[str(pid)]
-        return StorageRef(str(pid), info.dtype, info.numel, info.device)
-    return SafeUnpickler(_member_reader(tar, member), log, persistent=persistent).load()
-
-
-def _count(value: Any) -> int:
-    if type(value) is not int or value < 0:
-        raise CheckpointCorrupt("a count in the tar members is not a non-negative integer")
-    return value
+    return read_old_tar(path, detection)
 
 
 def _dims(values: Any) -> tuple[int, ...]:

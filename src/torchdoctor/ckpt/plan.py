@@ -116,7 +116,8 @@ def parse_options(to: str | Format | None, prefixes: Sequence[str], drop_mismatc
 
 def build_plan(reading: CheckpointReading, options: FixOptions, model_state: Mapping[str, Any] | None) -> Plan:
     """All steps for ``reading``: unwrap, wrapper prefixes, asked-for prefixes, model renames and drops, format."""
-    format_out = options.to or (Format.ZIP if reading.format is Format.LEGACY_TAR else reading.format)
+    rewritten = (Format.LEGACY_TAR, Format.TORCHSCRIPT)  # formats written back as zip: no writer keeps them
+    format_out = options.to or (Format.ZIP if reading.format in rewritten else reading.format)
     location = locate_weights(reading.tree)
     if location is None:
         if format_out is Format.SAFETENSORS:

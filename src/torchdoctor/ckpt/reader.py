@@ -152,6 +152,12 @@ def _top_level_scalars(tree: Any) -> dict[str, Any]:
 
 
 def _read_zip(path: Path, detection: Detection) -> FormatParts:
+    if detection.details.get("layout") == "model.json":  # TorchScript of PyTorch 1.0-1.2: no data.pkl
+        from torchdoctor.ckpt.torchscript_v1 import read_model_json
+
+        return read_model_json(path, detection)
+    if detection.details.get("layout") == "flatbuffer":  # no pickles, no zip: its tensors are not listed
+        return FormatParts({}, {}, [], "little", "PyTorch Mobile flatbuffer (tensors not listed)")
     torchscript = detection.format is Format.TORCHSCRIPT
     log = GlobalLog()
     with zipfile.ZipFile(path) as archive:

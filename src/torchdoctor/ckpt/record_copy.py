@@ -72,7 +72,7 @@ def set_crc(fd: int, data_end: int, central: int, crc: int) -> None:
 
 def zip_spans(reading: CheckpointReading) -> dict[str, zipfile.ZipInfo]:
     """The source's zip entries by full record name (empty for a file that is not a zip)."""
-    if reading.format is not Format.ZIP:
+    if reading.format not in (Format.ZIP, Format.TORCHSCRIPT):  # TorchScript: a 1.0-1.2 model.json archive
         return {}
     with zipfile.ZipFile(reading.path) as archive:
         return {info.filename: info for info in archive.infolist()}

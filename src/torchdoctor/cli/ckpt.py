@@ -42,6 +42,8 @@ def inspect_command(
     model: ModelOpt = None,
     input_shape: ShapeOpt = None,
     no_values: Annotated[bool, typer.Option("--no-values", help="Skip the NaN/inf scan of tensor values.")] = False,
+    scan_values: Annotated[bool, typer.Option("--scan-values", help="Scan every value for NaN/inf even above 4 GiB (the default reads only the headers of larger checkpoints).")] = False,  # noqa: E501
+    all_keys: Annotated[bool, typer.Option("--all", help="List every key (default: a few per top-level group).")] = False,  # noqa: E501
     json: JsonOpt = False,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
@@ -52,8 +54,17 @@ def inspect_command(
     with collector_paused():  # until the report is rendered: importing rich would trigger full collections
         with exit_on_tool_errors(debug), progress_bar("scanning tensor values", enabled=not json) as on_progress:
             report = inspect_checkpoint(path, model=load_model(model), input_shapes=parse_shapes(input_shape),
-                                        scan_values=not no_values, on_progress=on_progress)
+                                        scan_values=_scan_choice(no_values, scan_values), on_progress=on_progress,
+                                        all_keys=all_keys)
         emit(report, as_json=json, strict=strict)
+
+
+def _scan_choice(no_values: bool, scan_values: bool) -> bool | None:
+    if no_values and scan_values:  # called inside exit_on_tool_errors: a one-line error, exit 2
+        from torchdoctor.errors import UsageError
+
+        raise UsageError("--no-values and --scan-values contradict each other: pass one")
+    return False if no_values else (True if scan_values else None)
 
 
 @app.command("fix", cls=ConventionalCommand)
