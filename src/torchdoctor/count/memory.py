@@ -1,0 +1,345 @@
+"""``count --memory``: what one training step holds, measured on a fake-tensor step (no memory allocated).
+
+The model's own forward, the surrogate loss, backward and the chosen ``torch.optim`` optimizer run under
+PyTorch's ``FakeTensorMode`` on fake CPU tensors (the kernels PyTorch picks on a real device: SDPA's flash
+kernel, autocast's casts), with parameters, buffers and inputs made fresh from their shapes, so the caller's
+weights are never read or copied. A dispatch mode tracks every storage from the op that creates it until it
+is freed (``weakref.finalize``), which gives the high-water mark of live tensors, temporaries included;
+``saved_tensors_hooks`` see what autograd saves for backward, module by module.
+
+The optimizer's state is created by a first step before the measured one: the measured step is the steady
+state of training, with the optimizer state alive through its forward and backward.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import weakref
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchdoctor.errors import UsageError, UserCodeError
+
+PHASES = ("forward", "backward", "optimizer")
+# torch.optim class and arguments per --optimizer; foreach is CUDA's default (one list-wide temporary per op).
+OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sgd": ("SGD", {"lr": 0.01}),
+    "momentum": ("SGD", {"lr": 0.01, "momentum": 0.9}),
+    "adam": ("Adam", {"lr": 1e-3}),
+    "adamw": ("AdamW", {"lr": 1e-3}),
+}
+DEFAULT_OPTIMIZER = "adamw"
+AMP_DTYPES = {"bf16": "bfloat16", "bfloat16": "bfloat16", "fp16": "float16", "float16": "float16"}
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    """What to simulate: the optimizer, autocast's dtype, a fused optimizer, and the batch size override."""
+
+    optimizer: str = DEFAULT_OPTIMIZER
+    amp: str | None = None
+    """``"bfloat16"``/``"float16"`` or None."""
+    fused: bool = False
+    batch_size: int | None = None
+
+
+@dataclass(frozen=True)
+class ModuleMemory:
+    """Saved activations of one module (its own and its children's), and the bytes of its inputs."""
+
+    name: str
+    type: str
+    saved_bytes: int
+    input_bytes: int
+    called: bool
+    """Whether its forward ran (a ModuleList is never called, so it cannot be checkpointed as one)."""
+
+
+@dataclass(frozen=True)
+class MemoryFacts:
+    """Bytes of one steady-state training step."""
+
+    batch_size: int | None
+    params_bytes: int
+    buffers_bytes: int
+    grads_bytes: int
+    optimizer_bytes: int
+    activations_bytes: int
+    peak_bytes: int
+    phase_peaks: dict[str, int]
+    optimizer_values: int = 0
+    """Values in the optimizer's floating state tensors (moments, momentum; not Adam's scalar step)."""
+    modules: tuple[ModuleMemory, ...] = field(default=())
+    """Every named module (``""`` is the model) whose forward saved something or took tensor inputs."""
+
+    @property
+    def peak_phase(self) -> str:
+        return max(PHASES, key=lambda phase: self.phase_peaks.get(phase, 0))
+
+    @property
+    def model_state_bytes(self) -> int:
+        return self.params_bytes + self.grads_bytes + self.optimizer_bytes
+
+
+def parse_plan(optimizer: str | None, amp: str | None) -> MemoryPlan:
+    """``--optimizer`` and ``--amp`` -> a plan; unknown names are usage errors."""
+    name = (optimizer or DEFAULT_OPTIMIZER).strip().lower()
+    if name not in OPTIMIZERS:
+        raise UsageError(f"--optimizer does not know {optimizer!r}", hint=f"one of: {', '.join(OPTIMIZERS)}")
+    amp_dtype = None
+    if amp is not None:
+        amp_dtype = AMP_DTYPES.get(amp.strip().lower())
+        if amp_dtype is None:
+            raise UsageError(f"--amp does not know {amp!r}", hint="one of: bf16, fp16")
+    return MemoryPlan(name, amp_dtype)
+
+
+def batch_size_of(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> int | None:
+    """The first dimension of the first tensor input (the issue's definition of the batch size)."""
+    import torch
+
+    for value in [*args, *kwargs.values()]:
+        if isinstance(value, torch.Tensor) and value.dim() >= 1:
+            return int(value.shape[0])
+    return None
+
+
+def collect_memory(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan: MemoryPlan, *,
+                   dtype: Any = None) -> MemoryFacts:
+    """Run a fake training step of ``model`` per ``plan`` and measure what it holds (see the module doc)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    try:
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            return _simulate(model, args, kwargs, plan, dtype)
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UserCodeError(
+            f"the memory estimate could not run a fake training step of {type(model).__name__}: "
+            f"{type(exc).__name__}: {_headline(exc)}",
+            hint="a fake-tensor step cannot follow code that depends on tensor values (.item(), nonzero, "
+                 "data-dependent shapes); rerun with --debug for the traceback",
+        ) from exc
+
+
+def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan: MemoryPlan,
+              dtype: Any) -> MemoryFacts:
+    import torch
+
+    from torchdoctor.ckpt.against_model import surrogate_loss
+
+    params = {name: _fake_like(p, dtype, p.requires_grad) for name, p in model.named_parameters()}
+    buffers = {name: _fake_like(b, dtype, False) for name, b in model.named_buffers()}
+    fake_args, fake_kwargs, batch = _fake_inputs(args, kwargs, plan.batch_size)
+    trainable = [p for p in params.values() if p.requires_grad]
+    optimizer = _optimizer(plan, trainable)
+    tracker, saved = _tracker_class()(), SavedActivations(model, {*params.values(), *buffers.values()})
+    for tensor in [*params.values(), *buffers.values(), *_tensors([fake_args, fake_kwargs])]:
+        tracker.track(tensor)
+    with tracker:
+        _first_step(optimizer, trainable)
+        tracker.enter("forward")
+        autocast = torch.autocast("cpu", dtype=getattr(torch, plan.amp)) if plan.amp else contextlib.nullcontext()
+        with saved, autocast:
+            output = _call(model, {**params, **buffers}, fake_args, fake_kwargs)
+            loss = surrogate_loss(output, None)
+        tracker.enter("backward")
+        loss.backward()
+        del output, loss  # a training loop holds the output until backward returns
+        grads = _storage_bytes(p.grad for p in trainable if p.grad is not None)
+        tracker.enter("optimizer")
+        optimizer.step()
+    state = [value for per_param in optimizer.state.values() for value in per_param.values()]
+    return MemoryFacts(
+        batch_size=batch, params_bytes=_storage_bytes(params.values()), buffers_bytes=_storage_bytes(buffers.values()),
+        grads_bytes=grads, optimizer_bytes=_storage_bytes(t for t in state if isinstance(t, torch.Tensor)),
+        activations_bytes=saved.total_bytes, peak_bytes=max(tracker.phase_peaks.values()),
+        phase_peaks=dict(tracker.phase_peaks), modules=saved.module_rows(),
+        optimizer_values=sum(t.numel() for t in state if isinstance(t, torch.Tensor) and t.is_floating_point()
+                             and t.dim() > 0),
+    )
+
+
+def _first_step(optimizer: Any, trainable: list[Any]) -> None:
+    """One step on zero gradients creates the optimizer's state (momentum buffers, Adam's moments) as
+    training's first step does; the gradients are then dropped, as ``zero_grad()`` does by default."""
+    import torch
+
+    for param in trainable:
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    for param in trainable:
+        param.grad = None
+
+
+def _optimizer(plan: MemoryPlan, trainable: list[Any]) -> Any:
+    import torch
+
+    class_name, arguments = OPTIMIZERS[plan.optimizer]
+    implementation = {"fused": True} if plan.fused else {"foreach": True}
+    return getattr(torch.optim, class_name)(trainable or [torch.zeros(1, requires_grad=True)],
+                                            **arguments, **implementation)
+
+
+def _call(model: Any, tensors: dict[str, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
+    from torch.func import functional_call
+
+    training = {module: module.training for module in model.modules()}
+    try:
+        model.train()
+        return functional_call(model, tensors, args, dict(kwargs), tie_weights=True, strict=False)
+    finally:
+        for module, flag in training.items():
+            module.training = flag
+
+
+def _fake_like(tensor: Any, dtype: Any, requires_grad: bool) -> Any:
+    """A fresh (fake, under the active FakeTensorMode) CPU tensor of ``tensor``'s shape, strides and dtype."""
+    import torch
+
+    kind = dtype if dtype is not None and tensor.is_floating_point() else tensor.dtype
+    fresh = torch.empty_strided(tuple(tensor.shape), tuple(tensor.stride()), dtype=kind, device="cpu")
+    return fresh.requires_grad_(requires_grad)
+
+
+def _fake_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any],
+                 batch: int | None) -> tuple[tuple[Any, ...], dict[str, Any], int | None]:
+    """Fake copies of the tensor inputs, with the first dimension set to ``batch`` when given."""
+    import torch
+    from torch.utils._pytree import tree_map
+
+    def fake(value: Any) -> Any:
+        if not isinstance(value, torch.Tensor):
+            return value
+        shape = list(value.shape)
+        if batch is not None and shape:
+            shape[0] = batch
+        fresh = torch.zeros(shape, dtype=value.dtype, device="cpu")
+        return fresh.requires_grad_(value.requires_grad and value.is_floating_point())
+
+    fake_args, fake_kwargs = tree_map(fake, (tuple(args), dict(kwargs)))
+    return fake_args, fake_kwargs, batch_size_of(fake_args, fake_kwargs)
+
+
+def _tensors(tree: Any) -> list[Any]:
+    import torch
+    from torch.utils._pytree import tree_leaves
+
+    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
+
+
+def _storage_bytes(tensors: Any) -> int:
+    """Bytes of the distinct storages behind ``tensors`` (views and tied tensors counted once)."""
+    storages = {tensor.untyped_storage()._cdata: tensor.untyped_storage().nbytes() for tensor in tensors}
+    return sum(storages.values())
+
+
+def _headline(exc: BaseException) -> str:
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+class SavedActivations:
+    """``saved_tensors_hooks`` + global module hooks: each storage autograd saves (parameters and buffers
+    excluded), counted once and attributed to the innermost module running when it was first saved."""
+
+    def __init__(self, model: Any, model_tensors: set[Any]) -> None:
+        self.names = {id(module): name for name, module in model.named_modules()}
+        self.types = {name: type(module).__name__ for name, module in model.named_modules()}
+        self.excluded = {tensor.untyped_storage()._cdata for tensor in model_tensors}
+        self.saved: dict[int, tuple[int, str]] = {}  # storage -> (bytes, module)
+        self.inputs: dict[str, int] = {}
+        self.stack: list[str] = []
+        self._exit = contextlib.ExitStack()
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for size, _ in self.saved.values())
+
+    def __enter__(self) -> SavedActivations:
+        import torch
+        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+        self._exit.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor))
+        for handle in (register_module_forward_pre_hook(self._enter_module),
+                       register_module_forward_hook(self._leave_module)):
+            self._exit.callback(handle.remove)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    def _pack(self, tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        if storage._cdata not in self.excluded and storage._cdata not in self.saved:
+            self.saved[storage._cdata] = (storage.nbytes(), self.stack[-1] if self.stack else "")
+        return tensor
+
+    def _enter_module(self, module: Any, args: Any) -> None:
+        name = self.names.get(id(module))
+        if name is None:
+            return
+        self.stack.append(name)
+        self.inputs[name] = self.inputs.get(name, 0) + _storage_bytes(_tensors(args))
+
+    def _leave_module(self, module: Any, args: Any, output: Any) -> None:
+        if self.names.get(id(module)) is not None and self.stack:
+            self.stack.pop()
+
+    def module_rows(self) -> tuple[ModuleMemory, ...]:
+        """Per module, the bytes saved inside it (children included), in ``named_modules`` order."""
+        own: dict[str, int] = {}
+        for size, name in self.saved.values():
+            own[name] = own.get(name, 0) + size
+        rows = []
+        for name, kind in self.types.items():
+            inside = sum(size for owner, size in own.items() if _within(owner, name))
+            if inside or name in self.inputs:
+                rows.append(ModuleMemory(name, kind, inside, self.inputs.get(name, 0), name in self.inputs))
+        return tuple(rows)
+
+
+def _within(owner: str, name: str) -> bool:
+    return name == "" or owner == name or owner.startswith(name + ".")
+
+
+@functools.cache
+def _tracker_class() -> type:
+    """A dispatch mode counting live storages (built on first use: importing this module imports no torch)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class LiveBytes(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[int, int] = {}
+            self.current = 0
+            self.phase = "setup"
+            self.phase_peaks: dict[str, int] = {}
+
+        def enter(self, phase: str) -> None:
+            self.phase = phase
+            self.phase_peaks[phase] = self.current
+
+        def track(self, tensor: Any) -> None:
+            storage = tensor.untyped_storage()
+            key = storage._cdata
+            if key in self.live:
+                return
+            self.live[key] = storage.nbytes()
+            self.current += self.live[key]
+            if self.phase in self.phase_peaks:
+                self.phase_peaks[self.phase] = max(self.phase_peaks[self.phase], self.current)
+            weakref.finalize(storage, self._free, key)
+
+        def _free(self, key: int) -> None:
+            self.current -= self.live.pop(key, 0)
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            out = func(*args, **(kwargs or {}))
+            for tensor in _tensors(out):
+                self.track(tensor)
+            return out
+
+    return LiveBytes
