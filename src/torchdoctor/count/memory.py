@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,6 +43,8 @@ class MemoryPlan:
     """``"bfloat16"``/``"float16"`` or None."""
     fused: bool = False
     batch_size: int | None = None
+    checkpoint: tuple[str, ...] = ()
+    """Modules run under ``torch.utils.checkpoint`` (non-reentrant), to measure what checkpointing saves."""
 
 
 @dataclass(frozen=True)
@@ -143,12 +145,14 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
         _first_step(optimizer, trainable)
         tracker.enter("forward")
         autocast = torch.autocast("cpu", dtype=getattr(torch, plan.amp)) if plan.amp else contextlib.nullcontext()
-        with saved, autocast:
-            output = _call(model, {**params, **buffers}, fake_args, fake_kwargs)
-            loss = surrogate_loss(output, None)
-        tracker.enter("backward")
-        loss.backward()
-        del output, loss  # a training loop holds the output until backward returns
+        # The fake tensors stay in the model through backward: checkpointed modules run forward again there.
+        with _in_model(model, {**params, **buffers}), _checkpointed(model, plan.checkpoint):
+            with saved, autocast:
+                output = model(*fake_args, **fake_kwargs)
+                loss = surrogate_loss(output, None)
+            tracker.enter("backward")
+            loss.backward()
+            del output, loss  # a training loop holds the output until backward returns
         grads = _storage_bytes(p.grad for p in trainable if p.grad is not None)
         tracker.enter("optimizer")
         optimizer.step()
@@ -184,16 +188,36 @@ def _optimizer(plan: MemoryPlan, trainable: list[Any]) -> Any:
                                             **arguments, **implementation)
 
 
-def _call(model: Any, tensors: dict[str, Any], args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> Any:
-    from torch.func import functional_call
+@contextlib.contextmanager
+def _in_model(model: Any, tensors: dict[str, Any]) -> Iterator[None]:
+    """``tensors`` in place of the model's parameters and buffers (tied ones follow), in training mode; the
+    model's own tensors and modes are back on exit. ``functional_call``'s context, held across backward."""
+    from torch.nn.utils.stateless import _reparametrize_module
 
     training = {module: module.training for module in model.modules()}
     try:
-        model.train()
-        return functional_call(model, tensors, args, dict(kwargs), tie_weights=True, strict=False)
+        with _reparametrize_module(model, tensors, tie_weights=True, strict=False):
+            model.train()
+            yield
     finally:
         for module, flag in training.items():
             module.training = flag
+
+
+@contextlib.contextmanager
+def _checkpointed(model: Any, names: tuple[str, ...]) -> Iterator[None]:
+    """The named modules' forwards wrapped in ``torch.utils.checkpoint`` (instance attributes, removed on exit)."""
+    from torch.utils.checkpoint import checkpoint
+
+    modules = dict(model.named_modules())
+    patched = [modules[name] for name in names if name in modules and "forward" not in vars(modules[name])]
+    try:
+        for module in patched:
+            module.forward = functools.partial(checkpoint, module.forward, use_reentrant=False)
+        yield
+    finally:
+        for module in patched:
+            vars(module).pop("forward", None)
 
 
 def _fake_like(tensor: Any, dtype: Any, requires_grad: bool) -> Any:

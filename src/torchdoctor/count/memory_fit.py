@@ -1,8 +1,8 @@
 """``count --memory --fit SIZE``: the device's size, the largest batch that fits, and the fixes ranked by bytes.
 
-Every figure is computed: the batch sizes, bf16 autocast and a fused optimizer by running the fake training
-step again with that change (``measure``); activation checkpointing, an 8-bit optimizer and sharding from the
-measured per-module activations, optimizer state and model states.
+Every figure is computed: the batch sizes, bf16 autocast, a fused optimizer and activation checkpointing (of
+the modules chosen from the measured per-module activations) by running the fake training step again with
+that change (``measure``); an 8-bit optimizer and sharding from the measured optimizer and model states.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _activation_peak(facts: MemoryFacts) -> int:
 def plan_fixes(facts: MemoryFacts, plan: MemoryPlan, measure: Measure, device_bytes: int,
                smaller: tuple[int | None, MemoryFacts | None]) -> list[Fix]:
     """Every fix that lowers the peak, each with its computed peak, ranked by bytes saved."""
-    candidates = [_checkpointing(facts, device_bytes), _smaller_batch(facts, device_bytes, smaller),
+    candidates = [_checkpointing(facts, plan, measure, device_bytes), _smaller_batch(facts, device_bytes, smaller),
                   _eight_bit(facts, plan, device_bytes), _sharding(facts, device_bytes)]
     if plan.amp is None:
         candidates.append(_measured("bf16-autocast", "train under torch.autocast(dtype=torch.bfloat16)",
@@ -128,9 +128,12 @@ def _measured(kind: str, action: str, facts: MemoryFacts, changed: MemoryFacts, 
     return _fix(kind, action, facts, changed.peak_bytes, device_bytes)
 
 
-def _checkpointing(facts: MemoryFacts, device_bytes: int) -> Fix | None:
-    """Checkpoint every module at the depth that saves the most: each keeps only its inputs, and backward
-    re-creates one module's activations at a time (the largest one is added back)."""
+def _checkpointing(facts: MemoryFacts, plan: MemoryPlan, measure: Measure, device_bytes: int) -> Fix | None:
+    """Checkpoint every module at the depth where it saves the most, and measure that step.
+
+    The depth is chosen from the measured per-module bytes: each checkpointed module keeps only its inputs,
+    and backward re-creates one module's activations at a time (the largest is added back).
+    """
     best: tuple[int, list[Any]] = (0, [])
     for depth in sorted({row.name.count(".") + 1 for row in facts.modules if row.name}):
         rows = [row for row in facts.modules if row.name and row.name.count(".") + 1 == depth
@@ -143,11 +146,11 @@ def _checkpointing(facts: MemoryFacts, device_bytes: int) -> Fix | None:
     gain, rows = best
     if gain <= 0:
         return None
-    peak = max(_activation_peak(facts) - gain, facts.phase_peaks.get("optimizer", 0))
     names = [row.name for row in rows]
     shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    checkpointed = measure(replace(plan, checkpoint=tuple(names)))
     return _fix("checkpointing", f"activation checkpointing (torch.utils.checkpoint) of {len(names)} module(s): "
-                f"{shown}", facts, peak, device_bytes, modules=names)
+                f"{shown}", facts, checkpointed.peak_bytes, device_bytes, modules=names)
 
 
 def _smaller_batch(facts: MemoryFacts, device_bytes: int,
