@@ -7,8 +7,11 @@ weights are never read or copied. A dispatch mode tracks every storage from the 
 is freed (``weakref.finalize``), which gives the high-water mark of live tensors, temporaries included;
 ``saved_tensors_hooks`` see what autograd saves for backward, module by module.
 
-The optimizer's state is created by a first step before the measured one: the measured step is the steady
-state of training, with the optimizer state alive through its forward and backward.
+The figures are those of a step in the steady state of training, where the optimizer state (created by the
+first step) is alive through forward and backward: the simulated step is a first one, whose optimizer phase
+creates the state and then does what every later step does, and the state's bytes are added to the forward and
+backward peaks. (Two simulated steps would give the same numbers at twice the cost; the tests compare with a
+real second step.)
 """
 
 from __future__ import annotations
@@ -142,7 +145,6 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
     for tensor in [*params.values(), *buffers.values(), *_tensors([fake_args, fake_kwargs])]:
         tracker.track(tensor)
     with tracker:
-        _first_step(optimizer, trainable)
         tracker.enter("forward")
         autocast = torch.autocast("cpu", dtype=getattr(torch, plan.amp)) if plan.amp else contextlib.nullcontext()
         # The fake tensors stay in the model through backward: checkpointed modules run forward again there.
@@ -157,26 +159,15 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
         tracker.enter("optimizer")
         optimizer.step()
     state = [value for per_param in optimizer.state.values() for value in per_param.values()]
+    state_bytes = _storage_bytes(t for t in state if isinstance(t, torch.Tensor))
+    peaks = {phase: peak + (state_bytes if phase != "optimizer" else 0) for phase, peak in tracker.phase_peaks.items()}
     return MemoryFacts(
         batch_size=batch, params_bytes=_storage_bytes(params.values()), buffers_bytes=_storage_bytes(buffers.values()),
-        grads_bytes=grads, optimizer_bytes=_storage_bytes(t for t in state if isinstance(t, torch.Tensor)),
-        activations_bytes=saved.total_bytes, peak_bytes=max(tracker.phase_peaks.values()),
-        phase_peaks=dict(tracker.phase_peaks), modules=saved.module_rows(),
+        grads_bytes=grads, optimizer_bytes=state_bytes, activations_bytes=saved.total_bytes,
+        peak_bytes=max(peaks.values()), phase_peaks=peaks, modules=saved.module_rows(),
         optimizer_values=sum(t.numel() for t in state if isinstance(t, torch.Tensor) and t.is_floating_point()
                              and t.dim() > 0),
     )
-
-
-def _first_step(optimizer: Any, trainable: list[Any]) -> None:
-    """One step on zero gradients creates the optimizer's state (momentum buffers, Adam's moments) as
-    training's first step does; the gradients are then dropped, as ``zero_grad()`` does by default."""
-    import torch
-
-    for param in trainable:
-        param.grad = torch.zeros_like(param)
-    optimizer.step()
-    for param in trainable:
-        param.grad = None
 
 
 def _optimizer(plan: MemoryPlan, trainable: list[Any]) -> Any:
