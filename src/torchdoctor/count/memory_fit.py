@@ -74,22 +74,20 @@ def _cuda_total() -> int | None:
 def find_max_batch(facts: MemoryFacts, plan: MemoryPlan, measure: Measure,
                    device_bytes: int) -> tuple[int | None, MemoryFacts | None]:
     """The largest batch whose peak fits (0: not even 1), and its facts; None when there is no batch dimension
-    or the peak does not grow with the batch.
+    or no phase's peak grows with the batch.
 
-    The peak is close to affine in the batch, so two measured points give a guess that the fake step then
-    checks; a bisection between the largest batch known to fit and the smallest known not to settles it.
+    Each phase's peak is close to affine in the batch, so two measured points give a guess that the fake step
+    then checks; a bisection between the largest batch known to fit and the smallest known not to settles it.
     """
     if facts.batch_size is None:
         return None, None
     known = {facts.batch_size: facts}
     other = facts.batch_size // 2 if facts.batch_size > 1 else 2
     known[other] = measure(replace(plan, batch_size=other))
-    slope = (_activation_peak(known[facts.batch_size]) - _activation_peak(known[other])) / (facts.batch_size - other)
-    if slope <= 0:
+    guess = _affine_guess(known[facts.batch_size], known[other], device_bytes)
+    if guess is None:
         return None, None
-    base = _activation_peak(facts) - slope * facts.batch_size
-    guess = min(MAX_BATCH, max(1, int((device_bytes - base) // slope)))
-    for batch in (guess, guess + 1):
+    for batch in (guess, guess + 1) if guess else (1,):
         known.setdefault(batch, measure(replace(plan, batch_size=batch)))
     for _ in range(MAX_BATCH_TRIES):
         low = max((b for b, f in known.items() if f.peak_bytes <= device_bytes), default=0)
@@ -99,6 +97,20 @@ def find_max_batch(facts: MemoryFacts, plan: MemoryPlan, measure: Measure,
         following = 2 * max(low, 1) if high is None else (low + high) // 2
         known[following] = measure(replace(plan, batch_size=following))
     return low, known.get(low)
+
+
+def _affine_guess(first: MemoryFacts, second: MemoryFacts, device_bytes: int) -> int | None:
+    """The largest batch at which every phase's peak, a line through the two measured points, fits."""
+    limits = []
+    for phase in PHASES:
+        low, high = sorted((f.batch_size, f.phase_peaks.get(phase, 0)) for f in (first, second))
+        slope = (high[1] - low[1]) / (high[0] - low[0])
+        base = low[1] - slope * low[0]
+        if slope > 0:
+            limits.append(max(0, int((device_bytes - base) // slope)))
+        elif base > device_bytes:
+            limits.append(0)
+    return min(MAX_BATCH, *limits) if limits else None
 
 
 def _activation_peak(facts: MemoryFacts) -> int:
