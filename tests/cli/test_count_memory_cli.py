@@ -37,7 +37,7 @@ def test_human_output_has_a_memory_section_with_fixes_and_exit_1(cli, spec):
     assert result.exit_code == 1, result.output
     out = result.stdout
     assert "[✗] Memory: peak" in out and "where: parameters" in out and "peak by phase:" in out
-    assert "most saved activations: blocks" in out and "fit 30.0 MiB: no" in out
+    assert "most saved activations: blocks.0" in out and "fit 30.0 MiB: no" in out
     assert "fix: activation checkpointing" in out and "[memory-exceeds-device TD402]" in out
 
 

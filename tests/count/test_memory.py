@@ -25,6 +25,7 @@ MODELS = {
     "sdpa": lambda: (count_models.SdpaAttention(), torch.randn(2, 24, 32)),
     "tied-lm": lambda: (count_models.TiedLM(), torch.randint(0, 100, (4, 12))),
     "decoder-sdpa": lambda: (count_models.tiny_decoder(), torch.randint(0, 64, (2, 16))),
+    "frozen-backbone": lambda: (count_models.FrozenBackbone(), torch.randn(2, 3, 8, 8)),
 }
 
 
@@ -97,7 +98,7 @@ def timeline_peaks(prof):
 
 @pytest.mark.parametrize(("name", "optimizer"), [
     *((name, optimizer) for name in ("mlp", "cnn-batchnorm") for optimizer in OPTIMIZERS),
-    ("tied-lm", "momentum"), ("decoder-sdpa", "adamw"),
+    ("tied-lm", "momentum"), ("decoder-sdpa", "adamw"), ("frozen-backbone", "adam"),
 ])
 def test_params_grads_and_optimizer_state_are_exact(name, optimizer):
     model, x = MODELS[name]()
@@ -105,6 +106,8 @@ def test_params_grads_and_optimizer_state_are_exact(name, optimizer):
     ours = collect_memory(model, (x,), {}, MemoryPlan(optimizer))
     assert (ours.params_bytes, ours.grads_bytes, ours.optimizer_bytes) == (real["params"], real["grads"],
                                                                            real["optimizer"])
+    if name == "frozen-backbone":  # gradients and state of the trainable head (10 values) only
+        assert (ours.grads_bytes, ours.optimizer_bytes) == (40, 2 * 40 + 2 * 4)
     if optimizer in ("sgd", "momentum"):
         expected = 0 if optimizer == "sgd" else ours.grads_bytes
         assert ours.optimizer_bytes == expected  # SGD keeps nothing, momentum one buffer per parameter

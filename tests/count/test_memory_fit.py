@@ -124,7 +124,7 @@ def test_activations_dominate_at_a_large_batch_but_not_at_batch_one():
     large = count(model, torch.randn(512, 128), memory=True, optimizer="sgd")
     (finding,) = [f for f in large.findings if f.id == "activations-dominate"]
     assert finding.severity.value == "info" and finding.details["share"] > 0.5
-    assert finding.details["top_modules"][0] == "blocks"
+    assert finding.details["top_modules"][:2] == ["blocks.0", "blocks.1"]  # identical blocks, in model order
     small = count(model, torch.randn(1, 128), memory=True, optimizer="adamw")
     assert not [f for f in small.findings if f.id == "activations-dominate"]
 

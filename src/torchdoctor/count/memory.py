@@ -153,12 +153,14 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
                 output = model(*fake_args, **fake_kwargs)
                 loss = surrogate_loss(output, None)
             tracker.enter("backward")
-            loss.backward()
+            if loss.requires_grad:  # a fully frozen model has nothing to train
+                loss.backward()
             del output, loss  # a training loop holds the output until backward returns
         grads = _storage_bytes(p.grad for p in trainable if p.grad is not None)
         tracker.enter("optimizer")
-        optimizer.step()
-    state = [value for per_param in optimizer.state.values() for value in per_param.values()]
+        if optimizer is not None:
+            optimizer.step()
+    state = [value for per_param in (optimizer.state.values() if optimizer else ()) for value in per_param.values()]
     state_bytes = _storage_bytes(t for t in state if isinstance(t, torch.Tensor))
     peaks = {phase: peak + (state_bytes if phase != "optimizer" else 0) for phase, peak in tracker.phase_peaks.items()}
     return MemoryFacts(
@@ -170,13 +172,14 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
     )
 
 
-def _optimizer(plan: MemoryPlan, trainable: list[Any]) -> Any:
+def _optimizer(plan: MemoryPlan, trainable: list[Any]) -> Any | None:
     import torch
 
     class_name, arguments = OPTIMIZERS[plan.optimizer]
     implementation = {"fused": True} if plan.fused else {"foreach": True}
-    return getattr(torch.optim, class_name)(trainable or [torch.zeros(1, requires_grad=True)],
-                                            **arguments, **implementation)
+    if not trainable:
+        return None
+    return getattr(torch.optim, class_name)(trainable, **arguments, **implementation)
 
 
 @contextlib.contextmanager

@@ -70,7 +70,7 @@ def check_memory(memory: Mapping[str, Any], fixes: Sequence[Fix]) -> list[Findin
         findings.append(_exceeds(memory, fit, fixes))
     peak, activations = memory["peak_bytes"], memory["activations_bytes"]
     if peak and activations / peak > ACTIVATIONS_DOMINATE:
-        top = sorted(memory["by_module"], key=lambda row: -row["activations_bytes"])[:TOP_MODULES]
+        top = top_modules(memory["by_module"], TOP_MODULES)
         named = ", ".join(f"{row['name']} {format_bytes(row['activations_bytes'])}" for row in top)
         findings.append(make_finding(
             "activations-dominate",
@@ -80,6 +80,14 @@ def check_memory(memory: Mapping[str, Any], fixes: Sequence[Fix]) -> list[Findin
                      "top_modules": [row["name"] for row in top]},
         ))
     return findings
+
+
+def top_modules(by_module: Sequence[Mapping[str, Any]], limit: int) -> list[Mapping[str, Any]]:
+    """The rows that save the most among those without a child row (``blocks.0`` rather than ``blocks``, which
+    only sums them)."""
+    names = [row["name"] for row in by_module]
+    leaves = [row for row in by_module if not any(name.startswith(row["name"] + ".") for name in names)]
+    return sorted(leaves, key=lambda row: -row["activations_bytes"])[:limit]
 
 
 def _exceeds(memory: Mapping[str, Any], fit: Mapping[str, Any], fixes: Sequence[Fix]) -> Finding:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.count.memory_judge import top_modules
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
 
@@ -33,7 +34,7 @@ def _lines(memory: Mapping[str, Any], compare: Sequence[Mapping[str, Any]]) -> t
     lines = ["where: " + ", ".join(f"{name} {format_bytes(size)}" for name, size in parts),
              "peak by phase: " + ", ".join(f"{phase} {format_bytes(size)}"
                                            for phase, size in memory["phase_peaks"].items())]
-    top = sorted(memory["by_module"], key=lambda row: -row["activations_bytes"])[:TOP_MODULES]
+    top = top_modules(memory["by_module"], TOP_MODULES)
     if top:
         lines.append("most saved activations: " + ", ".join(
             f"{row['name']} {format_bytes(row['activations_bytes'])} ({row['share']:.0%})" for row in top))
