@@ -18,11 +18,17 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor.count.memory_tracking import (
+    ModuleMemory,
+    SavedActivations,
+    live_bytes_class,
+    storage_bytes,
+    tensors_in,
+)
 from torchdoctor.errors import UsageError, UserCodeError
 
 PHASES = ("forward", "backward", "optimizer")
@@ -48,18 +54,6 @@ class MemoryPlan:
     batch_size: int | None = None
     checkpoint: tuple[str, ...] = ()
     """Modules run under ``torch.utils.checkpoint`` (non-reentrant), to measure what checkpointing saves."""
-
-
-@dataclass(frozen=True)
-class ModuleMemory:
-    """Saved activations of one module (its own and its children's), and the bytes of its inputs."""
-
-    name: str
-    type: str
-    saved_bytes: int
-    input_bytes: int
-    called: bool
-    """Whether its forward ran (a ModuleList is never called, so it cannot be checkpointed as one)."""
 
 
 @dataclass(frozen=True)
@@ -141,8 +135,8 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
     fake_args, fake_kwargs, batch = _fake_inputs(args, kwargs, plan.batch_size)
     trainable = [p for p in params.values() if p.requires_grad]
     optimizer = _optimizer(plan, trainable)
-    tracker, saved = _tracker_class()(), SavedActivations(model, {*params.values(), *buffers.values()})
-    for tensor in [*params.values(), *buffers.values(), *_tensors([fake_args, fake_kwargs])]:
+    tracker, saved = live_bytes_class()(), SavedActivations(model, {*params.values(), *buffers.values()})
+    for tensor in [*params.values(), *buffers.values(), *tensors_in([fake_args, fake_kwargs])]:
         tracker.track(tensor)
     with tracker:
         tracker.enter("forward")
@@ -156,15 +150,15 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
             if loss.requires_grad:  # a fully frozen model has nothing to train
                 loss.backward()
             del output, loss  # a training loop holds the output until backward returns
-        grads = _storage_bytes(p.grad for p in trainable if p.grad is not None)
+        grads = storage_bytes(p.grad for p in trainable if p.grad is not None)
         tracker.enter("optimizer")
         if optimizer is not None:
             optimizer.step()
     state = [value for per_param in (optimizer.state.values() if optimizer else ()) for value in per_param.values()]
-    state_bytes = _storage_bytes(t for t in state if isinstance(t, torch.Tensor))
+    state_bytes = storage_bytes(t for t in state if isinstance(t, torch.Tensor))
     peaks = {phase: peak + (state_bytes if phase != "optimizer" else 0) for phase, peak in tracker.phase_peaks.items()}
     return MemoryFacts(
-        batch_size=batch, params_bytes=_storage_bytes(params.values()), buffers_bytes=_storage_bytes(buffers.values()),
+        batch_size=batch, params_bytes=storage_bytes(params.values()), buffers_bytes=storage_bytes(buffers.values()),
         grads_bytes=grads, optimizer_bytes=state_bytes, activations_bytes=saved.total_bytes,
         peak_bytes=max(peaks.values()), phase_peaks=peaks, modules=saved.module_rows(),
         optimizer_values=sum(t.numel() for t in state if isinstance(t, torch.Tensor) and t.is_floating_point()
@@ -242,122 +236,5 @@ def _fake_inputs(args: tuple[Any, ...], kwargs: Mapping[str, Any],
     return fake_args, fake_kwargs, batch_size_of(fake_args, fake_kwargs)
 
 
-def _tensors(tree: Any) -> list[Any]:
-    import torch
-    from torch.utils._pytree import tree_leaves
-
-    return [leaf for leaf in tree_leaves(tree) if isinstance(leaf, torch.Tensor)]
-
-
-def _storage_bytes(tensors: Any) -> int:
-    """Bytes of the distinct storages behind ``tensors`` (views and tied tensors counted once)."""
-    storages = {tensor.untyped_storage()._cdata: tensor.untyped_storage().nbytes() for tensor in tensors}
-    return sum(storages.values())
-
-
 def _headline(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-
-
-class SavedActivations:
-    """``saved_tensors_hooks`` + global module hooks: each storage autograd saves (parameters and buffers
-    excluded), counted once and attributed to the innermost module running when it was first saved."""
-
-    def __init__(self, model: Any, model_tensors: set[Any]) -> None:
-        self.names = {id(module): name for name, module in model.named_modules()}
-        self.types = {name: type(module).__name__ for name, module in model.named_modules()}
-        self.excluded = {tensor.untyped_storage()._cdata for tensor in model_tensors}
-        self.saved: dict[int, tuple[int, str]] = {}  # storage -> (bytes, module)
-        self.inputs: dict[str, int] = {}
-        self.stack: list[str] = []
-        self._exit = contextlib.ExitStack()
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(size for size, _ in self.saved.values())
-
-    def __enter__(self) -> SavedActivations:
-        import torch
-        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
-        self._exit.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, lambda tensor: tensor))
-        for handle in (register_module_forward_pre_hook(self._enter_module),
-                       register_module_forward_hook(self._leave_module)):
-            self._exit.callback(handle.remove)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._exit.close()
-
-    def _pack(self, tensor: Any) -> Any:
-        storage = tensor.untyped_storage()
-        if storage._cdata not in self.excluded and storage._cdata not in self.saved:
-            self.saved[storage._cdata] = (storage.nbytes(), self.stack[-1] if self.stack else "")
-        return tensor
-
-    def _enter_module(self, module: Any, args: Any) -> None:
-        name = self.names.get(id(module))
-        if name is None:
-            return
-        self.stack.append(name)
-        self.inputs[name] = self.inputs.get(name, 0) + _storage_bytes(_tensors(args))
-
-    def _leave_module(self, module: Any, args: Any, output: Any) -> None:
-        if self.names.get(id(module)) is not None and self.stack:
-            self.stack.pop()
-
-    def module_rows(self) -> tuple[ModuleMemory, ...]:
-        """Per module, the bytes saved inside it (children included), in ``named_modules`` order."""
-        own: dict[str, int] = {}
-        for size, name in self.saved.values():
-            own[name] = own.get(name, 0) + size
-        rows = []
-        for name, kind in self.types.items():
-            inside = sum(size for owner, size in own.items() if _within(owner, name))
-            if inside or name in self.inputs:
-                rows.append(ModuleMemory(name, kind, inside, self.inputs.get(name, 0), name in self.inputs))
-        return tuple(rows)
-
-
-def _within(owner: str, name: str) -> bool:
-    return name == "" or owner == name or owner.startswith(name + ".")
-
-
-@functools.cache
-def _tracker_class() -> type:
-    """A dispatch mode counting live storages (built on first use: importing this module imports no torch)."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class LiveBytes(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.live: dict[int, int] = {}
-            self.current = 0
-            self.phase = "setup"
-            self.phase_peaks: dict[str, int] = {}
-
-        def enter(self, phase: str) -> None:
-            self.phase = phase
-            self.phase_peaks[phase] = self.current
-
-        def track(self, tensor: Any) -> None:
-            storage = tensor.untyped_storage()
-            key = storage._cdata
-            if key in self.live:
-                return
-            self.live[key] = storage.nbytes()
-            self.current += self.live[key]
-            if self.phase in self.phase_peaks:
-                self.phase_peaks[self.phase] = max(self.phase_peaks[self.phase], self.current)
-            weakref.finalize(storage, self._free, key)
-
-        def _free(self, key: int) -> None:
-            self.current -= self.live.pop(key, 0)
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            out = func(*args, **(kwargs or {}))
-            for tensor in _tensors(out):
-                self.track(tensor)
-            return out
-
-    return LiveBytes
