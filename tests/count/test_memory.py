@@ -137,6 +137,9 @@ def test_bf16_autocast_changes_what_is_saved_and_matches_a_real_autocast_step(na
     assert ours.activations_bytes == pytest.approx(real["saved"], rel=0.05)
     assert ours.activations_bytes != full.activations_bytes
     assert ours.params_bytes == full.params_bytes  # autocast keeps the float32 weights the optimizer updates
+    assert 0 < ours.weight_copies_bytes < ours.activations_bytes and full.weight_copies_bytes == 0
+    if name == "mlp":  # fc2's bf16 weight copy; fc1's is not saved, since its input needs no gradient
+        assert ours.weight_copies_bytes == 10 * 256 * 2
 
 
 @pytest.mark.parametrize(("name", "optimizer"), [("mlp", "adamw"), ("cnn-batchnorm", "momentum"),

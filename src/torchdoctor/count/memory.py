@@ -68,6 +68,8 @@ class MemoryFacts:
     activations_bytes: int
     peak_bytes: int
     phase_peaks: dict[str, int]
+    weight_copies_bytes: int = 0
+    """Of the saved activations, autocast's low-precision copies of the weights (float32 masters stay)."""
     optimizer_values: int = 0
     """Values in the optimizer's floating state tensors (moments, momentum; not Adam's scalar step)."""
     modules: tuple[ModuleMemory, ...] = field(default=())
@@ -136,6 +138,7 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
     trainable = [p for p in params.values() if p.requires_grad]
     optimizer = _optimizer(plan, trainable)
     tracker, saved = live_bytes_class()(), SavedActivations(model, {*params.values(), *buffers.values()})
+    tracker.weights = {param.untyped_storage()._cdata for param in params.values()}
     for tensor in [*params.values(), *buffers.values(), *tensors_in([fake_args, fake_kwargs])]:
         tracker.track(tensor)
     with tracker:
@@ -146,6 +149,8 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
             with saved, autocast:
                 output = model(*fake_args, **fake_kwargs)
                 loss = surrogate_loss(output, None)
+            # before backward frees them (a freed storage leaves weight_copies)
+            copies = sum(size for key, (size, _) in saved.saved.items() if key in tracker.weight_copies)
             tracker.enter("backward")
             if loss.requires_grad:  # a fully frozen model has nothing to train
                 loss.backward()
@@ -160,7 +165,7 @@ def _simulate(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any], plan
     return MemoryFacts(
         batch_size=batch, params_bytes=storage_bytes(params.values()), buffers_bytes=storage_bytes(buffers.values()),
         grads_bytes=grads, optimizer_bytes=state_bytes, activations_bytes=saved.total_bytes,
-        peak_bytes=max(peaks.values()), phase_peaks=peaks, modules=saved.module_rows(),
+        peak_bytes=max(peaks.values()), phase_peaks=peaks, modules=saved.module_rows(), weight_copies_bytes=copies,
         optimizer_values=sum(t.numel() for t in state if isinstance(t, torch.Tensor) and t.is_floating_point()
                              and t.dim() > 0),
     )

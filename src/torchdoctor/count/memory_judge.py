@@ -56,6 +56,9 @@ def memory_dict(facts: MemoryFacts, plan: MemoryPlan, depth: int) -> dict[str, A
         "optimizer": plan.optimizer,
         "optimizer_implementation": "fused" if plan.fused else "foreach",
         "amp": plan.amp,
+        # autocast keeps the float32 parameters (params_bytes) as the master weights the optimizer updates, and
+        # saves a low-precision copy of each weight for backward: counted in activations_bytes, named here.
+        "amp_weight_copies_bytes": facts.weight_copies_bytes,
         "method": "a fake-tensor training step (FakeTensorMode, CPU kernels): forward, surrogate loss, backward "
                   "and one torch.optim step after a first step created the optimizer state",
     }

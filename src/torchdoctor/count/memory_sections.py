@@ -34,6 +34,10 @@ def _lines(memory: Mapping[str, Any], compare: Sequence[Mapping[str, Any]]) -> t
     lines = ["where: " + ", ".join(f"{name} {format_bytes(size)}" for name, size in parts),
              "peak by phase: " + ", ".join(f"{phase} {format_bytes(size)}"
                                            for phase, size in memory["phase_peaks"].items())]
+    if memory["amp_weight_copies_bytes"]:
+        lines.append(f"autocast: float32 master weights ({format_bytes(memory['params_bytes'])}) plus "
+                     f"{memory['amp']} copies saved for backward ({format_bytes(memory['amp_weight_copies_bytes'])}, "
+                     "part of the saved activations)")
     top = top_modules(memory["by_module"], TOP_MODULES)
     if top:
         lines.append("most saved activations: " + ", ".join(

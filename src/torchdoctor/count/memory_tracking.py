@@ -102,7 +102,10 @@ def _within(owner: str, name: str) -> bool:
 @functools.cache
 def live_bytes_class() -> type:
     """A dispatch mode counting live storages (built on first use: importing this module imports no torch)."""
+    import torch
     from torch.utils._python_dispatch import TorchDispatchMode
+
+    to_copy = torch.ops.aten._to_copy.default  # what autocast's casts of the weights run
 
     class LiveBytes(TorchDispatchMode):
         def __init__(self) -> None:
@@ -111,6 +114,8 @@ def live_bytes_class() -> type:
             self.current = 0
             self.phase = "setup"
             self.phase_peaks: dict[str, int] = {}
+            self.weights: set[int] = set()  # storages of the parameters, set by the caller
+            self.weight_copies: set[int] = set()  # live storages made by casting a parameter (autocast)
 
         def enter(self, phase: str) -> None:
             self.phase = phase
@@ -129,11 +134,14 @@ def live_bytes_class() -> type:
 
         def _free(self, key: int) -> None:
             self.current -= self.live.pop(key, 0)
+            self.weight_copies.discard(key)
 
         def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
             out = func(*args, **(kwargs or {}))
             for tensor in tensors_in(out):
                 self.track(tensor)
+            if func is to_copy and args and args[0].untyped_storage()._cdata in self.weights:
+                self.weight_copies.add(out.untyped_storage()._cdata)
             return out
 
     return LiveBytes
