@@ -73,8 +73,8 @@ def _cuda_total() -> int | None:
 
 def find_max_batch(facts: MemoryFacts, plan: MemoryPlan, measure: Measure,
                    device_bytes: int) -> tuple[int | None, MemoryFacts | None]:
-    """The largest batch whose peak fits (0: not even 1), and its facts; None when there is no batch dimension
-    or no phase's peak grows with the batch.
+    """The largest batch whose peak fits (0: not even 1; at most ``MAX_BATCH``), and its facts; None when there
+    is no batch dimension or no phase's peak grows with the batch.
 
     Each phase's peak is close to affine in the batch, so two measured points give a guess that the fake step
     then checks; a bisection between the largest batch known to fit and the smallest known not to settles it.
@@ -88,11 +88,12 @@ def find_max_batch(facts: MemoryFacts, plan: MemoryPlan, measure: Measure,
     if guess is None:
         return None, None
     for batch in (guess, guess + 1) if guess else (1,):
-        known.setdefault(batch, measure(replace(plan, batch_size=batch)))
+        if batch not in known:
+            known[batch] = measure(replace(plan, batch_size=batch))
     for _ in range(MAX_BATCH_TRIES):
         low = max((b for b, f in known.items() if f.peak_bytes <= device_bytes), default=0)
         high = min((b for b, f in known.items() if f.peak_bytes > device_bytes), default=None)
-        if high is not None and high - low <= 1:
+        if (high is not None and high - low <= 1) or (high is None and low >= MAX_BATCH):
             break
         following = 2 * max(low, 1) if high is None else (low + high) // 2
         known[following] = measure(replace(plan, batch_size=following))
@@ -111,10 +112,6 @@ def _affine_guess(first: MemoryFacts, second: MemoryFacts, device_bytes: int) ->
         elif base > device_bytes:
             limits.append(0)
     return min(MAX_BATCH, *limits) if limits else None
-
-
-def _activation_peak(facts: MemoryFacts) -> int:
-    return max(facts.phase_peaks.get("forward", 0), facts.phase_peaks.get("backward", 0))
 
 
 def plan_fixes(facts: MemoryFacts, plan: MemoryPlan, measure: Measure, device_bytes: int,
