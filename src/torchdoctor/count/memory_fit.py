@@ -184,14 +184,20 @@ def _eight_bit(facts: MemoryFacts, plan: MemoryPlan, device_bytes: int) -> Fix |
 
 
 def _sharding(facts: MemoryFacts, device_bytes: int) -> Fix | None:
-    """FSDP (FULL_SHARD) / ZeRO-3: parameters, gradients and optimizer state split over N GPUs."""
+    """FSDP (FULL_SHARD) / ZeRO-3 over N GPUs: each keeps 1/N of the parameters, gradients and optimizer state
+    through forward and backward, and steps only its shard (so the optimizer step's temporaries shrink too)."""
     states = facts.model_state_bytes
     if states <= 0:
         return None
-    peaks = {n: facts.peak_bytes - states + math.ceil(states / n) for n in SHARDS}
-    gpus = next((n for n in SHARDS if peaks[n] <= device_bytes), 8)
+
+    def peak(gpus: int) -> int:
+        kept = states - math.ceil(states / gpus)
+        return max(facts.phase_peaks.get("forward", 0) - kept, facts.phase_peaks.get("backward", 0) - kept,
+                   math.ceil(facts.phase_peaks.get("optimizer", 0) / gpus))
+
+    gpus = next((n for n in SHARDS if peak(n) <= device_bytes), 8)
     return _fix("sharding", f"shard model states with FSDP / ZeRO-3 over {gpus} GPUs ({format_bytes(states)} / "
-                f"{gpus} each)", facts, peaks[gpus], device_bytes, gpus=gpus)
+                f"{gpus} each)", facts, peak(gpus), device_bytes, gpus=gpus)
 
 
 def phase_line(facts: MemoryFacts) -> str:
