@@ -117,9 +117,14 @@ def _affine_guess(first: MemoryFacts, second: MemoryFacts, device_bytes: int) ->
 def plan_fixes(facts: MemoryFacts, plan: MemoryPlan, measure: Measure, device_bytes: int,
                smaller: tuple[int | None, MemoryFacts | None]) -> list[Fix]:
     """Every fix that lowers the peak, each with its computed peak, ranked by bytes saved."""
-    candidates = [_checkpointing(facts, plan, measure, device_bytes), _smaller_batch(facts, device_bytes, smaller),
-                  _eight_bit(facts, plan, device_bytes), _sharding(facts, device_bytes)]
-    if plan.amp is None:
+    candidates = [_smaller_batch(facts, device_bytes, smaller), _eight_bit(facts, plan, device_bytes),
+                  _sharding(facts, device_bytes)]
+    # Checkpointing and autocast shrink what forward and backward hold; when the optimizer step is the peak they
+    # cannot lower it (its parameters, gradients and state stay float32), so they are not simulated.
+    activations_matter = facts.peak_phase != "optimizer"
+    if activations_matter:
+        candidates.append(_checkpointing(facts, plan, measure, device_bytes))
+    if plan.amp is None and activations_matter:
         candidates.append(_measured("bf16-autocast", "train under torch.autocast(dtype=torch.bfloat16)",
                                     facts, measure(replace(plan, amp="bfloat16")), device_bytes))
     if not plan.fused:
