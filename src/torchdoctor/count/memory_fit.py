@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torchdoctor.count.memory import PHASES, MemoryFacts, MemoryPlan
-from torchdoctor.errors import UsageError
+from torchdoctor.errors import UsageError, UserCodeError
 from torchdoctor.units import format_bytes
 
 Measure = Callable[[MemoryPlan], MemoryFacts]
@@ -128,8 +128,13 @@ def plan_fixes(facts: MemoryFacts, plan: MemoryPlan, measure: Measure, device_by
         candidates.append(_measured("bf16-autocast", "train under torch.autocast(dtype=torch.bfloat16)",
                                     facts, measure(replace(plan, amp="bfloat16")), device_bytes))
     if not plan.fused:
-        candidates.append(_measured("fused-optimizer", f"use the fused {plan.optimizer} (fused=True)",
-                                    facts, measure(replace(plan, fused=True)), device_bytes))
+        try:
+            fused = measure(replace(plan, fused=True))
+        except UserCodeError:  # an older torch without a fused kernel for this optimizer on the CPU
+            fused = None
+        if fused is not None:
+            candidates.append(_measured("fused-optimizer", f"use the fused {plan.optimizer} (fused=True)",
+                                        facts, fused, device_bytes))
     fixes = [fix for fix in candidates if fix is not None and fix.bytes_saved > 0]
     return sorted(fixes, key=lambda fix: -fix.bytes_saved)
 
