@@ -50,7 +50,7 @@ SECTIONS = {
     "ckpt fix": {"output"},
     "ckpt diff": {"diff"},
     "data": {name for name, _title in DATA_TITLES},
-    "count": {"compute", "uncounted"},
+    "count": {"compute", "uncounted", "memory"},
     "nan-hunt": {"nan-hunt"},
     "check": {ANY_SECTION},
     "explain": {ANY_SECTION},

@@ -444,6 +444,23 @@ _SPECS = (
         "torch.utils.flop_counter.register_flop_formula if they are.",
         commands=("count",), section="uncounted",
     ),
+    _spec(
+        "memory-exceeds-device", "TD402", "error",
+        "The training step's peak memory (count --memory) does not fit the device given with --fit.",
+        "The run would stop with 'CUDA out of memory' at its first step, after the data and the model were loaded.",
+        "Apply the top fixes in the finding (each with the bytes it saves, computed): activation checkpointing, "
+        "bf16 autocast, a smaller batch, a fused or 8-bit optimizer, or FSDP/ZeRO sharding over N GPUs.",
+        commands=("count",), section="memory",
+    ),
+    _spec(
+        "activations-dominate", "TD403", "info",
+        "What autograd saves for backward is most of the training step's peak memory.",
+        "Then the batch size, activation checkpointing and autocast move the peak, while a smaller optimizer "
+        "state barely does.",
+        "Checkpoint the modules that save the most (torch.utils.checkpoint), train under bf16 autocast, or lower "
+        "the batch size and accumulate gradients.",
+        commands=("count",), section="memory",
+    ),
     # --- 5xx: data -------------------------------------------------------------------------
     _spec(
         "label-out-of-range", "TD501", "error",
@@ -660,8 +677,8 @@ _SPECS = (
         "cuda-out-of-memory", "TD611", "error",
         "The GPU ran out of memory.",
         "The batch, the model or leaked tensors (kept graphs, growing lists) do not fit.",
-        "Lower the batch size, use autocast/bf16, gradient checkpointing, or free leaked references; see "
-        "torch.cuda.memory_summary().",
+        "Run `torchdoctor count MODEL --input-shape ... --memory --fit cuda` to see what the step needs and "
+        "the fixes that make it fit (smaller batch, bf16 autocast, checkpointing); or free leaked references.",
         commands=("explain",), explain_only=True,
     ),
     _spec(

@@ -38,6 +38,20 @@ CompareOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--compare", help="Peer tools to show beside ours, e.g. thop,torchinfo (when installed)."),
 ]
+MemoryOpt = Annotated[bool, typer.Option(
+    "--memory", help="What a training step needs: parameters, gradients, optimizer state, saved activations, peak.")]
+OptimizerOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--optimizer", help="With --memory: sgd, momentum, adam or adamw (default adamw)."),
+]
+AmpOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--amp", help="With --memory: train under autocast in bf16 or fp16."),
+]
+FitOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--fit", metavar="SIZE", help="With --memory: does it fit 24GiB, 80GB or cuda (this GPU)?"),
+]
 
 
 def count_command(
@@ -50,6 +64,10 @@ def count_command(
     meta: MetaOpt = False,
     device: DeviceOpt = None,
     compare: CompareOpt = None,
+    memory: MemoryOpt = False,
+    optimizer: OptimizerOpt = None,
+    amp: AmpOpt = None,
+    fit: FitOpt = None,
     json: JsonOpt = False,
     strict: StrictOpt = False,
     debug: DebugOpt = False,
@@ -59,5 +77,6 @@ def count_command(
 
     with exit_on_tool_errors(debug):
         report = count_spec(spec, input_shapes=parse_shapes(input_shape), input_spec=input_spec, dtype=dtype,
-                            depth=depth, train_step=train_step, meta=meta, compare=compare, device=device)
+                            depth=depth, train_step=train_step, meta=meta, compare=compare, device=device,
+                            memory=memory, optimizer=optimizer, amp=amp, fit=fit)
     emit(report, as_json=json, strict=strict)

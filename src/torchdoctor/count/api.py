@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torchdoctor.batch import as_call
@@ -25,9 +26,18 @@ from torchdoctor.report import Finding, Report
 DEFAULT_DEPTH = 2
 
 
+@dataclass(frozen=True)
+class MemoryOptions:
+    """``--memory`` asked for: the step to simulate, and ``--fit``'s size in bytes."""
+
+    plan: Any  # count.memory.MemoryPlan (imported lazily)
+    device_bytes: int | None
+
+
 def count(model: Any, inputs: Any = None, *, input_shapes: Sequence[Sequence[int]] | None = None,
           dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
-          compare: str | Sequence[str] | None = None, device: str | None = None) -> Report:
+          compare: str | Sequence[str] | None = None, device: str | None = None, memory: bool = False,
+          optimizer: str | None = None, amp: str | None = None, fit: str | None = None) -> Report:
     """Count ``model`` on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword inputs).
 
     Without ``inputs``, tensors of ``input_shapes`` are made, or one input is guessed from the first layer.
@@ -35,14 +45,19 @@ def count(model: Any, inputs: Any = None, *, input_shapes: Sequence[Sequence[int
     ``train_step`` measures a real training step on a copy, ``compare`` names peer tools (thop, torchinfo).
     Everything runs on the model's device, or on ``device`` (a copy of the model is moved there); the
     result's ``device`` and ``training_step.device`` say where.
+    ``memory`` adds ``result.memory``: the bytes a training step with ``optimizer`` (sgd, momentum, adam, adamw)
+    and ``amp`` (bf16, fp16) needs, from a fake-tensor step; ``fit`` (``"24GiB"``, ``"80GB"``, ``"cuda"``) judges
+    whether it fits and which fixes make it fit.
     """
     return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
-                  meta=meta, compare=compare, owned=False, device=device)
+                  meta=meta, compare=compare, owned=False, device=device,
+                  memory=_memory_options(memory, optimizer, amp, fit))
 
 
 def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None, input_spec: str | None = None,
                dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
-               compare: str | Sequence[str] | None = None, device: str | None = None) -> Report:
+               compare: str | Sequence[str] | None = None, device: str | None = None, memory: bool = False,
+               optimizer: str | None = None, amp: str | None = None, fit: str | None = None) -> Report:
     """``count`` for a target spec (``torchvision.models:resnet50``, ``model.py:Net``); with ``meta`` the model
     is built under ``torch.device("meta")`` (see ``build_on_meta``), so a 7B-parameter config allocates nothing."""
     import torch
@@ -53,16 +68,18 @@ def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None
     def build() -> Any:
         return resolve_target(spec, expect=(torch.nn.Module,))
 
+    memory_options = _memory_options(memory, optimizer, amp, fit)  # bad options fail before the model is built
     model = build_on_meta(build) if meta else build()
     inputs = None
     if input_spec is not None:
         inputs = resolve_target(input_spec, expect=(torch.Tensor, tuple, list, dict))
     return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
-                  meta=meta, compare=compare, owned=True, spec=spec, device=device)
+                  meta=meta, compare=compare, owned=True, spec=spec, device=device, memory=memory_options)
 
 
 def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_step: bool, meta: bool,
-           compare, owned: bool, spec: str | None = None, device: str | None = None) -> Report:
+           compare, owned: bool, spec: str | None = None, device: str | None = None,
+           memory: MemoryOptions | None = None) -> Report:
     model = _original_module(model)
     dtype, tools = parse_dtype(dtype), parse_tools(compare)
     meta = _check_options(model, depth, train_step, meta, device)
@@ -100,7 +117,35 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
     if tools and facts.failure is None:
         result["compare"] = [row.to_dict(facts.macs) for row in
                              collect_comparisons(tools, model, args, kwargs, meta=meta)]
-    return Report("count", tuple(findings), result, count_sections(result, findings))
+    if memory is None or facts.failure is not None:
+        return Report("count", tuple(findings), result, count_sections(result, findings))
+    return _with_memory(result, findings, memory, model, args, kwargs, dtype=dtype, depth=depth)
+
+
+def _memory_options(memory: bool, optimizer: str | None, amp: str | None, fit: str | None) -> MemoryOptions | None:
+    """The plan and the device size for ``--memory``; its options without it are usage errors."""
+    from torchdoctor.count.memory import parse_plan
+    from torchdoctor.count.memory_fit import parse_size
+
+    if not memory:
+        given = [name for name, value in (("--optimizer", optimizer), ("--amp", amp), ("--fit", fit)) if value]
+        if given:
+            raise UsageError(f"{', '.join(given)} needs --memory", hint="add --memory")
+        return None
+    return MemoryOptions(parse_plan(optimizer, amp), parse_size(fit) if fit is not None else None)
+
+
+def _with_memory(result: dict[str, Any], findings: list[Finding], options: MemoryOptions, model: Any,
+                 args: tuple[Any, ...], kwargs: Any, *, dtype: Any, depth: int) -> Report:
+    from torchdoctor.count.memory_judge import collect_memory_result
+    from torchdoctor.count.memory_sections import MEMORY_IDS, memory_section
+
+    result["memory"], memory_findings = collect_memory_result(
+        model, args, kwargs, plan=options.plan, dtype=dtype, device_bytes=options.device_bytes, depth=depth)
+    findings = findings + memory_findings
+    sections = count_sections(result, [finding for finding in findings if finding.id not in MEMORY_IDS])
+    section = memory_section(result["memory"], findings, result.get("compare", ()))
+    return Report("count", tuple(findings), result, (*sections, section))
 
 
 def _guess_failed(failure: Any, model: Any, inputs: list[dict[str, Any]]) -> UsageError:

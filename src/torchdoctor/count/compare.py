@@ -36,13 +36,16 @@ class Comparison:
     macs: int | None
     params: int | None
     note: str
+    memory_bytes: int | None = None
+    """torchinfo's "Estimated Total Size": input + 2 x every layer's output + parameters (no gradients,
+    optimizer state or what autograd really saves), shown beside ``count --memory``'s peak."""
 
     def to_dict(self, our_macs: int | None) -> dict[str, Any]:
         difference = None
         if self.macs is not None and our_macs:
             difference = round((self.macs - our_macs) / our_macs, 6)
         return {"tool": self.tool, "available": self.available, "macs": self.macs, "params": self.params,
-                "macs_difference": difference, "note": self.note}
+                "macs_difference": difference, "note": self.note, "memory_bytes": self.memory_bytes}
 
 
 def parse_tools(value: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -77,10 +80,10 @@ def _compare(tool: str, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, 
         # Peer tools print and warn as they go: keep stdout for the report (one JSON object with --json).
         with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            macs, params = _RUNNERS[tool](module, copy.deepcopy(model), args, kwargs)
+            macs, params, *memory = _RUNNERS[tool](module, copy.deepcopy(model), args, kwargs)
     except Exception as exc:  # a peer tool failing is a fact to show, not a reason to stop
         return Comparison(tool, True, None, None, f"{tool} failed: {type(exc).__name__}: {exc}".splitlines()[0])
-    return Comparison(tool, True, int(macs), int(params), WHY[tool])
+    return Comparison(tool, True, int(macs), int(params), WHY[tool], int(memory[0]) if memory else None)
 
 
 def _run_thop(thop: ModuleType, model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
@@ -92,9 +95,10 @@ def _run_thop(thop: ModuleType, model: Any, args: tuple[Any, ...], kwargs: Mappi
 
 
 def _run_torchinfo(torchinfo: ModuleType, model: Any, args: tuple[Any, ...],
-                   kwargs: Mapping[str, Any]) -> tuple[Any, Any]:
+                   kwargs: Mapping[str, Any]) -> tuple[Any, Any, Any]:
     stats = torchinfo.summary(model, input_data=list(args) or None, verbose=0, mode="eval", **dict(kwargs))
-    return stats.total_mult_adds, stats.total_params
+    estimated_total = stats.total_input + stats.total_output_bytes + stats.total_param_bytes
+    return stats.total_mult_adds, stats.total_params, estimated_total
 
 
 _RUNNERS = {"thop": _run_thop, "torchinfo": _run_torchinfo}
