@@ -695,7 +695,8 @@ _SPECS = (
         "loss-oscillating", "TD815", "warning",
         "The loss jumps by large factors from step to step without a trend.",
         "With at least 20 steps, over the last half of them the median step-to-step change of the loss is "
-        "more than 2x (up or down) and the loss does not fall below a quarter of where that half began. "
+        "more than 2x (up or down) and the loss stays above a quarter of where that half began and of the "
+        "first steps' loss (a converged loss near 0 jumps by large factors from batch noise alone). "
         "Runs with several optimizers are not judged.",
         "Lower the learning rate; check for a batch size of 1 or unnormalised inputs.",
     ),

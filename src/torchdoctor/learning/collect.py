@@ -113,7 +113,7 @@ class Collector:
             if module is named[0] and self.names.is_root(module):
                 self.acts.model_output(output)
         if isinstance(module, _mode_types()) and not module.training:
-            self.acts.eval_mode(module, self.step, named[0])
+            self.acts.eval_mode(module, named[0])
 
     def wrap_loss(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -190,6 +190,7 @@ class Collector:
         if check is not None:
             self._finish_carry_check(check)
         if self.sampling:
+            self.acts.commit_eval_mode(self.step)
             self._note_gradients()
             self.samples[self.step] = Sample(lr=_lr(optimizer))
             self._measure_grads(self.step, [p for p in params if p.grad is not None])
@@ -205,7 +206,7 @@ class Collector:
         self.step = self.opt_steps
         if self.sampled(step):
             self.flush()
-        self.acts.end_step()
+        self.acts.forget_step()
         self._check_limit()
 
     def _start_counting_optimizer_steps(self) -> None:

@@ -182,7 +182,9 @@ def check_oscillation(facts: WatchFacts) -> Finding | None:
     jumps = [abs(math.log(b / a)) for (_, a), (_, b) in zip(late, late[1:], strict=False)]
     typical = math.exp(statistics.median(jumps))
     start, end = _quarters(late)
-    if typical < OSCILLATION_FACTOR or end < start * OSCILLATION_TREND:
+    initial = statistics.median(v for _, v in losses[:3])
+    # a loss far below where the run began has converged: near 0, batch noise alone makes large factors
+    if typical < OSCILLATION_FACTOR or end < start * OSCILLATION_TREND or end < initial * OSCILLATION_TREND:
         return None
     steps = [late[0][0], late[-1][0]]
     message = (f"The loss jumps by {typical:.3g}x from one step to the next (median) over steps {steps[0]}-{steps[1]} "
