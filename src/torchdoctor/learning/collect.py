@@ -169,10 +169,14 @@ class Collector:
         self.backwards += 1
         if self.mode != "backward":
             return
+        check = self._carry.pop("backward", None)
+        if check is not None:  # no optimizer: kept only where the weights moved in between (gather_facts)
+            self._finish_carry_check(check)
         if self.sampled(step):
             params = [p for p in self.names.param_objects if p.requires_grad and p.grad is not None]
             self.samples[step] = Sample()
             self._measure_grads(step, params)
+            self._arm_carry_check("backward", params, step)
         self.step = self.backwards
         self._check_limit()
 
@@ -201,7 +205,7 @@ class Collector:
         step = self.step
         if self._snapshot is not None and self._snapshot[0] == step:
             self._measure_update()
-            self._arm_carry_check(optimizer, step)
+            self._arm_carry_check(id(optimizer), [p for g in optimizer.param_groups for p in g["params"]], step)
         self.opt_steps += 1
         self.step = self.opt_steps
         if self.sampled(step):
@@ -254,15 +258,15 @@ class Collector:
                 first = self.grad_params.get(id(param), (param, self.step, self.step))[1]
                 self.grad_params[id(param)] = (param, first, self.step)
 
-    def _arm_carry_check(self, optimizer: Any, step: int) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+    def _arm_carry_check(self, key: Any, params: list[Any], step: int) -> None:
+        params = [p for p in params if p.grad is not None]
         if not params:
             return
         added = [p.grad.detach().new_zeros(p.grad.shape) for p in params]
         handles = [p.register_hook(functools.partial(_accumulate, total))
                    for p, total in zip(params, added, strict=True)]
         previous = [p.grad.detach().clone() for p in params]
-        self._carry[id(optimizer)] = CarryCheck(step, params, previous, added, handles)
+        self._carry[key] = CarryCheck(step, params, previous, added, handles)
 
     def _finish_carry_check(self, check: CarryCheck) -> None:
         check.remove()

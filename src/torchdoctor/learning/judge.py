@@ -47,8 +47,9 @@ def check_carried(facts: WatchFacts) -> list[Finding]:
         return []
     steps = [step for step, _ in facts.carried]
     params = list(dict.fromkeys(p for _, names in facts.carried for p in names))
+    unit = "optimizer step" if facts.step_counting == "optimizer" else "update (no optimizer: between backward calls)"
     message = (f"The gradients of {len(params)} parameter(s), starting with '{params[0]}', were carried over "
-               f"into the next optimizer step at {len(steps)} sampled step(s) ({steps[0]}-{steps[-1]}): "
+               f"into the next {unit} at {len(steps)} sampled step(s) ({steps[0]}-{steps[-1]}): "
                "zero_grad is missing or misplaced, so every step adds up all the old gradients.")
     return [make_finding("grad-not-zeroed", message, location=params[0],
                          details={"steps": [steps[0], steps[-1]], "params": params})]
