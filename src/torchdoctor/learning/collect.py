@@ -16,6 +16,7 @@ from typing import Any
 
 from torchdoctor.learning import stats
 from torchdoctor.learning.activations import Activations, LossInput
+from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
 
 
@@ -35,22 +36,6 @@ class Layered:
     params: list[Any]
     layers: list[Any]
     index: Any
-
-
-@dataclass
-class CarryCheck:
-    """Armed after a sampled step: the grads it used and what backward adds to them until the next step."""
-
-    step: int
-    params: list[Any]
-    previous: list[Any]
-    added: list[Any]
-    handles: list[Any]
-
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
 
 
 class Collector:
@@ -259,26 +244,18 @@ class Collector:
                 self.grad_params[id(param)] = (param, first, self.step)
 
     def _arm_carry_check(self, key: Any, params: list[Any], step: int) -> None:
-        params = [p for p in params if p.grad is not None]
-        if not params:
-            return
-        added = [p.grad.detach().new_zeros(p.grad.shape) for p in params]
-        handles = [p.register_hook(functools.partial(_accumulate, total))
-                   for p, total in zip(params, added, strict=True)]
-        previous = [p.grad.detach().clone() for p in params]
-        self._carry[key] = CarryCheck(step, params, previous, added, handles)
+        check = CarryCheck.arm(params, step)
+        if check is not None:
+            self._carry[key] = check
 
     def _finish_carry_check(self, check: CarryCheck) -> None:
-        check.remove()
-        kept = [i for i, p in enumerate(check.params) if p.grad is not None]
-        if not kept:
+        finished = check.finish()
+        if finished is None:
             return
-        flags = stats.carried_over([check.params[i].grad for i in kept], [check.previous[i] for i in kept],
-                                   [check.added[i] for i in kept])
-        params = [check.params[i] for i in kept]
+        params, flags = finished
 
         def record(values: list[float]) -> None:
-            carried = [p for p, flag in zip(params, values, strict=False) if flag]
+            carried = [p for p, flag in zip(params, values, strict=True) if flag]
             if carried:
                 self.carried.append((check.step + 1, carried))
 
@@ -323,10 +300,6 @@ class Collector:
         self._snapshot = None
         self.flush()
         self.done = True
-
-
-def _accumulate(total: Any, grad: Any) -> None:
-    total.add_(grad.detach())
 
 
 def _lr(optimizer: Any) -> float | None:
