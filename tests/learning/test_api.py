@@ -116,3 +116,27 @@ def test_series_are_downsampled_evenly_to_at_most_500_points():
     assert len(picked) == 500 and picked[0] == 0 and picked[-1] == 2000
     gaps = {b - a for a, b in zip(picked, picked[1:], strict=False)}
     assert gaps <= {4, 5}
+
+
+def test_sparse_gradients_are_left_out_not_fatal():
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchdoctor.watch(every=1) as w:
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randint(0, 10, (8,))).pow(2).mean().backward()
+            optimizer.step()
+    assert w.report.result["series"]["layers"] == ["1"]
+
+
+def test_a_failure_of_ours_stops_watching_not_the_training(monkeypatch, capsys):
+    from torchdoctor.learning import stats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(stats, "group_norms", broken)
+    with torchdoctor.watch(every=1) as w:
+        train(5)
+    assert "torchdoctor watch: stopped watching at step 0: RuntimeError: boom" in capsys.readouterr().err
+    assert "stopped watching early: RuntimeError: boom" in w.report.sections[0].headline

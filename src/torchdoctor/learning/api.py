@@ -130,6 +130,8 @@ def headline(facts: WatchFacts, findings: Iterable[Finding]) -> str:
     unit = "optimizer step(s)" if facts.step_counting == "optimizer" else "backward call(s) (no optimizer)"
     problems = sum(1 for f in findings if f.severity.value != "info")
     verdict = f"{problems} problem(s) found" if problems else "no sign of a run that does not learn"
+    if facts.failure:
+        verdict += f" (torchdoctor stopped watching early: {facts.failure})"
     return f"watched {facts.steps_watched} {unit}: {verdict}"
 
 

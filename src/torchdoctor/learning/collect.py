@@ -38,6 +38,19 @@ class Layered:
     index: Any
 
 
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """A failure of ours must never break the user's training: stop watching, say so once on stderr."""
+
+    @functools.wraps(callback)
+    def guarded(self: Collector, *args: Any) -> None:
+        try:
+            callback(self, *args)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the training goes on without us
+            self.fail(exc)
+
+    return guarded
+
+
 class Collector:
     """Per-run state of ``watch``; the callbacks return at once on steps that are not sampled."""
 
@@ -64,6 +77,7 @@ class Collector:
         self._snapshot: tuple[int, Layered, list[Any]] | None = None
         self._carry: dict[int, CarryCheck] = {}
         self._thread = threading.get_ident()
+        self.failure: str | None = None
 
     @property
     def sampling(self) -> bool:
@@ -79,6 +93,7 @@ class Collector:
 
     # --- forward ---------------------------------------------------------------------------------
 
+    @_guarded
     def forward_post(self, module: Any, args: Any, output: Any) -> None:
         if not self.sampling or threading.get_ident() != self._thread:
             return
@@ -115,6 +130,7 @@ class Collector:
 
         return make
 
+    @_guarded
     def _loss_input(self, kind: str, scores: Any, target: Any) -> None:
         flag = self.acts.loss_flag(kind, scores, target)
         if flag is None:
@@ -139,6 +155,7 @@ class Collector:
 
         return backward
 
+    @_guarded
     def before_backward(self, tensors: Any) -> None:
         import torch
 
@@ -149,6 +166,7 @@ class Collector:
             self._measure_update()
             self.flush()
 
+    @_guarded
     def after_backward(self) -> None:
         step = self.backwards
         self.backwards += 1
@@ -167,6 +185,7 @@ class Collector:
 
     # --- optimizer -------------------------------------------------------------------------------
 
+    @_guarded
     def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._ours():
             return
@@ -184,6 +203,7 @@ class Collector:
             self.samples[self.step] = Sample(lr=_lr(optimizer))
             self._measure_grads(self.step, [p for p in params if p.grad is not None])
 
+    @_guarded
     def step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._ours():
             return
@@ -211,7 +231,7 @@ class Collector:
     def _layered(self, params: list[Any]) -> Layered | None:
         import torch
 
-        named = [(p, self.names.layer_of(p)) for p in params]
+        named = [(p, self.names.layer_of(p)) for p in params if not (p.grad is not None and p.grad.is_sparse)]
         named = [(p, found[0]) for p, found in named if found is not None]
         if not named:
             return None
@@ -290,15 +310,30 @@ class Collector:
             self.close()
             self.on_done()
 
+    def fail(self, exc: BaseException) -> None:
+        import sys
+
+        self.failure = f"{type(exc).__name__}: {exc}"
+        print(f"torchdoctor watch: stopped watching at step {self.step}: {self.failure}", file=sys.stderr)
+        for check in self._carry.values():
+            check.remove()
+        self._carry.clear()
+        self._pending.clear()
+        self._snapshot = None
+        self.done = True
+
     def close(self) -> None:
         """Stop watching: drop the armed checks' hooks, read back what is left."""
         for check in self._carry.values():
             check.remove()
         self._carry.clear()
-        if self._snapshot is not None and self.mode == "backward":
-            self._measure_update()
-        self._snapshot = None
-        self.flush()
+        try:
+            if self._snapshot is not None and self.mode == "backward" and not self.done:
+                self._measure_update()
+            self._snapshot = None
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - the report must still come
+            self.fail(exc)
         self.done = True
 
 

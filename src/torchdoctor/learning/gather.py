@@ -45,6 +45,7 @@ def gather_facts(collector: Collector, names: Names) -> WatchFacts:
         not_optimized=_not_optimized(collector, names) if optimizer_mode else None,
         never_grad=_never_grad(collector, names, watched) if optimizer_mode else None,
         eval_modules=_eval_modules(collector, names) if optimizer_mode else None,
+        failure=collector.failure,
     )
 
 
