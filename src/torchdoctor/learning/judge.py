@@ -159,8 +159,10 @@ def check_loss_trend(facts: WatchFacts) -> Finding | None:
                f"the first quarter, {end:.4g} in the last.")
     details = {"steps": steps, "first_quarter_median": start, "last_quarter_median": end, "chance_level": chance}
     if at_chance:
-        message += (f" It sits at the chance level ({chance:.4g} = the entropy of the labels seen): the labels "
-                    "look unrelated to the inputs (check that inputs and labels are paired and shuffled together).")
+        message += (f" It sits at the chance level ({chance:.4g} = the entropy of the labels seen): the model "
+                    "predicts no better than the label frequencies, so the labels look unrelated to the inputs "
+                    "(check that inputs and labels are paired and shuffled together) unless another finding "
+                    "says why the model cannot learn.")
         details["at_chance"] = True
     return make_finding("loss-not-decreasing", message, details=details)
 
@@ -227,7 +229,7 @@ def _ratio_finding(finding_id: str, flagged: dict[str, float], word: str, facts:
     too = "high" if finding_id.endswith("high") else "low"
     message = (f"|Δw|/|w| per step is {word} in {len(flagged)} layer(s){at_lr}: '{worst}' moves {flagged[worst]:.3g} "
                f"of its weights per step (median of steps {steps[0]}-{steps[1]}; the usual band is around 1e-3). "
-               f"The learning rate is too {too}.")
+               f"The learning rate is too {too}" + (" (or the layer's gradients vanish)." if too == "low" else "."))
     return make_finding(finding_id, message, location=worst,
                         details={"steps": steps, "lr": lr, "layers": flagged})
 
