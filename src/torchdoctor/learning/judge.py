@@ -5,6 +5,7 @@ The thresholds are here, and the registry text (docs/findings.md) states them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -29,14 +30,30 @@ SATURATED_SHARE = 0.5
 _MIN_CALLS = {"cross_entropy": 1, "nll_loss": 1, "binary_cross_entropy_with_logits": 2}
 
 
-def check_watch(facts: WatchFacts) -> list[Finding]:
-    """Every finding of the run: program bugs (errors) first, then training dynamics (warnings)."""
+def check_watch(facts: WatchFacts, nonfinite_step: int | None = None) -> list[Finding]:
+    """Every finding of the run: program bugs (errors) first, then training dynamics (warnings).
+
+    After a NaN/inf (``nonfinite_step``, reported by the nan-hunt engine) the dynamics are judged only on
+    the steps before it, and activations not at all: NaN compares false, so every unit would look dead.
+    """
+    if nonfinite_step is not None:
+        facts = before(facts, nonfinite_step)
     findings = [*check_carried(facts), *check_loss_inputs(facts)]
     findings += [f for f in (check_not_optimized(facts.not_optimized), check_never_grad(facts.never_grad),
                              check_eval_mode(facts.eval_modules)) if f is not None]
     findings += [f for f in (check_loss_trend(facts), check_oscillation(facts)) if f is not None]
     findings += [*check_update_ratios(facts), *check_depth(facts), *check_activations(facts)]
     return findings
+
+
+def before(facts: WatchFacts, step: int) -> WatchFacts:
+    """The facts of the steps before ``step``, without the activation shares (gathered over the whole run)."""
+    keep = [i for i, sampled in enumerate(facts.sample_steps) if sampled < step]
+    return dataclasses.replace(
+        facts, losses=[(s, v) for s, v in facts.losses if s < step], sample_steps=[facts.sample_steps[i] for i in keep],
+        lrs=[facts.lrs[i] for i in keep], grad_norm=[[row[i] for i in keep] for row in facts.grad_norm],
+        update_ratio=[[row[i] for i in keep] for row in facts.update_ratio], dead_fraction={}, saturated_fraction={},
+    )
 
 
 # --- program bugs ---------------------------------------------------------------------------------
