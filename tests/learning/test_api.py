@@ -173,3 +173,23 @@ def test_statistics_are_read_back_once_per_sampled_step(monkeypatch):
     assert w.report.result["series"]["step"] == [0, 5, 10, 15]
     assert set(calls) == {"tolist"}  # never .item(), float() or bool() of a tensor
     assert 4 <= len(calls) <= 4 + 1 + 2  # a flush per sampled step, a last one, the unit masks and the labels
+
+
+def test_a_large_layer_is_measured_on_a_slice_close_to_the_whole():
+    from torchdoctor.learning.stats import SNAPSHOT_ELEMENTS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 2))
+    assert model[0].weight.numel() > SNAPSHOT_ELEMENTS
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(64, 300), torch.randint(0, 2, (64,))
+    with torchdoctor.watch(every=1) as w:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        before = [p.detach().clone() for p in model[0].parameters()]
+        optimizer.step()
+    after = list(model[0].parameters())
+    whole = (sum((a - b).pow(2).sum() for a, b in zip(after, before, strict=True)).sqrt()
+             / sum(a.pow(2).sum() for a in after).sqrt()).item()
+    measured = w.report.result["series"]["update_ratio"][0][0]
+    assert measured == pytest.approx(whole, rel=0.25)

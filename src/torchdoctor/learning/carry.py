@@ -27,13 +27,15 @@ class CarryCheck:
 
     @classmethod
     def arm(cls, params: list[Any], step: int) -> CarryCheck | None:
-        params = [p for p in params if p.grad is not None]
+        import torch
+
+        params = [p for p in params if p.grad is not None and not p.grad.is_sparse]
         if not params:
             return None
-        added = [p.grad.detach().new_zeros(p.grad.shape) for p in params]
+        added = [torch.zeros_like(stats.head(p.grad)) for p in params]
         handles = [p.register_hook(functools.partial(_accumulate, total))
                    for p, total in zip(params, added, strict=True)]
-        previous = [p.grad.detach().clone() for p in params]
+        previous = [stats.head(p.grad).clone() for p in params]
         return cls(step, params, previous, added, handles)
 
     def finish(self) -> tuple[list[Any], Any] | None:
@@ -53,4 +55,4 @@ class CarryCheck:
 
 
 def _accumulate(total: Any, grad: Any) -> None:
-    total.add_(grad.detach())
+    total.add_(stats.head(grad))

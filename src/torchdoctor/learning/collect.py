@@ -247,7 +247,7 @@ class Collector:
         norms = stats.group_norms([p.grad for p in layered.params], layered.index, len(layered.layers))
         sample = self.samples[step]
         self._queue(lambda values: sample.grad_norm.update(zip(layered.layers, values, strict=False)), norms)
-        self._snapshot = (step, layered, [p.detach().clone() for p in layered.params])
+        self._snapshot = (step, layered, [stats.head(p).clone() for p in layered.params])
 
     def _measure_update(self) -> None:
         step, layered, before = self._snapshot
