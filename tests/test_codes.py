@@ -9,6 +9,7 @@ from torchdoctor.data.sections import TITLES as DATA_TITLES
 from torchdoctor.docs import render_findings_markdown
 from torchdoctor.env.registry import CHECK_NAMES
 from torchdoctor.errors import UsageError
+from torchdoctor.learning.api import SECTIONS as WATCH_SECTIONS
 
 TESTS = Path(__file__).resolve().parent
 
@@ -52,6 +53,7 @@ SECTIONS = {
     "data": {name for name, _title in DATA_TITLES},
     "count": {"compute", "uncounted", "memory"},
     "nan-hunt": {"nan-hunt"},
+    "watch": {name for name, _title in WATCH_SECTIONS},
     "check": {ANY_SECTION},
     "explain": {ANY_SECTION},
 }

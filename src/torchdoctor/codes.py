@@ -6,7 +6,8 @@ renumber one. Hundreds digit of the code = family (``FAMILIES``): 1 env, 2 ckpt,
 5 data, 6 errors (torchdoctor's own, ``check``'s, and errors that only ``explain`` recognises),
 7 distributed, 8 watch. The family says where an id was born, not every command that reports it:
 ``training-step-failed`` (1xx) also comes from ckpt, data and count; ``nonfinite-input`` (3xx) also from
-data; ``distributed-hang`` and ``ranks-diverged`` (7xx) also from nan-hunt, ``ddp-unused-parameters`` and
+data; the 3xx ids of a NaN/inf and of the script's ending also from watch; ``distributed-hang`` and
+``ranks-diverged`` (7xx) also from nan-hunt, ``ddp-unused-parameters`` and
 ``syncbn-missing`` (7xx) only from nan-hunt; ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
 (6xx) from env and check; any id explain recognises from data or count when their step fails with it.
 ``commands`` on each spec is the full list (README.md has the same story as a table).
@@ -361,70 +362,70 @@ _SPECS = (
         "A batch already held NaN or inf before the model saw it.",
         "Every later NaN is the data's fault; the model and the learning rate are not to blame.",
         "Find the sample (the finding names its data-set index) and fix or filter it in the Dataset.",
-        commands=("nan-hunt", "data"), section={"nan-hunt": "nan-hunt", "data": "inputs"},
+        commands=("nan-hunt", "data", "watch"), section={"nan-hunt": "nan-hunt", "data": "inputs", "watch": "run"},
     ),
     _spec(
         "nonfinite-forward", "TD302", "error",
         "An op in the model's forward produced NaN or inf from finite inputs.",
         "The loss and every gradient after it are NaN; training silently stops learning.",
         "Guard the named op: add an eps (x / (std + eps)), clamp before log/sqrt, avoid fully masked rows.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-loss", "TD303", "error",
         "The loss computation produced NaN or inf from a finite model output.",
         "A custom loss taking log of an underflowed probability is the classic cause.",
         "Use the fused, stable form (F.cross_entropy / log_softmax instead of log(softmax)), or clamp(min=eps).",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-backward", "TD304", "error",
         "A gradient became NaN or inf in backward although the loss was finite.",
         "The optimizer step writes NaN into the weights; every later step is wasted.",
         "Fix the forward op whose derivative blows up (e.g. sqrt at 0: use sqrt(x + eps)); clip gradients.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-optimizer", "TD305", "error",
         "A parameter became NaN or inf in optimizer.step() although its gradient was finite.",
         "The learning rate or optimizer state (e.g. Adam's eps, a zero second moment) overflowed the weights.",
         "Lower the learning rate, raise the optimizer's eps, or clip gradients.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "divergence", "TD306", "error",
         "The loss or gradient norm grew geometrically in the steps before the first NaN/inf.",
         "The run was diverging, not hitting a bug in one op: the NaN is a symptom of the step size.",
         "Lower the learning rate, add warm-up, or clip gradients (torch.nn.utils.clip_grad_norm_).",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "low-precision-overflow", "TD307", "error",
         "A float16/bfloat16 value exceeded the dtype's largest finite number and became inf.",
         "float16 overflows above 65504: a model cast to .half() or run without loss scaling produces inf.",
         "Train under torch.autocast with torch.amp.GradScaler (or in bfloat16) instead of casting the model.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "amp-skipped-steps", "TD308", "info",
         "GradScaler skipped optimizer steps because of inf/NaN gradients (error when it skipped every step).",
         "A few skips while the scale calibrates are normal; skipping every step means nothing trains.",
         "If every step is skipped, look for a real NaN source (nan-hunt names it) or a too-large init_scale.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "script-failed", "TD309", "error",
         "The training script raised an exception.",
         "The run ended early; the traceback's last user frame is where to look.",
         "Fix the error at the named line; `torchdoctor explain` turns the message into a cause.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "script-exit-code", "TD310", "error",
         "The training script exited with a non-zero exit code by itself.",
         "CI and schedulers treat the run as failed.",
         "See the script's own output for why it called sys.exit with that code.",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "loss-explosion", "TD311", "error",
@@ -433,7 +434,7 @@ _SPECS = (
         "its first loss with a gradient norm of 4e15). No NaN ever appears, so only the loss series shows it.",
         "Lower the learning rate (a 10x step down first), add warm-up, or clip gradients "
         "(torch.nn.utils.clip_grad_norm_).",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     # --- 4xx: count ------------------------------------------------------------------------
     _spec(
@@ -761,6 +762,143 @@ _SPECS = (
         "model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping it in "
         "DistributedDataParallel (fine to keep plain BatchNorm when per-rank batches are large).",
         commands=("nan-hunt",), section="nan-hunt",
+    ),
+    # --- 8xx: watch (why a training run does not learn; thresholds live in torchdoctor.learning.judge) ------
+    _spec(
+        "grad-not-zeroed", "TD801", "error",
+        "Gradients are carried over from one optimizer step into the next: zero_grad is missing or misplaced.",
+        "Every step adds the new gradient to all the old ones, so the update grows and points at stale batches. "
+        "Checked on sampled steps: the gradient at the next step equals the previous step's gradient plus "
+        "everything backward added since (to 1e-3). Deliberate accumulation (several backwards, step, "
+        "zero_grad) resets after the step and is not this.",
+        "Call optimizer.zero_grad() once per optimizer step, before the backward (or right after step()).",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "double-softmax", "TD802", "error",
+        "The input of cross_entropy / CrossEntropyLoss is already a probability distribution (a Softmax "
+        "before a loss that applies log_softmax itself).",
+        "Every sampled call had rows >= 0 summing to 1 (to 1e-3): the loss squashes probabilities again, "
+        "its gradients shrink and the model barely learns.",
+        "Return raw logits from the model and drop the Softmax; apply softmax only at inference.",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "sigmoid-before-logits-loss", "TD803", "error",
+        "The input of binary_cross_entropy_with_logits / BCEWithLogitsLoss comes out of a sigmoid.",
+        "Every sampled call (at least 2) got a sigmoid's output (its autograd node, reshapes aside), all "
+        "values in (0, 1): the loss applies a second sigmoid, so predictions never go below 0.5 and learning "
+        "stalls.",
+        "Remove the final sigmoid (keep it for inference only), or use BCELoss on probabilities.",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "nll-on-logits", "TD804", "error",
+        "nll_loss / NLLLoss gets raw scores instead of log-probabilities.",
+        "NLLLoss only picks -input[target]; on raw scores (some > 0, or rows whose logsumexp is not 0 "
+        "within 1e-2, in every sampled call) it rewards making the score unbounded, not a distribution.",
+        "Apply log_softmax before nll_loss, or use cross_entropy on the raw logits.",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "params-not-updated", "TD805", "error",
+        "Parameters with requires_grad=True receive gradients but belong to no optimizer.",
+        "Typically a layer (a new head) replaced after the optimizer was built: it computes gradients "
+        "that nothing applies, so it never trains. Frozen parameters (requires_grad=False) are not this.",
+        "Build the optimizer after the last change to the model, or add the parameters with "
+        "optimizer.add_param_group({'params': layer.parameters()}).",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "params-no-grad", "TD806", "error",
+        "Parameters given to an optimizer never receive a gradient (grouped by module).",
+        "A .detach(), .data, torch.no_grad() or an unused branch cuts them off the loss: they never train.",
+        "Find where the module's output leaves the graph (.detach(), .data, no_grad) or remove the unused "
+        "module; freeze parameters on purpose with requires_grad_(False).",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "eval-mode-training", "TD807", "error",
+        "The optimizer steps while modules that behave differently in training (dropout, batch norm) are "
+        "in eval mode.",
+        "After model.eval() without model.train(), dropout is off and batch norm uses frozen running "
+        "statistics: the model trains as a different network. Reported when the whole model is in eval "
+        "mode, or a batch-norm layer whose own parameters are being optimized is.",
+        "Call model.train() at the start of every training epoch (after each evaluation).",
+        commands=("watch",), section="bugs",
+    ),
+    _spec(
+        "loss-not-decreasing", "TD808", "warning",
+        "The loss shows no downward trend over the watched window.",
+        "With at least 20 steps, the median loss of the last quarter is not 1% below that of the first "
+        "quarter, or it sits at the chance level (within 5% of the entropy of the labels seen: ln C for C "
+        "balanced classes), where the labels look unrelated to the inputs. Runs with several optimizers "
+        "(GANs) are not judged.",
+        "Check that inputs and labels match (shuffle them together), then the learning rate; "
+        "overfit one small batch first.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "update-ratio-high", "TD809", "warning",
+        "Per layer, |Δw| / |w| per step is far above the usual band (around 1e-3).",
+        "The median ratio over sampled steps (after warm-up: lr at least half its maximum) is above 1e-1: "
+        "each step rewrites a tenth of the weights, so the learning rate is too high.",
+        "Lower the learning rate (about 10x), or add warm-up.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "update-ratio-low", "TD810", "warning",
+        "Per layer, |Δw| / |w| per step is far below the usual band (around 1e-3).",
+        "The median ratio over sampled steps (after warm-up) is below 1e-6: the weights barely move, so "
+        "the learning rate is too low (or the gradients vanish).",
+        "Raise the learning rate (about 10-100x) and watch the ratio reach about 1e-3.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "grad-vanishing", "TD811", "warning",
+        "Gradient norms fall by orders of magnitude from the output layers to the input layers.",
+        "The first layer's median gradient RMS is below 1e-3 times the last layer's (embeddings and "
+        "frozen layers left out): early layers barely learn.",
+        "Use ReLU/GELU instead of sigmoid/tanh in deep stacks, residual connections, normalisation "
+        "layers, and the default (Kaiming) initialisation.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "grad-exploding", "TD812", "warning",
+        "Gradient norms grow by orders of magnitude from the output layers to the input layers.",
+        "The first layer's median gradient RMS is above 1e3 times the last layer's: early layers take "
+        "huge steps and the run tends to diverge.",
+        "Clip gradients (torch.nn.utils.clip_grad_norm_), lower the initialisation scale, add "
+        "normalisation layers.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "dead-relu", "TD813", "warning",
+        "A ReLU layer where (nearly) every unit is inactive for every sample watched.",
+        "At least 90% of its units (features, or channels of a convolution) output 0 for every sample "
+        "of every sampled training step: no gradient flows through them.",
+        "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
+        "LeakyReLU/GELU.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "saturated-activation", "TD814", "warning",
+        "tanh/sigmoid units pinned at their bounds for (nearly) every sample.",
+        "At least half the units of a hidden tanh/sigmoid layer are within 1% of their bounds for every "
+        "sample of every sampled training step: their gradient is almost 0. The model's own output "
+        "activation is not judged.",
+        "Normalise the inputs, lower the initialisation scale or learning rate, or use ReLU/GELU.",
+        commands=("watch",), section="dynamics",
+    ),
+    _spec(
+        "loss-oscillating", "TD815", "warning",
+        "The loss jumps by large factors from step to step without a trend.",
+        "With at least 20 steps, over the last half of them the median step-to-step change of the loss is "
+        "more than 2x (up or down) and the loss stays above a quarter of where that half began and of the "
+        "first steps' loss (a converged loss near 0 jumps by large factors from batch noise alone). "
+        "Runs with several optimizers are not judged.",
+        "Lower the learning rate; check for a batch size of 1 or unnormalised inputs.",
+        commands=("watch",), section="dynamics",
     ),
 )
 

@@ -15,6 +15,7 @@ from torchdoctor.cli.data import data_command
 from torchdoctor.cli.env import env_command
 from torchdoctor.cli.explain import explain_command
 from torchdoctor.cli.nan import NAN_HUNT_CONTEXT, nan_hunt_command
+from torchdoctor.cli.watch import WATCH_CONTEXT, watch_command
 
 app = typer.Typer(
     name="torchdoctor",
@@ -25,10 +26,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# in the order people meet their problems: machine, checkpoints, NaNs, data, compute, errors
+# in the order people meet their problems: machine, checkpoints, NaNs, learning, data, compute, errors
 app.command("env", cls=ConventionalCommand)(env_command)
 app.add_typer(ckpt_app, name="ckpt")
 app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT, cls=ConventionalCommand)(nan_hunt_command)
+app.command("watch", context_settings=WATCH_CONTEXT, cls=ConventionalCommand)(watch_command)
 app.command("data", cls=ConventionalCommand)(data_command)
 app.command("count", cls=ConventionalCommand)(count_command)
 app.command("explain", cls=ConventionalCommand)(explain_command)

@@ -69,18 +69,18 @@ def run_script(
     restored afterwards. ``distributed`` (a torchrun rank) also watches DistributedDataParallel models.
     """
     script = os.fspath(script)
-    path = _script_path(script)
-    code = _compile_script(path, script)
+    path = script_path(script)
+    code = compile_script(path, script)
     from torchdoctor.nan.ddp import DdpWatch
     from torchdoctor.nan.hunt import nan_hunt
 
     outcome = ScriptOutcome(Ending.STOPPED)  # stays so only when the hunt's HuntStopped ends the run
     ddp = DdpWatch() if distributed else None
-    with _as_main(script, path, args) as module, _stdout_redirect(stdout_to_stderr):
+    with as_main(script, path, args) as module, stdout_redirect(stdout_to_stderr):
         hunt = nan_hunt(check_inf=check_inf, max_steps=steps, keep_going=keep_going)
         with hunt, ddp or contextlib.nullcontext():
-            outcome = _execute(code, module)
-    findings = _judge_outcome(outcome, Path(os.path.realpath(path)).parent)
+            outcome = execute_script(code, module)
+    findings = judge_outcome(outcome, Path(os.path.realpath(path)).parent)
     extra_result = _script_facts(script, args, outcome)
     if ddp is not None:
         findings += _ddp_findings(ddp, findings)
@@ -98,7 +98,7 @@ def _ddp_findings(ddp: Any, findings: tuple[Finding, ...]) -> tuple[Finding, ...
 # --- preparing the script ------------------------------------------------------------------------------
 
 
-def _script_path(script: str) -> Path:
+def script_path(script: str) -> Path:
     path = Path(script).expanduser()
     if not path.exists():
         raise InputError(f"no such file: '{script}'", hint=f"relative paths start at the current folder, {os.getcwd()}")
@@ -107,7 +107,7 @@ def _script_path(script: str) -> Path:
     return Path(os.path.abspath(path))  # python keeps a symlink's own path in __file__; sys.path[0] resolves it
 
 
-def _compile_script(path: Path, script: str) -> types.CodeType:
+def compile_script(path: Path, script: str) -> types.CodeType:
     """Compile first, so a syntax error is the user's code failing to load (exit 2), not a finding."""
     try:
         source = path.read_bytes()  # bytes: compile() honours a PEP 263 coding cookie like python does
@@ -123,7 +123,7 @@ def _compile_script(path: Path, script: str) -> types.CodeType:
 
 
 @contextlib.contextmanager
-def _as_main(script: str, path: Path, args: Sequence[str]) -> Iterator[types.ModuleType]:
+def as_main(script: str, path: Path, args: Sequence[str]) -> Iterator[types.ModuleType]:
     """A fresh ``__main__`` module, argv and sys.path as ``python SCRIPT ARGS`` sets them; all restored.
 
     Not ``runpy.run_path``: it rewrites ``sys.argv[0]`` to the path it is given, and a script must see
@@ -152,11 +152,11 @@ def _as_main(script: str, path: Path, args: Sequence[str]) -> Iterator[types.Mod
             os.chdir(saved_cwd)
 
 
-def _stdout_redirect(to_stderr: bool) -> contextlib.AbstractContextManager:
+def stdout_redirect(to_stderr: bool) -> contextlib.AbstractContextManager:
     return contextlib.redirect_stdout(sys.stderr) if to_stderr else contextlib.nullcontext()
 
 
-def _execute(code: types.CodeType, module: types.ModuleType) -> ScriptOutcome:
+def execute_script(code: types.CodeType, module: types.ModuleType) -> ScriptOutcome:
     """Run the code; every ending but the hunt's own ``HuntStopped`` (a BaseException) becomes an outcome."""
     from torchdoctor.nan.hunt import HuntStopped
 
@@ -179,7 +179,7 @@ def _execute(code: types.CodeType, module: types.ModuleType) -> ScriptOutcome:
 # --- judging the ending ----------------------------------------------------------------------------------
 
 
-def _judge_outcome(outcome: ScriptOutcome, script_dir: Path) -> tuple[Finding, ...]:
+def judge_outcome(outcome: ScriptOutcome, script_dir: Path) -> tuple[Finding, ...]:
     if outcome.ending is Ending.FAILED and outcome.exception is not None:
         return (_failure_finding(outcome.exception, script_dir),)
     if outcome.ending is Ending.EXITED and isinstance(outcome.exception, SystemExit):
@@ -252,12 +252,12 @@ def _script_facts(script: str, args: Sequence[str], outcome: ScriptOutcome) -> d
         "path": script,
         "argv": [script, *args],
         "ended": outcome.ending.value,
-        "exit_code": _python_exit_code(outcome),
+        "exit_code": python_exit_code(outcome),
     }
     return {"script": facts, "interrupted": outcome.ending is Ending.INTERRUPTED}
 
 
-def _python_exit_code(outcome: ScriptOutcome) -> int | None:
+def python_exit_code(outcome: ScriptOutcome) -> int | None:
     """What ``python SCRIPT`` would have exited with; None when the hunt stopped the script early."""
     if isinstance(outcome.exception, SystemExit):
         return _exit_status(outcome.exception)
