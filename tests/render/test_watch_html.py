@@ -1,0 +1,75 @@
+"""The watch page from contract-shaped report dicts: cells, links both ways, escaping, self-containment."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from tests.render.watch_reports import HOSTILE, watch_report_dict
+
+from torchdoctor.render.json import json_safe
+from torchdoctor.render.watch_html import render_watch_html
+
+
+def _finding_anchor(html: str, fid: str) -> tuple[str, str | None]:
+    """The ``finding-N`` id of the finding ``fid`` and the row it links to (None without a link)."""
+    item = re.search(rf'<li class="finding \w+" id="(finding-\d+)">(?:(?!</li>).)*?{fid}.*?</li>', html)
+    assert item, fid
+    link = re.search(r'<a href="#((?:layer|act)-\d+)">', item.group(0))
+    return item.group(1), link.group(1) if link else None
+
+
+def test_one_titled_cell_per_layer_and_step_in_each_heatmap():
+    html = render_watch_html(watch_report_dict(layers=3, steps=7))
+    assert len(re.findall(r'<rect class="cell"', html)) == 2 * 3 * 7
+    assert "blocks.0.linear · step 1 · gradient norm 1e-06" in html
+    assert "blocks.1.linear · step 5 · gradient norm no value" in html  # the gap in the series
+
+
+def test_layers_follow_model_order_and_findings_link_both_ways():
+    html = render_watch_html(watch_report_dict())
+    rows = re.findall(r'<tr id="layer-(\d+)"><td>([^<]*)</td>', html)
+    assert [name for _, name in rows] == ["blocks.0.linear", "blocks.1.linear", "blocks.2.linear", "head"]
+    finding, row = _finding_anchor(html, "grad-vanishing")  # location blocks.0.linear.weight: a parameter
+    assert row == "layer-0"
+    assert re.search(rf'<tr id="layer-0">.*?<a href="#{finding}">grad-vanishing</a>', html)
+    finding, row = _finding_anchor(html, "dead-relu")  # a parameter-free ReLU: its activation row
+    assert row == "act-0" and re.search(rf'<tr id="act-0"><td>relu1</td>.*?href="#{finding}"', html)
+    assert _finding_anchor(html, "loss-not-decreasing")[1] is None  # about the run, not a layer
+    assert html.index("params-not-updated") < html.index("grad-vanishing")  # errors first
+
+
+def test_names_from_user_code_are_escaped_everywhere():
+    html = render_watch_html(watch_report_dict(hostile=True))
+    assert "<script>alert" not in html and 'alert("x")' not in html
+    escaped = 'head&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;'
+    assert html.count(escaped) >= 4  # finding message and link, layer row, heatmap labels and titles
+    assert HOSTILE not in html
+
+
+def test_the_page_needs_nothing_from_the_network():
+    html = render_watch_html(watch_report_dict())
+    assert not re.search(r"https?://|//cdn|@import|<link|src=", html, re.IGNORECASE)
+    assert re.findall(r"url\(([^)]*)\)", html) == ["#legend-grad-norm", "#legend-update-ratio"]
+    assert "default-src 'none'" in html  # the browser itself refuses any fetch
+
+
+def test_a_json_round_trip_with_non_finite_values_still_renders():
+    report = watch_report_dict(layers=2, steps=4)
+    series = report["result"]["series"]
+    series["grad_norm"][0][1] = float("inf")
+    series["loss"][2] = float("nan")
+    report["result"]["first_nonfinite"] = {"kind": "nan", "phase": "forward", "step": 5}
+    back = json.loads(json.dumps(json_safe(report), allow_nan=False))  # what --json writes
+    html = render_watch_html(back)
+    assert 'fill="#c0392b"><title>blocks.0.linear · step 3 · gradient norm inf</title>' in html
+    assert '<line class="marker" x1=' in html  # the first non-finite step on the loss curve
+
+
+def test_a_run_without_series_or_findings_says_so():
+    report = watch_report_dict()
+    report["findings"], report["result"]["series"] = [], {}
+    html = render_watch_html(report)
+    assert "Nothing stood out in the watched steps." in html
+    assert "No loss was recorded." in html and "No gradient norm was recorded." in html
+    assert "<rect class=\"cell\"" not in html
