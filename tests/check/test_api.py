@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -110,3 +111,37 @@ def test_package_module_specs_import_from_the_config_folder(project):
     item = report.result["items"][0]
     assert (item["status"], item["error"]) == ("ok", None), item
     assert str(project.resolve()) not in sys.path  # the folder was on sys.path for the run only
+
+
+def _fake_watch(report_dict, returncode=1, calls=None):
+    def fake_run(command, **kwargs):
+        if calls is not None:
+            calls.append((command, kwargs))
+        return subprocess.CompletedProcess(command, returncode, json.dumps(report_dict), "")
+    return fake_run
+
+
+def test_a_watch_item_runs_watch_on_its_script_and_keeps_its_report(project):
+    from tests.render.watch_reports import watch_report_dict
+
+    calls = []
+    (project / "pyproject.toml").write_text('[tool.torchdoctor]\n[[tool.torchdoctor.watch]]\nscript = "healthy.py"\n'
+                                            'steps = 40\nargs = ["--steps", "50"]\ntimeout = 30\n')
+    report = run_check(cwd=project, run_subprocess=_fake_watch(watch_report_dict(), calls=calls))
+    command, kwargs = calls[0]
+    assert command[1:] == ["-m", "torchdoctor", "watch", "healthy.py", "--json", "--steps", "40", "--", "--steps", "50"]
+    assert (kwargs["cwd"], kwargs["timeout"]) == (str(project.resolve()), 30)
+    item = report.result["items"][0]
+    assert (item["kind"], item["status"], item["report"]["command"]) == ("watch", "error", "watch")
+    assert "params-not-updated" in [f.id for f in report.findings] and report.exit_code() == 1
+    assert report.sections[0].headline == "59 steps watched, 1 error, 3 warnings"
+
+
+def test_a_watch_item_past_its_timeout_names_the_command(project):
+    def too_slow(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    (project / "pyproject.toml").write_text('[tool.torchdoctor]\n[[tool.torchdoctor.watch]]\nscript = "healthy.py"\n'
+                                            "timeout = 2.5\n")
+    item = run_check(cwd=project, run_subprocess=too_slow).result["items"][0]
+    assert item["error"]["message"] == "watch of healthy.py did not finish within 2.5 s and was stopped"
