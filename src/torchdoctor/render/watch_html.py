@@ -43,7 +43,7 @@ svg{display:block;width:100%;height:auto;background:#fff;border:1px solid var(--
 .band{stroke:var(--ink);stroke-width:1.5}
 .tick,.row-label{font-size:11px;fill:var(--muted)}.row-label{fill:var(--ink)}
 a .row-label:hover{fill:var(--accent);text-decoration:underline}
-.cell:hover{stroke:var(--ink);stroke-width:1}
+.row rect:hover{stroke:var(--ink);stroke-width:1}
 .readout{min-height:1.5em;font-size:13px;color:var(--muted);margin:4px 0 0}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);font-size:14px}
 th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #eef0f3}th{font-weight:600;color:var(--muted)}
@@ -68,10 +68,11 @@ return original.apply(console,arguments);};
 document.addEventListener('DOMContentLoaded',function(){
 document.querySelectorAll('svg.heatmap').forEach(function(map){
 var readout=map.nextElementSibling;
-map.addEventListener('mouseover',function(e){var t=e.target;
-if(t.classList.contains('cell')&&readout){readout.textContent=t.firstChild.textContent;}});
+map.addEventListener('mouseover',function(e){var t=e.target,row=t.parentNode;
+if(t.tagName==='rect'&&row.classList.contains('row')&&readout){
+readout.textContent=row.getAttribute('data-layer')+': '+t.firstChild.textContent.split(' · ').slice(1).join(' · ');}});
 });
-root.setAttribute('data-heat-cells',String(document.querySelectorAll('rect.cell').length));
+root.setAttribute('data-heat-cells',String(document.querySelectorAll('svg.heatmap g.row rect').length));
 root.setAttribute('data-ready','1');
 });
 })();

@@ -6,12 +6,24 @@ import math
 from collections.abc import Sequence
 from html import escape
 
-from torchdoctor.render.watch_series import LogScale, colour, display_name, format_value, usable
+from torchdoctor.render.watch_series import (
+    LogScale,
+    bucket_mean,
+    buckets,
+    colour,
+    display_name,
+    format_value,
+    usable,
+)
 
 PLOT_WIDTH = 760
 LABEL_WIDTH = 210
 ROW_HEIGHT = 14  # the least a row gets; small models get taller rows so the picture keeps its presence
-GAP_FILL, ZERO_FILL, NON_FINITE_FILL = "#eef0f3", "#ffffff", "#c0392b"
+# ~150 bytes a cell: past this many per heatmap (100 layers × 100 columns), neighbouring steps share a cell, which
+# keeps a 500-step, 300-layer page a few MB; a cell narrower than a few pixels could not be pointed at anyway
+MAX_CELLS = 10_000
+MIN_COLUMNS = 40
+GAP_FILL, ZERO_FILL, NON_FINITE_FILL = "#cfd4db", "#f3e3cf", "#c0392b"  # grey, sand, red: off the scale
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -106,34 +118,43 @@ def _x_axis(x: _Axis, steps: Sequence[int], baseline: float) -> list[str]:
 
 def heatmap(layers: Sequence[str], steps: Sequence[int], rows: Sequence[Sequence[float | None]], *, label: str,
             css_class: str, anchors: Sequence[str], band: float | None = None) -> str:
-    """One cell per layer × step, coloured on a log scale, each with a hover title; labels link to layer rows."""
+    """One cell per layer × step (neighbouring steps merged when that would pass ``MAX_CELLS``), coloured on a log
+    scale, each with a hover title; the row labels link to the layer rows of the page."""
     if not layers or not steps:
         return f'<p class="empty">No {escape(label)} was recorded.</p>'
     scale = LogScale.of(value for row in rows for value in row)
-    cell = PLOT_WIDTH / len(steps)
+    columns = buckets(len(steps), max(MIN_COLUMNS, MAX_CELLS // len(layers)))
     row_height = max(ROW_HEIGHT, min(24, 280 // len(layers)))
-    top = 4
-    grid_bottom = top + row_height * len(layers)
-    height = grid_bottom + 58
-    parts = [f'<svg class="heatmap {css_class}" viewBox="0 0 {LABEL_WIDTH + PLOT_WIDTH + 16} {height}" '
-             f'shape-rendering="crispEdges" role="img" aria-label="{escape(label)} per layer over steps">']
+    grid_bottom = 4 + row_height * len(layers)
+    parts = [f'<svg class="heatmap {css_class}" viewBox="0 0 {LABEL_WIDTH + PLOT_WIDTH + 16} {grid_bottom + 58}" '
+             f'role="img" aria-label="{escape(label)} per layer over steps">']
     for index, (name, row) in enumerate(zip(layers, rows, strict=False)):
-        y = top + index * row_height
-        shown = display_name(name)
-        short = shown if len(shown) <= 30 else "…" + shown[-29:]
-        parts.append(f'<a href="#{anchors[index]}"><text class="row-label" x="{LABEL_WIDTH - 8}" '
-                     f'y="{y + row_height / 2 + 4:.1f}" text-anchor="end">{escape(short)}<title>{escape(shown)}</title>'
-                     "</text></a>")
-        for column, step in enumerate(steps):
-            value = row[column] if column < len(row) else None
-            parts.append(f'<rect class="cell" x="{LABEL_WIDTH + column * cell:.2f}" y="{y}" '
-                         f'width="{cell + 0.05:.2f}" height="{row_height - 1}" fill="{_fill(scale, value)}">'
-                         f"<title>{escape(shown)} · step {step} · {escape(label)} {format_value(value)}</title></rect>")
+        parts.append(_heat_row(display_name(name), anchors[index], 4 + index * row_height, row_height,
+                               [(column, bucket_mean(row, column)) for column in columns], steps, label, scale))
+    cell = PLOT_WIDTH / len(columns)
     x = _Axis(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1, LABEL_WIDTH + cell / 2,
               LABEL_WIDTH + PLOT_WIDTH - cell / 2)
     parts += _x_axis(x, steps, grid_bottom + 2)
     parts += _legend(scale, grid_bottom + 30, css_class, band)
     parts.append("</svg>")
+    return "".join(parts)
+
+
+def _heat_row(name: str, anchor: str, y: float, height: int, cells: Sequence[tuple[range, float | None]],
+              steps: Sequence[int], label: str, scale: LogScale | None) -> str:
+    short = escape(name if len(name) <= 30 else "…" + name[-29:])
+    width = PLOT_WIDTH / len(cells)
+    parts = [f'<g class="row" transform="translate(0,{y})" data-layer="{escape(name)}"><a href="#{anchor}">'
+             f'<text class="row-label" x="{LABEL_WIDTH - 8}" y="{height / 2 + 4:.1f}" text-anchor="end">{short}'
+             f"<title>{escape(name)}</title></text></a>"]
+    for index, (column, value) in enumerate(cells):
+        first, last = steps[column[0]], steps[column[-1]]
+        where = f"step {first}" if first == last else f"steps {first}–{last}"
+        # each cell overlaps the next by half a unit: abutting edges anti-alias into visible seams
+        parts.append(f'<rect x="{LABEL_WIDTH + index * width:.1f}" width="{width + 0.5:.1f}" height="{height - 1}" '
+                     f'fill="{_fill(scale, value)}"><title>{short} · {where} · {label} {format_value(value)}</title>'
+                     "</rect>")
+    parts.append("</g>")
     return "".join(parts)
 
 
@@ -158,7 +179,7 @@ def _legend(scale: LogScale | None, y: float, css_class: str, band: float | None
              f'<text class="tick" x="{LABEL_WIDTH - 6}" y="{y + 9}" text-anchor="end">'
              f"{format_value(10 ** scale.low)}</text>",
              f'<text class="tick" x="{LABEL_WIDTH + width + 6}" y="{y + 9}">{format_value(10 ** scale.high)} '
-             "(log scale) · white: 0 · grey: no value · red: NaN/inf</text>"]
+             "(log scale) · sand: 0 · grey: no value · red: NaN/inf</text>"]
     position = scale.position(band) if band is not None else None
     if position is not None and 0 < position < 1:
         mark = LABEL_WIDTH + position * width
