@@ -145,3 +145,12 @@ def test_a_watch_item_past_its_timeout_names_the_command(project):
                                             "timeout = 2.5\n")
     item = run_check(cwd=project, run_subprocess=too_slow).result["items"][0]
     assert item["error"]["message"] == "watch of healthy.py did not finish within 2.5 s and was stopped"
+
+
+def test_a_watch_item_runs_the_real_watch_on_a_healthy_script(project):
+    pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
+    report = _only(project, '[[tool.torchdoctor.watch]]\nscript = "healthy.py"\nargs = ["--steps", "4"]\n')
+    item = report.result["items"][0]
+    assert (item["kind"], item["error"], item["report"]["command"]) == ("watch", None, "watch"), item
+    assert item["report"]["result"]["steps_watched"] == 4
+    assert report.sections[0].headline.startswith("4 steps watched")

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 
+import pytest
 from tests.render.browser import attribute, load
 from tests.render.watch_reports import watch_report_dict
 
 from torchdoctor.render.watch_html import render_watch_html
+from torchdoctor.render.watch_series import layer_for
+
+SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}  # the page lists errors first
 
 
 def test_the_page_loads_without_errors_and_draws_every_heat_cell(tmp_path):
@@ -33,3 +40,45 @@ def test_a_broken_page_is_caught_so_the_check_above_can_fail(tmp_path):
     errors = attribute(loaded.dom, "data-errors") or ""
     assert "noSuchFunction" in errors and "example.invalid" in errors
     assert any("noSuchFunction" in line for line in loaded.console)
+
+
+# A small classifier whose head was left out of the optimizer: it learns a little, and there is a layer to link to.
+TRAIN_PY = """
+import torch
+from torch import nn
+
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 16), nn.Tanh(), nn.Linear(16, 3))
+optimizer = torch.optim.SGD([*model[0].parameters(), *model[2].parameters()], lr=0.1)
+inputs = torch.randn(64, 8)
+labels = (inputs[:, 0] > 0).long() + (inputs[:, 1] > 0).long()
+for step in range(30):
+    loss = nn.functional.cross_entropy(model(inputs), labels)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+print("trained")
+"""
+
+
+def test_torchdoctor_watch_html_draws_the_real_run_in_a_browser(tmp_path):
+    pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
+    script, page = tmp_path / "train.py", tmp_path / "watch.html"
+    script.write_text(TRAIN_PY)
+    done = subprocess.run([sys.executable, "-m", "torchdoctor", "watch", str(script), "--json", "--html", str(page)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode in (0, 1), done.stderr[-2000:]
+    report = json.loads(done.stdout)
+    series = report["result"]["series"]
+    assert series["layers"] == ["0", "2", "4"] and len(series["step"]) == 30
+    loaded = load(page, tmp_path / "profile")
+    assert attribute(loaded.dom, "data-ready") == "1"
+    assert attribute(loaded.dom, "data-errors") is None and loaded.console == []
+    assert attribute(loaded.dom, "data-heat-cells") == str(2 * 3 * 30)
+    for index, finding in enumerate(sorted(report["findings"], key=lambda f: SEVERITY_ORDER[f["severity"]])):
+        item = re.search(rf'<li class="finding \w+" id="finding-{index}">.*?</li>', loaded.dom).group(0)
+        assert finding["id"] in item
+        row = layer_for(finding["location"], series["layers"])
+        if row is not None:  # a finding about a layer links to its row, and the row links back
+            assert f'href="#layer-{row}"' in item
+            assert re.search(rf'<tr id="layer-{row}">.*?href="#finding-{index}"', loaded.dom)
