@@ -69,6 +69,7 @@ def test_torchdoctor_watch_html_draws_the_real_run_in_a_browser(tmp_path):
                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode in (0, 1), done.stderr[-2000:]
     report = json.loads(done.stdout)
+    assert "gradient norm per layer" not in done.stderr  # the terminal pictures only go to a terminal
     series = report["result"]["series"]
     assert series["layers"] == ["0", "2", "4"] and len(series["step"]) == 30
     loaded = load(page, tmp_path / "profile")
