@@ -80,3 +80,11 @@ def test_a_run_without_series_or_findings_says_so():
     assert "Nothing stood out in the watched steps." in html
     assert "No loss was recorded." in html and "No gradient norm was recorded." in html
     assert "<rect x=" not in html
+
+
+def test_a_constant_learning_rate_gets_ticks_around_its_value():
+    report = watch_report_dict(layers=2, steps=5)
+    report["result"]["series"]["lr"] = [0.001] * 5
+    chart = re.search(r'<svg class="chart lr".*?</svg>', render_watch_html(report)).group(0)
+    ticks = [float(t) for t in re.findall(r'text-anchor="end">([^<]+)</text>', chart)]
+    assert ticks and all(0.0009 <= tick <= 0.0011 for tick in ticks) and 0.001 in ticks

@@ -48,8 +48,9 @@ class _Axis:
     def __init__(self, low: float, high: float, start: float, end: float, log: bool = False) -> None:
         self.log = log
         self.low, self.high = (math.log10(low), math.log10(high)) if log else (low, high)
-        if self.high == self.low:
-            self.low, self.high = self.low - 1, self.high + 1
+        if self.high == self.low:  # a constant (an lr without schedule): centre it, a decade or ±10% around
+            pad = 1.0 if log or self.low == 0 else abs(self.low) / 10
+            self.low, self.high = self.low - pad, self.high + pad
         self.start, self.end = start, end
 
     def __call__(self, value: float) -> float:
