@@ -73,7 +73,7 @@ def test_the_cli_draws_the_pictures_on_stderr_when_it_is_a_terminal(tmp_path):
     text = ANSI.sub("", terminal.decode("utf-8", "replace"))
     assert b"trained" in stdout and "trained" not in text  # the script's stdout stays on stdout
     assert "gradient norm per layer" in text and any(spark in text for spark in "▁▂▃▄▅▆▇█")
-    assert re.search(r"^\s+4  \S", text, re.MULTILINE)  # the head's strip, named by its module
+    assert re.search(r"^\s+2  \S", text, re.MULTILINE)  # a layer's strip, named by its module
 
 
 def _read_all(fd: int) -> bytes:
