@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import subprocess
 import sys
@@ -14,6 +16,7 @@ from tests.render.watch_reports import watch_report_dict
 from torchdoctor.render.watch_html import render_watch_html
 from torchdoctor.render.watch_series import layer_for
 
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}  # the page lists errors first
 
 
@@ -61,18 +64,20 @@ print("trained")
 """
 
 
-def test_torchdoctor_watch_html_draws_the_real_run_in_a_browser(tmp_path):
+def test_torchdoctor_watch_on_a_terminal_draws_its_pictures_and_a_page_that_loads_in_a_browser(tmp_path):
+    """One real run: stderr on a pseudo-terminal (the pictures), the report to --report, the page to --html."""
     pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
-    script, page = tmp_path / "train.py", tmp_path / "watch.html"
-    script.write_text(TRAIN_PY)
-    done = subprocess.run([sys.executable, "-m", "torchdoctor", "watch", str(script), "--json", "--html", str(page)],
-                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert done.returncode in (0, 1), done.stderr[-2000:]
-    report = json.loads(done.stdout)
-    assert "gradient norm per layer" not in done.stderr  # the terminal pictures only go to a terminal
+    (tmp_path / "train.py").write_text(TRAIN_PY)
+    stdout, terminal = _run_on_a_terminal(
+        [sys.executable, "-m", "torchdoctor", "watch", "train.py", "--report", "report.json", "--html", "watch.html"],
+        tmp_path)
+    assert stdout == b"trained\n"  # the script's stdout, untouched
+    assert "gradient norm per layer" in terminal and any(spark in terminal for spark in "▁▂▃▄▅▆▇█")
+    assert re.search(r"^\s+2  \S", terminal, re.MULTILINE)  # a layer's strip, named by its module
+    report = json.loads((tmp_path / "report.json").read_text())
     series = report["result"]["series"]
     assert series["layers"][:2] == ["0", "2"] and series["step"]  # "4" too, once the engine lists non-optimized
-    loaded = load(page, tmp_path / "profile")
+    loaded = load(tmp_path / "watch.html", tmp_path / "profile")
     assert attribute(loaded.dom, "data-ready") == "1"
     assert attribute(loaded.dom, "data-errors") is None and loaded.console == []
     assert attribute(loaded.dom, "data-heat-cells") == str(2 * len(series["layers"]) * len(series["step"]))
@@ -83,3 +88,25 @@ def test_torchdoctor_watch_html_draws_the_real_run_in_a_browser(tmp_path):
         if row is not None:  # a finding about a layer links to its row, and the row links back
             assert f'href="#layer-{row}"' in item
             assert re.search(rf'<tr id="layer-{row}">.*?href="#finding-{index}"', loaded.dom)
+
+
+def _run_on_a_terminal(command: list[str], cwd) -> tuple[bytes, str]:
+    """Run with stderr on a pseudo-terminal (so the CLI sees a TTY); its stdout, and the terminal's text."""
+    master, slave = pty.openpty()
+    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color"}
+    with subprocess.Popen(command, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                          stderr=slave) as process:
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        os.close(master)
+        stdout = process.stdout.read()
+        assert process.wait(timeout=300) in (0, 1)
+    return stdout, ANSI.sub("", b"".join(chunks).decode("utf-8", "replace"))

@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
-import pty
-import re
-import subprocess
-import sys
 
 import pytest
 from rich.console import Console
@@ -15,8 +10,6 @@ from tests.render.test_human import check_golden
 from tests.render.watch_reports import watch_report_dict
 
 from torchdoctor.render.watch_terminal import render_watch_pictures
-
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
 
 def _render(result, width=80, color_system=None) -> str:
@@ -56,35 +49,3 @@ def test_colour_only_with_a_colour_console_and_names_cannot_drive_the_terminal()
 def test_nothing_to_draw_is_one_dim_line():
     assert _render({"series": {}}) == "watch: no steps were recorded, so there is nothing to draw\n"
 
-
-def test_the_cli_draws_the_pictures_on_stderr_when_it_is_a_terminal(tmp_path):
-    pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
-    from tests.render.test_watch_browser import TRAIN_PY
-
-    (tmp_path / "train.py").write_text(TRAIN_PY)
-    master, slave = pty.openpty()
-    env = {**os.environ, "COLUMNS": "100", "TERM": "xterm-256color"}
-    with subprocess.Popen([sys.executable, "-m", "torchdoctor", "watch", "train.py"], cwd=tmp_path, env=env,
-                          stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=slave) as process:
-        os.close(slave)
-        terminal = _read_all(master)
-        stdout = process.stdout.read()
-        process.wait(timeout=300)
-    text = ANSI.sub("", terminal.decode("utf-8", "replace"))
-    assert b"trained" in stdout and "trained" not in text  # the script's stdout stays on stdout
-    assert "gradient norm per layer" in text and any(spark in text for spark in "▁▂▃▄▅▆▇█")
-    assert re.search(r"^\s+2  \S", text, re.MULTILINE)  # a layer's strip, named by its module
-
-
-def _read_all(fd: int) -> bytes:
-    chunks = []
-    while True:
-        try:
-            chunk = os.read(fd, 65536)
-        except OSError:  # EIO: the child closed the terminal
-            break
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(fd)
-    return b"".join(chunks)
