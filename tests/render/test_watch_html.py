@@ -88,3 +88,15 @@ def test_a_constant_learning_rate_gets_ticks_around_its_value():
     chart = re.search(r'<svg class="chart lr".*?</svg>', render_watch_html(report)).group(0)
     ticks = [float(t) for t in re.findall(r'text-anchor="end">([^<]+)</text>', chart)]
     assert ticks and all(0.0009 <= tick <= 0.0011 for tick in ticks) and 0.001 in ticks
+
+
+def test_a_finding_about_a_layer_outlines_its_steps_on_both_heatmaps():
+    report = watch_report_dict(layers=4, steps=30)  # grad-vanishing on blocks.0.linear.weight, steps 1–59
+    report["findings"][0]["details"]["steps"] = [21, 39]  # sampled steps 21, 23, ..., 39: columns 10..19
+    html = render_watch_html(report)
+    finding, _ = _finding_anchor(html, "grad-vanishing")
+    marks = re.findall(rf'<a href="#{finding}"><rect class="mark" x="([\d.]+)" y="([\d.]+)" width="([\d.]+)"', html)
+    assert len(marks) == 2  # gradient norm and update ratio
+    x, y, width = map(float, marks[0])
+    cell = 760 / 30
+    assert (round((x - 1 - 210) / cell), round((width + 2) / cell), y) == (10, 10, 5.0)  # row 0, ten columns

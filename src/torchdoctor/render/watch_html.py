@@ -8,7 +8,7 @@ from html import escape
 from typing import Any
 
 from torchdoctor.render.watch_series import display_name, format_value, layer_for, matrix, number, numbers
-from torchdoctor.render.watch_svg import heatmap, line_chart
+from torchdoctor.render.watch_svg import Mark, heatmap, line_chart
 
 # The page may not load anything: the policy makes the browser refuse (and report) any fetch, so a stray link
 # to a CDN or a font fails the browser test instead of quietly working online and breaking offline.
@@ -44,6 +44,7 @@ svg{display:block;width:100%;height:auto;background:#fff;border:1px solid var(--
 .tick,.row-label{font-size:11px;fill:var(--muted)}.row-label{fill:var(--ink)}
 a .row-label:hover{fill:var(--accent);text-decoration:underline}
 .row rect:hover{stroke:var(--ink);stroke-width:1}
+.mark{fill:none;stroke:#d92d20;stroke-width:2;stroke-dasharray:5 3}.mark:hover{stroke-width:3}
 .readout{min-height:1.5em;font-size:13px;color:var(--muted);margin:4px 0 0}
 table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);font-size:14px}
 th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #eef0f3}th{font-weight:600;color:var(--muted)}
@@ -88,7 +89,7 @@ def render_watch_html(report_dict: Mapping[str, Any]) -> str:
     findings = sorted(report_dict.get("findings") or (), key=lambda f: _SEVERITY_ORDER.get(f.get("severity"), 3))
     links = _finding_links(findings, layers, activations)
     body = [_header(report_dict, result, findings), _findings_section(findings, links.anchor_of),
-            _curves_section(series, result), _heatmaps_section(series, layers),
+            _curves_section(series, result), _heatmaps_section(series, layers, _marks(findings, links)),
             _layers_section(series, layers, links), _activations_section(series, activations, links),
             f'<footer>torchdoctor {escape(str(report_dict.get("version", "")))} · this page is self-contained '
             "and loads nothing from the network.</footer>"]
@@ -187,16 +188,29 @@ def _curves_section(series: Mapping[str, Any], result: Mapping[str, Any]) -> str
     return "".join(parts)
 
 
-def _heatmaps_section(series: Mapping[str, Any], layers: list[str]) -> str:
+def _marks(findings: Sequence[Mapping[str, Any]], links: _Links) -> list[Mark]:
+    """Findings about a layer with a ``details.steps`` range, as outlines on that layer's heatmap rows."""
+    marks = []
+    for index, anchor in links.anchor_of.items():
+        steps = (findings[index].get("details") or {}).get("steps")
+        if anchor.startswith("layer-") and isinstance(steps, (list, tuple)) and len(steps) == 2 \
+                and all(isinstance(step, int) for step in steps):
+            title = f"{findings[index].get('id')}: steps {steps[0]}–{steps[1]}"
+            marks.append(Mark(int(anchor.removeprefix("layer-")), steps[0], steps[1], title, f"#finding-{index}"))
+    return marks
+
+
+def _heatmaps_section(series: Mapping[str, Any], layers: list[str], marks: Sequence[Mark]) -> str:
     steps = [int(step) for step in series.get("step") or ()]
     anchors = [f"layer-{index}" for index in range(len(layers))]
     grad = heatmap(layers, steps, matrix(series.get("grad_norm"), len(layers)), label="gradient norm",
-                   css_class="grad-norm", anchors=anchors)
+                   css_class="grad-norm", anchors=anchors, marks=marks)
     ratio = heatmap(layers, steps, matrix(series.get("update_ratio"), len(layers)), label="update ratio",
-                    css_class="update-ratio", anchors=anchors, band=USUAL_UPDATE_RATIO)
+                    css_class="update-ratio", anchors=anchors, band=USUAL_UPDATE_RATIO, marks=marks)
     readout = '<p class="readout">Point at a cell to read its value.</p>'
     return ("<h2>Gradient norm per layer</h2><p class=\"note\">Layers from input (top) to output (bottom); "
-            f"colour on a log scale.</p>{grad}{readout}"
+            "colour on a log scale; a dashed outline marks a finding's layer and steps.</p>"
+            f"{grad}{readout}"
             "<h2>Update ratio |Δw| / |w| per layer</h2><p class=\"note\">Around 1e-3 per step is usual; "
             f"far above, the learning rate is too high; far below, too low.</p>{ratio}{readout}")
 

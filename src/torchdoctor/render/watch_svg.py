@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from html import escape
 
 from torchdoctor.render.watch_series import (
@@ -117,10 +118,21 @@ def _x_axis(x: _Axis, steps: Sequence[int], baseline: float) -> list[str]:
     return parts
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A finding drawn on a heatmap: an outline over its layer's row for its step range, linking to it."""
+
+    row: int
+    first: int
+    last: int
+    title: str
+    href: str
+
+
 def heatmap(layers: Sequence[str], steps: Sequence[int], rows: Sequence[Sequence[float | None]], *, label: str,
-            css_class: str, anchors: Sequence[str], band: float | None = None) -> str:
+            css_class: str, anchors: Sequence[str], band: float | None = None, marks: Sequence[Mark] = ()) -> str:
     """One cell per layer × step (neighbouring steps merged when that would pass ``MAX_CELLS``), coloured on a log
-    scale, each with a hover title; the row labels link to the layer rows of the page."""
+    scale, each with a hover title; the row labels link to the layer rows of the page, the marks to findings."""
     if not layers or not steps:
         return f'<p class="empty">No {escape(label)} was recorded.</p>'
     scale = LogScale.of(value for row in rows for value in row)
@@ -132,6 +144,8 @@ def heatmap(layers: Sequence[str], steps: Sequence[int], rows: Sequence[Sequence
     for index, (name, row) in enumerate(zip(layers, rows, strict=False)):
         parts.append(_heat_row(display_name(name), anchors[index], 4 + index * row_height, row_height,
                                [(column, bucket_mean(row, column)) for column in columns], steps, label, scale))
+    parts += [_mark(mark, columns, steps, 4 + mark.row * row_height, row_height) for mark in marks
+              if 0 <= mark.row < len(layers)]
     cell = PLOT_WIDTH / len(columns)
     x = _Axis(steps[0], steps[-1] if len(steps) > 1 else steps[0] + 1, LABEL_WIDTH + cell / 2,
               LABEL_WIDTH + PLOT_WIDTH - cell / 2)
@@ -157,6 +171,17 @@ def _heat_row(name: str, anchor: str, y: float, height: int, cells: Sequence[tup
                      "</rect>")
     parts.append("</g>")
     return "".join(parts)
+
+
+def _mark(mark: Mark, columns: Sequence[range], steps: Sequence[int], y: float, height: int) -> str:
+    covered = [index for index, column in enumerate(columns)
+               if steps[column[0]] <= mark.last and steps[column[-1]] >= mark.first]
+    if not covered:
+        return ""
+    width = PLOT_WIDTH / len(columns)
+    left, right = LABEL_WIDTH + covered[0] * width, LABEL_WIDTH + (covered[-1] + 1) * width
+    return (f'<a href="{escape(mark.href)}"><rect class="mark" x="{left + 1:.1f}" y="{y + 1:.1f}" '
+            f'width="{right - left - 2:.1f}" height="{height - 3}"><title>{escape(mark.title)}</title></rect></a>')
 
 
 def _fill(scale: LogScale | None, value: float | None) -> str:
