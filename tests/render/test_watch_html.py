@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from rich.console import Console
 from tests.render.watch_reports import HOSTILE, watch_report_dict
 
 from torchdoctor.render.json import json_safe
 from torchdoctor.render.watch_html import render_watch_html
+from torchdoctor.render.watch_terminal import render_watch_pictures
 
 
 def _finding_anchor(html: str, fid: str) -> tuple[str, str | None]:
@@ -100,3 +106,43 @@ def test_a_finding_about_a_layer_outlines_its_steps_on_both_heatmaps():
     x, y, width = map(float, marks[0])
     cell = 760 / 30
     assert (round((x - 1 - 210) / cell), round((width + 2) / cell), y) == (10, 10, 5.0)  # row 0, ten columns
+
+
+_VALUES = st.one_of(st.none(), st.floats(allow_nan=True, allow_infinity=True), st.integers(-5, 5),
+                    st.sampled_from(["NaN", "Infinity", "-Infinity", "junk"]), st.booleans())
+_NAMES = st.text(min_size=0, max_size=12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(layers=st.lists(_NAMES, max_size=5), steps=st.integers(0, 12), data=st.data())
+def test_any_contract_shaped_dict_renders_and_escapes_every_name(layers, steps, data):
+    """Ragged rows, wrong types, odd names: the page still renders, with nothing from the dict unescaped."""
+    rows = st.lists(st.lists(_VALUES, max_size=steps + 2), max_size=len(layers) + 1)
+    series = {"step": list(range(steps)), "loss": data.draw(st.lists(_VALUES, max_size=steps + 2)),
+              "lr": data.draw(st.lists(_VALUES, max_size=steps)), "layers": layers,
+              "grad_norm": data.draw(rows), "update_ratio": data.draw(rows),
+              "dead_fraction": data.draw(st.dictionaries(_NAMES, _VALUES, max_size=3)),
+              "saturated_fraction": data.draw(st.dictionaries(_NAMES, _VALUES, max_size=3))}
+    findings = [{"id": "x", "code": "TD899", "severity": data.draw(st.sampled_from(["error", "warning", "info", "?"])),
+                 "message": data.draw(_NAMES), "fix": data.draw(st.one_of(st.none(), _NAMES)),
+                 "location": data.draw(st.one_of(st.none(), _NAMES)),
+                 "details": {"steps": data.draw(st.one_of(st.none(), st.lists(st.integers(-3, 20), max_size=3)))}}]
+    html = render_watch_html({"findings": findings, "result": {"script": data.draw(_NAMES), "series": series}})
+    body = html[html.index("<body>"):]
+    assert "<script" not in body and body.count("<svg") == body.count("</svg>")
+    assert len(re.findall(r"<rect x=", html)) == (2 * len(layers) * steps if layers and steps else 0)
+
+
+@pytest.mark.parametrize("report", [
+    {},
+    {"result": None, "findings": None},
+    {"result": {"series": [1, 2]}, "findings": ["not a finding", {"location": 3, "details": "x"}]},
+    {"result": {"series": {"step": ["a", None, 7.0], "layers": {"fc": 1}, "grad_norm": "x", "loss": {"a": 1},
+                           "dead_fraction": ["relu"]}, "first_nonfinite": "yes"}},
+])
+def test_a_hand_edited_report_still_renders(report):
+    html = render_watch_html(report)
+    assert html.startswith("<!DOCTYPE html>") and html.endswith("</html>\n")
+    buffer = io.StringIO()
+    render_watch_pictures(report.get("result") or {}, Console(file=buffer, width=60, color_system=None))
+    assert buffer.getvalue()

@@ -7,7 +7,17 @@ from collections.abc import Mapping, Sequence
 from html import escape
 from typing import Any
 
-from torchdoctor.render.watch_series import display_name, format_value, layer_for, matrix, number, numbers
+from torchdoctor.render.watch_series import (
+    display_name,
+    format_value,
+    layer_for,
+    mapping,
+    matrix,
+    names,
+    number,
+    numbers,
+    steps_of,
+)
 from torchdoctor.render.watch_svg import Mark, heatmap, line_chart
 
 # The page may not load anything: the policy makes the browser refuse (and report) any fetch, so a stray link
@@ -82,11 +92,13 @@ root.setAttribute('data-ready','1');
 
 def render_watch_html(report_dict: Mapping[str, Any]) -> str:
     """The whole page for a ``watch`` report's ``to_dict()`` (or its ``--json`` object)."""
-    result = report_dict.get("result") or {}
-    series = result.get("series") or {}
-    layers = [str(name) for name in series.get("layers") or ()]
+    result = mapping(report_dict.get("result"))
+    series = mapping(result.get("series"))
+    layers = names(series.get("layers"))
     activations = _activation_names(series)
-    findings = sorted(report_dict.get("findings") or (), key=lambda f: _SEVERITY_ORDER.get(f.get("severity"), 3))
+    listed = report_dict.get("findings")
+    findings = sorted((f for f in (listed if isinstance(listed, list) else ()) if isinstance(f, Mapping)),
+                      key=lambda f: _SEVERITY_ORDER.get(str(f.get("severity")), 3))
     links = _finding_links(findings, layers, activations)
     body = [_header(report_dict, result, findings), _findings_section(findings, links.anchor_of),
             _curves_section(series, result), _heatmaps_section(series, layers, _marks(findings, links)),
@@ -102,10 +114,10 @@ def render_watch_html(report_dict: Mapping[str, Any]) -> str:
 
 
 def _activation_names(series: Mapping[str, Any]) -> list[str]:
-    names: list[str] = []
+    found: list[str] = []
     for key in ("dead_fraction", "saturated_fraction"):
-        names += [str(name) for name in (series.get(key) or {}) if str(name) not in names]
-    return names
+        found += [name for name in names(mapping(series.get(key))) if name not in found]
+    return found
 
 
 class _Links:
@@ -123,7 +135,7 @@ class _Links:
 def _finding_links(findings: Sequence[Mapping[str, Any]], layers: list[str], activations: list[str]) -> _Links:
     links = _Links()
     for index, finding in enumerate(findings):
-        location = finding.get("location")
+        location = finding.get("location") if isinstance(finding.get("location"), str) else None
         if location in activations:  # dead-relu, saturated-activation: a parameter-free module
             links.add(index, finding, f"act-{activations.index(location)}")
         elif (layer := layer_for(location, layers)) is not None:
@@ -164,7 +176,7 @@ def _finding_item(index: int, finding: Mapping[str, Any], anchor: str | None) ->
     if location is not None:
         name = escape(str(location))
         where = f'<a href="#{anchor}">{name}</a>' if anchor else f"<code>{name}</code>"
-    steps = (finding.get("details") or {}).get("steps")
+    steps = mapping(finding.get("details")).get("steps")
     if isinstance(steps, (list, tuple)) and len(steps) == 2:
         where += f" · steps {escape(str(steps[0]))}–{escape(str(steps[1]))}"
     fix = finding.get("fix")
@@ -176,9 +188,9 @@ def _finding_item(index: int, finding: Mapping[str, Any], anchor: str | None) ->
 
 
 def _curves_section(series: Mapping[str, Any], result: Mapping[str, Any]) -> str:
-    steps = [int(step) for step in series.get("step") or ()]
-    first = result.get("first_nonfinite") or {}
-    marker = first.get("step") if isinstance(first.get("step"), int) else None
+    steps = steps_of(series)
+    first = result.get("first_nonfinite")
+    marker = first.get("step") if isinstance(first, dict) and isinstance(first.get("step"), int) else None
     parts = ["<h2>Loss</h2>", line_chart(steps, numbers(series.get("loss")), label="loss", css_class="loss",
                                          marker_step=marker)]
     learning_rates = numbers(series.get("lr"))
@@ -192,7 +204,7 @@ def _marks(findings: Sequence[Mapping[str, Any]], links: _Links) -> list[Mark]:
     """Findings about a layer with a ``details.steps`` range, as outlines on that layer's heatmap rows."""
     marks = []
     for index, anchor in links.anchor_of.items():
-        steps = (findings[index].get("details") or {}).get("steps")
+        steps = mapping(findings[index].get("details")).get("steps")
         if anchor.startswith("layer-") and isinstance(steps, (list, tuple)) and len(steps) == 2 \
                 and all(isinstance(step, int) for step in steps):
             title = f"{findings[index].get('id')}: steps {steps[0]}–{steps[1]}"
@@ -201,7 +213,7 @@ def _marks(findings: Sequence[Mapping[str, Any]], links: _Links) -> list[Mark]:
 
 
 def _heatmaps_section(series: Mapping[str, Any], layers: list[str], marks: Sequence[Mark]) -> str:
-    steps = [int(step) for step in series.get("step") or ()]
+    steps = steps_of(series)
     anchors = [f"layer-{index}" for index in range(len(layers))]
     grad = heatmap(layers, steps, matrix(series.get("grad_norm"), len(layers)), label="gradient norm",
                    css_class="grad-norm", anchors=anchors, marks=marks)
@@ -230,7 +242,7 @@ def _layers_section(series: Mapping[str, Any], layers: list[str], links: _Links)
 def _activations_section(series: Mapping[str, Any], names: list[str], links: _Links) -> str:
     if not names:
         return ""
-    dead, saturated = series.get("dead_fraction") or {}, series.get("saturated_fraction") or {}
+    dead, saturated = mapping(series.get("dead_fraction")), mapping(series.get("saturated_fraction"))
     rows = [f'<tr id="act-{index}"><td>{escape(display_name(name))}</td><td>{_fraction(dead.get(name))}</td>'
             f"<td>{_fraction(saturated.get(name))}</td><td>{_back_links(links, f'act-{index}')}</td></tr>"
             for index, name in enumerate(names)]

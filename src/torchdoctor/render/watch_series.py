@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +26,29 @@ def number(value: Any) -> float | None:
 
 def numbers(values: Any) -> list[float | None]:
     return [number(value) for value in values] if isinstance(values, (list, tuple)) else []
+
+
+def mapping(value: Any) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one: a hand-edited report must not crash the pictures."""
+    return value if isinstance(value, Mapping) else {}
+
+
+def names(value: Any) -> list[str]:
+    """Layer or module names: the strings of a list, or the keys of an object."""
+    if isinstance(value, Mapping):
+        value = list(value)
+    return [str(name) for name in value] if isinstance(value, (list, tuple)) else []
+
+
+def steps_of(series: Any) -> list[int]:
+    """The sampled step numbers; an entry that is not a finite number keeps its position (a report edited by hand
+    or cut short must still draw)."""
+    values = mapping(series).get("step")
+    steps = []
+    for index, raw in enumerate(values if isinstance(values, (list, tuple)) else ()):
+        value = number(raw)
+        steps.append(int(value) if value is not None and math.isfinite(value) else index)
+    return steps
 
 
 def matrix(rows: Any, layers: int) -> list[list[float | None]]:

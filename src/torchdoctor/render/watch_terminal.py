@@ -18,8 +18,11 @@ from torchdoctor.render.watch_series import (
     colour,
     display_name,
     format_value,
+    mapping,
     matrix,
+    names,
     numbers,
+    steps_of,
 )
 
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -32,10 +35,10 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 def render_watch_pictures(result: Mapping[str, Any], console: Console) -> None:
     """Print the pictures for a watch report's ``result`` dict, fitted to ``console.width``; the loss and the
     gradient strip share their columns, so a step sits at the same place in both."""
-    series = result.get("series") or {}
-    layers = [str(name) for name in series.get("layers") or ()]
+    series = mapping(result.get("series"))
+    layers = names(series.get("layers"))
     label_width = min(LABEL_MAX, max([len("loss")] + [len(display_name(name)) for name in layers]))
-    steps = [int(step) for step in series.get("step") or ()]
+    steps = steps_of(series)
     if not steps:
         console.print(Text("watch: no steps were recorded, so there is nothing to draw", style="dim"))
         return
