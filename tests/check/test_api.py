@@ -147,6 +147,7 @@ def test_a_watch_item_past_its_timeout_names_the_command(project):
     assert item["error"]["message"] == "watch of healthy.py did not finish within 2.5 s and was stopped"
 
 
+@pytest.mark.slow
 def test_a_watch_item_runs_the_real_watch_on_a_healthy_script(project):
     pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
     report = _only(project, '[[tool.torchdoctor.watch]]\nscript = "healthy.py"\nargs = ["--steps", "4"]\n')

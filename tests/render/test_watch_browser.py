@@ -64,6 +64,7 @@ print("trained")
 """
 
 
+@pytest.mark.slow
 def test_torchdoctor_watch_on_a_terminal_draws_its_pictures_and_a_page_that_loads_in_a_browser(tmp_path):
     """One real run: stderr on a pseudo-terminal (the pictures), the report to --report, the page to --html."""
     pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
