@@ -20,17 +20,25 @@ ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}  # the page lists errors first
 
 
+# what a pointer over the first heat cell does, for the readout under the heatmap
+POINT_AT_FIRST_CELL = ("<script>document.addEventListener('DOMContentLoaded',function(){"
+                       "document.querySelector('svg.heatmap g.row rect')"
+                       ".dispatchEvent(new MouseEvent('mouseover',{bubbles:true}));});</script>")
+
+
 def test_the_page_loads_without_errors_and_draws_every_heat_cell(tmp_path):
     report = watch_report_dict(layers=5, steps=40, hostile=True)
     page = tmp_path / "watch.html"
-    page.write_text(render_watch_html(report), encoding="utf-8")
+    page.write_text(render_watch_html(report).replace("</body>", POINT_AT_FIRST_CELL + "</body>"), encoding="utf-8")
     loaded = load(page, tmp_path / "profile")
+    assert '<p class="readout">blocks.0.linear: step 1 · gradient norm 1e-06</p>' in loaded.dom
     assert attribute(loaded.dom, "data-ready") == "1", "the page's script did not run to the end"
     assert attribute(loaded.dom, "data-errors") is None and loaded.console == []
     # two heatmaps (gradient norm, update ratio), one cell per layer × sampled step, counted by the page itself
     assert attribute(loaded.dom, "data-heat-cells") == str(2 * 5 * 40)
     assert len(re.findall(r'<polyline class="line"', loaded.dom)) >= 3  # loss (split at its gap) and lr
     assert "<script>alert" not in loaded.dom
+    assert loaded.dom.count("<script>") == 2  # the page's own, and the pointer above
 
 
 def test_a_broken_page_is_caught_so_the_check_above_can_fail(tmp_path):
