@@ -28,38 +28,41 @@ _SEVERITY_ORDER = {"error": 0, "warning": 1, "info": 2}
 
 _STYLE = """
 :root{--ink:#1f2933;--muted:#616e7c;--line:#d9dde3;--paper:#fbfbfa;--error:#b42318;--warning:#b54708;
---info:#175cd3;--accent:#2c728e}
+--info:#175cd3;--accent:#2c728e;--card:#fff;--chip:#eef1f4;--grid:#eceef1;--hit:#eef6f8}
+@media (prefers-color-scheme:dark){:root{--ink:#e4e7eb;--muted:#9aa5b1;--line:#3e4c59;--paper:#14191f;
+--card:#1c232b;--chip:#27313b;--grid:#27313b;--hit:#1f3540;--accent:#5fb3c9;--error:#f97066;--warning:#fdb022;
+--info:#84adff}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--paper);color:var(--ink);font:15px/1.5 system-ui,-apple-system,"Segoe UI",
 Roboto,"Helvetica Neue",Arial,sans-serif}
 main{max-width:1040px;margin:0 auto;padding:28px 24px 64px}
 h1{font-size:24px;margin:0 0 4px;font-weight:600}h2{font-size:18px;margin:36px 0 8px;font-weight:600}
 .meta,.note,.empty{color:var(--muted)}.note{margin:0 0 8px;font-size:14px}
-code{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:#eef1f4;padding:1px 5px;
+code{font:13px/1.4 ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--chip);padding:1px 5px;
 border-radius:4px}
-.counts span{display:inline-block;margin:10px 8px 0 0;padding:2px 10px;border-radius:999px;background:#eef1f4}
+.counts span{display:inline-block;margin:10px 8px 0 0;padding:2px 10px;border-radius:999px;background:var(--chip)}
 ol.findings{list-style:none;padding:0;margin:0}
-.finding{background:#fff;border:1px solid var(--line);border-left:4px solid var(--info);border-radius:6px;
+.finding{background:var(--card);border:1px solid var(--line);border-left:4px solid var(--info);border-radius:6px;
 padding:10px 14px;margin:0 0 10px}
 .finding.error{border-left-color:var(--error)}.finding.warning{border-left-color:var(--warning)}
 .badge{font-size:12px;font-weight:600;text-transform:uppercase;letter-spacing:.04em;margin-right:8px}
 .error .badge{color:var(--error)}.warning .badge{color:var(--warning)}.info .badge{color:var(--info)}
 .finding .id{color:var(--muted);font-size:13px}.finding p{margin:4px 0}
 .fix{color:var(--ink)}.fix b{font-weight:600}
-svg{display:block;width:100%;height:auto;background:#fff;border:1px solid var(--line);border-radius:6px}
+svg{display:block;width:100%;height:auto;background:var(--card);border:1px solid var(--line);border-radius:6px}
 .line{fill:none;stroke:var(--accent);stroke-width:2}.lr .line{stroke:#5e6ad2}
 .dot{fill:transparent}.dot:hover{fill:var(--accent)}
-.grid{stroke:#eceef1}.axis{stroke:#b6bcc5}.marker{stroke:var(--error);stroke-dasharray:4 3;stroke-width:1.5}
+.grid{stroke:var(--grid)}.axis{stroke:#b6bcc5}.marker{stroke:var(--error);stroke-dasharray:4 3;stroke-width:1.5}
 .band{stroke:var(--ink);stroke-width:1.5}
 .tick,.row-label{font-size:11px;fill:var(--muted)}.row-label{fill:var(--ink)}
 a .row-label:hover{fill:var(--accent);text-decoration:underline}
 .row rect:hover{stroke:var(--ink);stroke-width:1}
 .mark{fill:none;stroke:#d92d20;stroke-width:2;stroke-dasharray:5 3}.mark:hover{stroke-width:3}
 .readout{min-height:1.5em;font-size:13px;color:var(--muted);margin:4px 0 0}
-table{border-collapse:collapse;width:100%;background:#fff;border:1px solid var(--line);font-size:14px}
-th,td{text-align:left;padding:5px 10px;border-bottom:1px solid #eef0f3}th{font-weight:600;color:var(--muted)}
+table{border-collapse:collapse;width:100%;background:var(--card);border:1px solid var(--line);font-size:14px}
+th,td{text-align:left;padding:5px 10px;border-bottom:1px solid var(--grid)}th{font-weight:600;color:var(--muted)}
 td.num{font-variant-numeric:tabular-nums}
-tr:target,li:target{outline:2px solid var(--accent);background:#eef6f8}
+tr:target,li:target{outline:2px solid var(--accent);background:var(--hit)}
 .bar{display:inline-block;height:8px;background:var(--accent);border-radius:2px;vertical-align:middle;
 margin-right:8px}
 a{color:var(--accent)}
