@@ -23,6 +23,7 @@ def test_locations_resolve_to_the_module_the_parameter_or_the_first_layer_inside
 def test_numbers_come_back_from_json_safe_strings():
     assert [number(v) for v in (1, 2.5, None, True, "x")] == [1.0, 2.5, None, None, None]
     assert math.isnan(number("NaN")) and number("-Infinity") == -math.inf
+    assert math.isnan(number("nan")) and number("inf") == math.inf  # report.json_float's spelling
 
 
 def test_log_scale_places_decades_evenly_and_refuses_what_it_cannot_place():

@@ -7,8 +7,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-# ``render_json`` writes non-finite floats as these strings; a dict read back from ``--json`` carries them
-_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+# ``render_json`` writes non-finite floats as "NaN"/"Infinity", the contract's ``json_float`` as "nan"/"inf": a
+# dict read back from ``--json`` or built for it may carry either
+_NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf,
+               "nan": math.nan, "inf": math.inf, "-inf": -math.inf}
 # viridis at nine stops: perceptually even and readable for colour-blind people, so order shows without a key
 VIRIDIS = ("#440154", "#472d7b", "#3b528b", "#2c728e", "#21918c", "#28ae80", "#5ec962", "#addc30", "#fde725")
 
