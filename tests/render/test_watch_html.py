@@ -130,6 +130,7 @@ def test_any_contract_shaped_dict_renders_and_escapes_every_name(layers, steps, 
     html = render_watch_html({"findings": findings, "result": {"script": data.draw(_NAMES), "series": series}})
     body = html[html.index("<body>"):]
     assert "<script" not in body and body.count("<svg") == body.count("</svg>")
+    assert not re.search(r'\s(?:x|y|x1|x2|y1|y2|cx|cy|width|height|points)="[^"]*(?:nan|inf)', body)
     assert len(re.findall(r"<rect x=", html)) == (2 * len(layers) * steps if layers and steps else 0)
 
 

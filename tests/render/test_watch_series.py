@@ -45,3 +45,9 @@ def test_bucket_mean_skips_gaps_and_keeps_non_finite_visible():
     assert bucket_mean([1.0, None, 3.0], range(3)) == 2.0
     assert bucket_mean([None, None], range(2)) is None
     assert math.isinf(bucket_mean([1.0, math.inf], range(2)))
+
+
+def test_the_largest_floats_stay_finite_in_scales_and_means():
+    scale = LogScale.of([1e-300, 1.7976931348623157e308])
+    assert (scale.smallest, scale.largest) == (1e-300, 1.7976931348623157e308)
+    assert bucket_mean([1.7e308, 1.7e308], range(2)) == 1.7e308

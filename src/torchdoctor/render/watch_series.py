@@ -70,11 +70,16 @@ class LogScale:
 
     low: float
     high: float
+    smallest: float
+    largest: float
 
     @classmethod
     def of(cls, values: Iterable[float | None]) -> LogScale | None:
-        logs = [math.log10(value) for value in values if usable(value)]
-        return cls(min(logs), max(logs)) if logs else None
+        kept = [value for value in values if usable(value)]
+        if not kept:
+            return None
+        smallest, largest = min(kept), max(kept)
+        return cls(math.log10(smallest), math.log10(largest), smallest, largest)
 
     def position(self, value: float | None) -> float | None:
         """0 at the low end, 1 at the high end; None for values the scale cannot place."""
@@ -105,7 +110,7 @@ def bucket_mean(values: Sequence[float | None], bucket: range) -> float | None:
     chosen = [values[i] for i in bucket if i < len(values) and values[i] is not None]
     if any(not math.isfinite(value) for value in chosen):
         return next(value for value in chosen if not math.isfinite(value))
-    return sum(chosen) / len(chosen) if chosen else None
+    return sum(value / len(chosen) for value in chosen) if chosen else None  # divided first: no overflow to inf
 
 
 def format_value(value: float | None) -> str:

@@ -18,6 +18,7 @@ from torchdoctor.render.watch_series import (
 )
 
 PLOT_WIDTH = 760
+PLOT_LIMIT = 1e300
 LABEL_WIDTH = 210
 ROW_HEIGHT = 14  # the least a row gets; small models get taller rows so the picture keeps its presence
 # ~150 bytes a cell: past this many per heatmap (100 layers × 100 columns), neighbouring steps share a cell, which
@@ -28,7 +29,7 @@ GAP_FILL, ZERO_FILL, NON_FINITE_FILL = "#cfd4db", "#f3e3cf", "#c0392b"  # grey, 
 
 
 def _nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if high <= low:
+    if high <= low or not math.isfinite(high - low):
         return [low]
     raw = (high - low) / count
     magnitude = 10 ** math.floor(math.log10(raw))
@@ -67,6 +68,8 @@ class _Axis:
 def line_chart(steps: Sequence[int], values: Sequence[float | None], *, label: str, css_class: str,
                height: int = 220, marker_step: int | None = None) -> str:
     """A line over steps (gaps where a value is missing or non-finite); log y when the values span >= 50×."""
+    # drawn within ±1e300 so the axis span stays a finite float (the titles keep the true values)
+    values = [None if v is None else max(-PLOT_LIMIT, min(PLOT_LIMIT, v)) if math.isfinite(v) else v for v in values]
     points = [(s, v) for s, v in zip(steps, values, strict=False) if v is not None and math.isfinite(v)]
     if not points:
         return f'<p class="empty">No {escape(label)} was recorded.</p>'
@@ -203,8 +206,8 @@ def _legend(scale: LogScale | None, y: float, css_class: str, band: float | None
     parts = [f'<defs><linearGradient id="{gradient}">{stops}</linearGradient></defs>',
              f'<rect class="legend" x="{LABEL_WIDTH}" y="{y}" width="{width}" height="10" fill="url(#{gradient})"/>',
              f'<text class="tick" x="{LABEL_WIDTH - 6}" y="{y + 9}" text-anchor="end">'
-             f"{format_value(10 ** scale.low)}</text>",
-             f'<text class="tick" x="{LABEL_WIDTH + width + 6}" y="{y + 9}">{format_value(10 ** scale.high)} '
+             f"{format_value(scale.smallest)}</text>",
+             f'<text class="tick" x="{LABEL_WIDTH + width + 6}" y="{y + 9}">{format_value(scale.largest)} '
              "(log scale) · sand: 0 · grey: no value · red: NaN/inf</text>"]
     position = scale.position(band) if band is not None else None
     if position is not None and 0 < position < 1:

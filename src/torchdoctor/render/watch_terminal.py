@@ -111,10 +111,10 @@ def _heat_strip(layers: Sequence[str], rows: Sequence[Sequence[float | None]], s
         _print(console, line)
     legend = _note(label_width, f"{len(picked)} of {len(layers)} layers · " if len(picked) < len(layers) else "")
     if scale is not None:
-        legend.append(f"{format_value(10 ** scale.low)} ")
-        for share in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
-            _append_cell(legend, 10 ** (scale.low + share * (scale.high - scale.low)), scale, coloured)
-        legend.append(f" {format_value(10 ** scale.high)} · blank: 0 or no value · ✗: NaN/inf")
+        legend.append(f"{format_value(scale.smallest)} ")
+        for position in (0.0, 0.2, 0.4, 0.6, 0.8, 1.0):
+            _append_level(legend, position, coloured)
+        legend.append(f" {format_value(scale.largest)} · blank: 0 or no value · ✗: NaN/inf")
     _print(console, legend)
 
 
@@ -131,7 +131,12 @@ def _append_cell(line: Text, value: float | None, scale: LogScale | None, colour
     position = scale.position(value) if scale is not None else None
     if position is None:
         line.append(" ")
-    elif coloured:
+    else:
+        _append_level(line, position, coloured)
+
+
+def _append_level(line: Text, position: float, coloured: bool) -> None:
+    if coloured:
         line.append("█", style=Style(color=colour(position)))
     else:
         line.append(SHADES[min(len(SHADES) - 1, int(position * len(SHADES)))])
