@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import subprocess
 import sys
 import time
 
 import pytest
+from rich.console import Console
 
 from tests.check.project import build_project
 from torchdoctor.check.api import run_check
 from torchdoctor.codes import REGISTRY
+from torchdoctor.render.human import render_human
 
 
 def _only(folder, text):
@@ -135,6 +138,9 @@ def test_a_watch_item_runs_watch_on_its_script_and_keeps_its_report(project):
     assert (item["kind"], item["status"], item["report"]["command"]) == ("watch", "error", "watch")
     assert "params-not-updated" in [f.id for f in report.findings] and report.exit_code() == 1
     assert report.sections[0].headline == "59 steps watched, 1 error, 3 warnings"
+    shown = io.StringIO()
+    render_human(report, Console(file=shown, width=200, color_system=None))  # every TD8xx id has a check section
+    assert all(f.id in shown.getvalue() for f in report.findings) and "[✗] watch healthy.py" in shown.getvalue()
 
 
 def test_a_watch_item_past_its_timeout_names_the_command(project):

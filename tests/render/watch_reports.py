@@ -20,12 +20,12 @@ def watch_report_dict(layers: int = 4, steps: int = 30, *, hostile: bool = False
     ratio = [[1e-3 * (1 + depth) for _ in sampled] for depth in range(layers)]
     ratio[0] = [0.0] * len(sampled)  # a layer that never moves
     findings = [
-        _finding("grad-vanishing", "TD808", "warning", "Gradient norms fall 1e+06× from head to blocks.0.linear.",
+        _finding("grad-vanishing", "TD811", "warning", "Gradient norms fall 1e+06× from head to blocks.0.linear.",
                  "blocks.0.linear.weight", [1, sampled[-1]], fix="Add normalisation or residual connections."),
-        _finding("dead-relu", "TD810", "warning", "relu1: 100% of units inactive.", "relu1", [1, sampled[-1]]),
+        _finding("dead-relu", "TD813", "warning", "relu1: 100% of units inactive.", "relu1", [1, sampled[-1]]),
         _finding("params-not-updated", "TD805", "error", f"{names[-1]} receives gradients but no optimizer.",
                  names[-1], [1, sampled[-1]], fix="Build the optimizer after replacing the head."),
-        _finding("loss-not-decreasing", "TD807", "warning", "The loss did not fall.", None, None),
+        _finding("loss-not-decreasing", "TD808", "warning", "The loss did not fall.", None, None),
     ]
     series = {"step": sampled, "loss": loss, "lr": [min(1.0, s / 10) * 1e-3 for s in sampled], "layers": names,
               "grad_norm": grad, "update_ratio": ratio, "dead_fraction": {"relu1": 1.0, "relu2": 0.12},
