@@ -112,6 +112,8 @@ def label_counts(target: Any, classes: int) -> Any | None:
 
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         return None
-    flat = target.detach().flatten()
-    flat = flat[(flat >= 0) & (flat < classes)]
-    return torch.bincount(flat, minlength=classes)[:classes]
+    flat = target.detach().flatten().long()
+    valid = ((flat >= 0) & (flat < classes)).float()
+    # scatter_add, not bincount or a boolean mask: both need the host to learn a size (a GPU sync)
+    counts = torch.zeros(classes, device=flat.device)
+    return counts.scatter_add_(0, flat.clamp(0, classes - 1), valid)
