@@ -84,6 +84,7 @@ def test_torchdoctor_watch_on_a_terminal_draws_its_pictures_and_a_page_that_load
     assert "gradient norm per layer" in terminal and any(spark in terminal for spark in "▁▂▃▄▅▆▇█")
     assert re.search(r"^\s+2  \S", terminal, re.MULTILINE)  # a layer's strip, named by its module
     report = json.loads((tmp_path / "report.json").read_text())
+    assert "params-not-updated" in [f["id"] for f in report["findings"]]  # the head "4" is in no optimizer
     series = report["result"]["series"]
     assert series["layers"][:2] == ["0", "2"] and series["step"]  # "4" too, once the engine lists non-optimized
     loaded = load(tmp_path / "watch.html", tmp_path / "profile")
@@ -93,10 +94,11 @@ def test_torchdoctor_watch_on_a_terminal_draws_its_pictures_and_a_page_that_load
     for index, finding in enumerate(sorted(report["findings"], key=lambda f: SEVERITY_ORDER[f["severity"]])):
         item = re.search(rf'<li class="finding \w+" id="finding-{index}">.*?</li>', loaded.dom).group(0)
         assert finding["id"] in item
-        row = layer_for(finding["location"], series["layers"])
-        if row is not None:  # a finding about a layer links to its row, and the row links back
-            assert f'href="#layer-{row}"' in item
-            assert re.search(rf'<tr id="layer-{row}">.*?href="#finding-{index}"', loaded.dom)
+        if finding["location"] and finding["code"].startswith("TD8"):  # about a layer: linked both ways
+            row = re.search(r'href="#((?:layer|act)-\d+)"', item).group(1)
+            assert re.search(rf'<tr id="{row}">.*?href="#finding-{index}"', loaded.dom)
+            if (watched := layer_for(finding["location"], series["layers"])) is not None:
+                assert row == f"layer-{watched}"
 
 
 def _run_on_a_terminal(command: list[str], cwd) -> tuple[bytes, str]:

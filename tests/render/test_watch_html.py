@@ -147,3 +147,13 @@ def test_a_hand_edited_report_still_renders(report):
     buffer = io.StringIO()
     render_watch_pictures(report.get("result") or {}, Console(file=buffer, width=60, color_system=None))
     assert buffer.getvalue()
+
+
+def test_a_finding_about_a_module_without_series_still_gets_a_row_to_link_to():
+    report = watch_report_dict(layers=3, steps=4)
+    report["findings"][2]["location"] = "new_head.weight"  # params-not-updated: a head in no optimizer, not watched
+    html = render_watch_html(report)
+    finding, row = _finding_anchor(html, "params-not-updated")
+    assert row == "layer-3"  # after the three watched layers
+    assert re.search(rf'<tr id="layer-3"><td>new_head.weight</td>.*?href="#{finding}"', html)
+    assert len(re.findall(r"<rect x=", html)) == 2 * 3 * 4  # no heat row without a series

@@ -102,10 +102,11 @@ def render_watch_html(report_dict: Mapping[str, Any]) -> str:
     listed = report_dict.get("findings")
     findings = sorted((f for f in (listed if isinstance(listed, list) else ()) if isinstance(f, Mapping)),
                       key=lambda f: _SEVERITY_ORDER.get(str(f.get("severity")), 3))
-    links = _finding_links(findings, layers, activations)
+    unseen = _unseen_modules(findings, layers, activations)
+    links = _finding_links(findings, layers + unseen, activations)
     body = [_header(report_dict, result, findings), _findings_section(findings, links.anchor_of),
             _curves_section(series, result), _heatmaps_section(series, layers, _marks(findings, links)),
-            _layers_section(series, layers, links), _activations_section(series, activations, links),
+            _layers_section(series, layers, unseen, links), _activations_section(series, activations, links),
             f'<footer>torchdoctor {escape(str(report_dict.get("version", "")))} · this page is self-contained '
             "and loads nothing from the network.</footer>"]
     title = f"torchdoctor watch · {result.get('script') or 'training run'}"
@@ -114,6 +115,18 @@ def render_watch_html(report_dict: Mapping[str, Any]) -> str:
             '<meta name="viewport" content="width=device-width, initial-scale=1">'
             f"<title>{escape(title)}</title><script>{_SCRIPT}</script><style>{_STYLE}</style></head>"
             f"<body><main>{''.join(body)}</main></body></html>\n")
+
+
+def _unseen_modules(findings: Sequence[Mapping[str, Any]], layers: list[str], activations: list[str]) -> list[str]:
+    """Modules a watch finding names that have no series (a head in no optimizer): they get a row of their own,
+    so every finding about a layer still links to one."""
+    unseen: list[str] = []
+    for finding in findings:
+        location = finding.get("location")
+        if str(finding.get("code", "")).startswith("TD8") and isinstance(location, str) and location \
+                and location not in activations and layer_for(location, layers) is None and location not in unseen:
+            unseen.append(location)
+    return unseen
 
 
 def _activation_names(series: Mapping[str, Any]) -> list[str]:
@@ -230,14 +243,17 @@ def _heatmaps_section(series: Mapping[str, Any], layers: list[str], marks: Seque
             f"far above, the learning rate is too high; far below, too low.</p>{ratio}{readout}")
 
 
-def _layers_section(series: Mapping[str, Any], layers: list[str], links: _Links) -> str:
-    if not layers:
+def _layers_section(series: Mapping[str, Any], layers: list[str], unseen: list[str], links: _Links) -> str:
+    if not layers and not unseen:
         return ""
     grads = matrix(series.get("grad_norm"), len(layers))
     ratios = matrix(series.get("update_ratio"), len(layers))
     rows = [f'<tr id="layer-{index}"><td>{escape(display_name(name))}</td>'
             f'<td class="num">{_median(grads[index])}</td><td class="num">{_median(ratios[index])}</td>'
             f"<td>{_back_links(links, f'layer-{index}')}</td></tr>" for index, name in enumerate(layers)]
+    rows += [f'<tr id="layer-{index}"><td>{escape(name)}</td><td class="empty" colspan="2">not in the watched '
+             f"series</td><td>{_back_links(links, f'layer-{index}')}</td></tr>"
+             for index, name in enumerate(unseen, start=len(layers))]
     return ("<h2>Layers</h2><table><thead><tr><th>layer</th><th>median gradient norm</th>"
             f"<th>median update ratio</th><th>findings</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
