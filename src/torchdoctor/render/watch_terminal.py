@@ -47,6 +47,7 @@ def render_watch_pictures(result: Mapping[str, Any], console: Console) -> None:
     _print(console, _sparkline(loss, columns, label_width))
     _print(console, _note(label_width, _loss_summary(loss, steps)))
     _heat_strip(layers, matrix(series.get("grad_norm"), len(layers)), steps, columns, label_width, console)
+    console.print()  # the report follows: a blank line keeps the pictures apart
 
 
 def _columns(length: int, width: int) -> list[range]:
