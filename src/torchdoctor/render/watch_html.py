@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Mapping, Sequence
 from html import escape
@@ -280,7 +281,7 @@ def _fraction(value: Any) -> str:
 
 
 def _median(values: Sequence[float | None]) -> str:
-    finite = [value for value in values if value is not None and value == value and abs(value) != float("inf")]
+    finite = [value for value in values if value is not None and math.isfinite(value)]
     return format_value(statistics.median(finite)) if finite else "—"
 
 
