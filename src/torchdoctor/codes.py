@@ -38,7 +38,7 @@ FAMILIES = {
 
 ANY_SECTION = "*"
 """A section name meaning "whichever section the producing check or item is": env's check-crashed, check's items."""
-CHECK_KINDS = ("env", "ckpt inspect", "data", "count", "nan-hunt")
+CHECK_KINDS = ("env", "ckpt inspect", "data", "count", "nan-hunt", "watch")
 """The commands whose reports ``torchdoctor check`` runs as items: their ids show in the item's section."""
 EXPLAINED_IN = {"data": "step", "count": "compute"}
 """Commands that report an error of the user's step as the id ``explain``'s rules match, and where it shows."""

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import json
 import subprocess
 import sys
 import time
 
 import pytest
+from rich.console import Console
 
 from tests.check.project import build_project
 from torchdoctor.check.api import run_check
 from torchdoctor.codes import REGISTRY
+from torchdoctor.render.human import render_human
 
 
 def _only(folder, text):
@@ -110,3 +114,50 @@ def test_package_module_specs_import_from_the_config_folder(project):
     item = report.result["items"][0]
     assert (item["status"], item["error"]) == ("ok", None), item
     assert str(project.resolve()) not in sys.path  # the folder was on sys.path for the run only
+
+
+def _fake_watch(report_dict, returncode=1, calls=None):
+    def fake_run(command, **kwargs):
+        if calls is not None:
+            calls.append((command, kwargs))
+        return subprocess.CompletedProcess(command, returncode, json.dumps(report_dict), "")
+    return fake_run
+
+
+def test_a_watch_item_runs_watch_on_its_script_and_keeps_its_report(project):
+    from tests.render.watch_reports import watch_report_dict
+
+    calls = []
+    (project / "pyproject.toml").write_text('[tool.torchdoctor]\n[[tool.torchdoctor.watch]]\nscript = "healthy.py"\n'
+                                            'steps = 40\nargs = ["--steps", "50"]\ntimeout = 30\n')
+    report = run_check(cwd=project, run_subprocess=_fake_watch(watch_report_dict(), calls=calls))
+    command, kwargs = calls[0]
+    assert command[1:] == ["-m", "torchdoctor", "watch", "healthy.py", "--json", "--steps", "40", "--", "--steps", "50"]
+    assert (kwargs["cwd"], kwargs["timeout"]) == (str(project.resolve()), 30)
+    item = report.result["items"][0]
+    assert (item["kind"], item["status"], item["report"]["command"]) == ("watch", "error", "watch")
+    assert "params-not-updated" in [f.id for f in report.findings] and report.exit_code() == 1
+    assert report.sections[0].headline == "59 steps watched, 1 error, 3 warnings"
+    shown = io.StringIO()
+    render_human(report, Console(file=shown, width=200, color_system=None))  # every TD8xx id has a check section
+    assert all(f.id in shown.getvalue() for f in report.findings) and "[✗] watch healthy.py" in shown.getvalue()
+
+
+def test_a_watch_item_past_its_timeout_names_the_command(project):
+    def too_slow(command, **kwargs):
+        raise subprocess.TimeoutExpired(command, kwargs["timeout"])
+
+    (project / "pyproject.toml").write_text('[tool.torchdoctor]\n[[tool.torchdoctor.watch]]\nscript = "healthy.py"\n'
+                                            "timeout = 2.5\n")
+    item = run_check(cwd=project, run_subprocess=too_slow).result["items"][0]
+    assert item["error"]["message"] == "watch of healthy.py did not finish within 2.5 s and was stopped"
+
+
+@pytest.mark.slow
+def test_a_watch_item_runs_the_real_watch_on_a_healthy_script(project):
+    pytest.importorskip("torchdoctor.learning", reason="the watch engine (branch watch) is not merged here yet")
+    report = _only(project, '[[tool.torchdoctor.watch]]\nscript = "healthy.py"\nargs = ["--steps", "4"]\n')
+    item = report.result["items"][0]
+    assert (item["kind"], item["error"], item["report"]["command"]) == ("watch", None, "watch"), item
+    assert item["report"]["result"]["steps_watched"] == 4
+    assert report.sections[0].headline.startswith("4 steps watched")

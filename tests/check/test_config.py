@@ -62,6 +62,23 @@ def test_items_and_options_are_read(tmp_path):
     assert count.file == "models.py"
 
 
+def test_watch_items_are_read_like_nan_hunt_items(tmp_path):
+    (tmp_path / "jobs").mkdir()
+    (tmp_path / "jobs" / "train.py").write_text("")
+    write(tmp_path, """
+        [tool.torchdoctor]
+        [[tool.torchdoctor.watch]]
+        script = "jobs/train.py"
+        args = ["--epochs", "1"]
+        steps = 50
+        timeout = 120
+    """)
+    (watch,) = load_config(cwd=tmp_path).items
+    assert (watch.kind, watch.name, watch.file, watch.line) == ("watch", "jobs/train.py", "jobs/train.py", 2)
+    assert watch.options["args"] == ("--epochs", "1")
+    assert (watch.options["steps"], watch.options["timeout"]) == (50, 120)
+
+
 def test_standalone_file_has_no_prefix(tmp_path):
     write(tmp_path, """
         fail-on = "warning"
@@ -119,6 +136,23 @@ def test_standalone_file_has_no_prefix(tmp_path):
         [tool.torchdoctor.widgets]
         size = 3
     """, "line 2: unknown key 'widgets'"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.watch]]
+        script = "missing.py"
+    """, "line 3: 'watch.script': no such file 'missing.py'"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.watch]]
+        steps = 0
+        script = "x.py"
+    """, "line 3: 'watch.steps' must be at least 1"),
+    ("""
+        [tool.torchdoctor]
+        [[tool.torchdoctor.watch]]
+        script = "x.py"
+        html = "out.html"
+    """, "line 4: unknown key 'html' in watch"),
     ("""
         [tool.torchdoctor]
         [[tool.torchdoctor.data]]

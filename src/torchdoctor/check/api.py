@@ -134,6 +134,8 @@ def _headline(outcome: ItemOutcome, kept: list[Finding]) -> str:
     facts = []
     if outcome.item.kind == "env":
         facts.append(f"{len(result.get('checks_run', ()))} checks run")
+    if outcome.item.kind == "watch" and isinstance(result.get("steps_watched"), int):
+        facts.append(f"{result['steps_watched']} steps watched")
     if outcome.item.kind == "count" and (result.get("params") or {}).get("total") is not None:
         facts.append(f"{result['params']['total']:,} parameters")
     return ", ".join(facts + (parts or ["no issues"]))

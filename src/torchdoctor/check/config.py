@@ -19,7 +19,7 @@ else:  # Python 3.10: the same parser, from PyPI (needs `tomli; python_version <
 PYPROJECT = "pyproject.toml"
 STANDALONE = "torchdoctor.toml"
 FAIL_ON = ("error", "warning")
-ITEM_KINDS = ("env", "ckpt", "data", "nan-hunt", "count")
+ITEM_KINDS = ("env", "ckpt", "data", "nan-hunt", "count", "watch")
 
 
 class ConfigError(UsageError):
@@ -76,8 +76,11 @@ _SCHEMAS: dict[str, dict[str, tuple[tuple[type, ...], bool]]] = {
                  "timeout": ((int, float), False)},
     "count": {"model": (_STR, True), "input-shape": ((list,), False), "max-params": (_INT, False),
               "max-macs": (_INT, False)},
+    "watch": {"script": (_STR, True), "args": ((list,), False), "steps": (_INT, False),
+              "timeout": ((int, float), False)},
 }
 _TOP_KEYS = {"fail-on", "ignore", *ITEM_KINDS}
+_FILE_KINDS = ("ckpt", "nan-hunt", "watch")  # items about a file (not a ``file.py:name`` spec)
 
 
 def find_config(cwd: Path) -> Path | None:
@@ -268,13 +271,13 @@ class _Validator:
 
     def subject(self, kind: str, options: Mapping[str, Any]) -> tuple[str | None, str]:
         """The config-relative file an item is about, and the item's display name."""
-        raw = {"ckpt": "path", "nan-hunt": "script", "data": "loader", "count": "model"}.get(kind)
+        raw = {"ckpt": "path", "nan-hunt": "script", "data": "loader", "count": "model", "watch": "script"}.get(kind)
         if raw is None:
             return None, kind
         value = str(options[raw])
         where = value.rpartition(":")[0] if kind in ("data", "count") else value
-        file = self.relative(where) if where.endswith(".py") or kind in ("ckpt", "nan-hunt") else None
-        name = self.relative(value) if kind in ("ckpt", "nan-hunt") else self.relative_spec(value)
+        file = self.relative(where) if where.endswith(".py") or kind in _FILE_KINDS else None
+        name = self.relative(value) if kind in _FILE_KINDS else self.relative_spec(value)
         return file, name
 
     def relative(self, path: str) -> str:

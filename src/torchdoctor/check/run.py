@@ -1,4 +1,4 @@
-"""Run each configured item through its command's Python API (nan-hunt in a subprocess) and judge budgets."""
+"""Run each configured item through its command's Python API (nan-hunt and watch in a subprocess), judge budgets."""
 
 from __future__ import annotations
 
@@ -16,8 +16,9 @@ from torchdoctor.report import Finding, Report, Section, Severity
 
 SubprocessRunner = Callable[..., subprocess.CompletedProcess]
 # A pre-flight nan-hunt runs a few steps; one still running after 15 minutes would only hold the CI job until
-# the CI's own limit kills it without a report. Per item: timeout = seconds (0: no limit).
+# the CI's own limit kills it without a report. Per item: timeout = seconds (0: no limit). Watch items alike.
 NAN_HUNT_TIMEOUT_S = 900.0
+SCRIPT_KINDS = ("nan-hunt", "watch")  # items that run the user's training script under a torchdoctor command
 
 
 @dataclass(frozen=True)
@@ -34,8 +35,8 @@ class ItemOutcome:
 def run_item(item: Item, config: CheckConfig, *, run_subprocess: SubprocessRunner = subprocess.run) -> ItemOutcome:
     """Run one item; a tool error or a crash inside it becomes the item's error, never an exception."""
     try:
-        if item.kind == "nan-hunt":
-            return ItemOutcome(item, run_nan_hunt(item, config, run_subprocess))
+        if item.kind in SCRIPT_KINDS:
+            return ItemOutcome(item, run_script_item(item, config, run_subprocess))
         if item.kind == "count":
             report = run_count(item)
             return ItemOutcome(item, report, budgets=tuple(report.result.get("budgets", ())))
@@ -86,11 +87,11 @@ def run_count(item: Item) -> Report:
     return judge_budgets(report, options, item.name)
 
 
-def run_nan_hunt(item: Item, config: CheckConfig, run_subprocess: SubprocessRunner) -> Report:
-    """``python -m torchdoctor nan-hunt SCRIPT --json -- ARGS`` in the config's folder: the user's script runs in
-    its own process, so its imports, globals and crashes cannot leak into the other items."""
+def run_script_item(item: Item, config: CheckConfig, run_subprocess: SubprocessRunner) -> Report:
+    """``python -m torchdoctor KIND SCRIPT --json -- ARGS`` (KIND: nan-hunt or watch) in the config's folder: the
+    user's script runs in its own process, so its imports, globals and crashes cannot leak into the other items."""
     options = item.options
-    command = [sys.executable, "-m", "torchdoctor", "nan-hunt", item.file or options["script"], "--json"]
+    command = [sys.executable, "-m", "torchdoctor", item.kind, item.file or options["script"], "--json"]
     if options.get("steps"):
         command += ["--steps", str(options["steps"])]
     command += ["--", *options.get("args", ())]
@@ -99,7 +100,7 @@ def run_nan_hunt(item: Item, config: CheckConfig, run_subprocess: SubprocessRunn
         done = run_subprocess(command, cwd=str(config.root), capture_output=True, text=True, timeout=limit)
     except subprocess.TimeoutExpired:  # subprocess.run has killed it
         script = item.file or options["script"]
-        raise UserCodeError(f"nan-hunt of {script} did not finish within {limit:g} s and was stopped",
+        raise UserCodeError(f"{item.kind} of {script} did not finish within {limit:g} s and was stopped",
                             hint="raise the item's timeout (0: no limit), or run fewer steps (steps = N)") from None
     try:
         data = json.loads(done.stdout) if done.returncode in (0, 1) else None
@@ -108,7 +109,7 @@ def run_nan_hunt(item: Item, config: CheckConfig, run_subprocess: SubprocessRunn
     if not isinstance(data, dict):
         lines = [line for line in (done.stderr or "").splitlines() if line.strip()]
         message = next((line for line in lines if line.startswith("torchdoctor:")), lines[-1] if lines else "")
-        raise UserCodeError(f"nan-hunt exited {done.returncode}: {message or 'no report'}".rstrip())
+        raise UserCodeError(f"{item.kind} exited {done.returncode}: {message or 'no report'}".rstrip())
     return report_from_dict(data)
 
 

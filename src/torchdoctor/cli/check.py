@@ -36,7 +36,7 @@ def check_command(
     strict: StrictOpt = False,
     debug: DebugOpt = False,
 ) -> None:
-    """Run the configured checks (env, ckpt, data, nan-hunt, count); with no config, env."""
+    """Run the configured checks (env, ckpt, data, nan-hunt, count, watch); with no config, env."""
     from torchdoctor.check.api import run_check
     from torchdoctor.check.outputs import render_github, render_junit
 
