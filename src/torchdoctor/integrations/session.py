@@ -1,0 +1,153 @@
+"""The engine both trainer callbacks drive by hand: the CLI's nan-hunt (and watch), entered and exited in hooks.
+
+A callback cannot wrap the training loop in a ``with`` block, so a ``Session`` enters the context managers
+at train begin and exits them at train end. The hunt runs with ``keep_going``: the engine's own stop is an
+exception, which would crash the user's loop; ``fail_fast`` instead asks the trainer to stop cleanly at the
+end of the step that produced the first error.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from torchdoctor.report import Finding, Report, Severity
+
+logger = logging.getLogger("torchdoctor.integrations")
+
+__all__ = ["Session", "metrics_of", "summary_of"]
+
+
+class Session:
+    """One training run under torchdoctor: ``start()`` → per-step ``failed()`` → ``finish()`` → ``report``."""
+
+    def __init__(self, *, watch: bool = True, nan_hunt: bool = True, fail_fast: bool = False,
+                 report: str | os.PathLike[str] | None = "torchdoctor-report.json") -> None:
+        if not (watch or nan_hunt):
+            raise ValueError("TorchdoctorCallback needs watch=True or nan_hunt=True (or both)")
+        self.watch_on, self.nan_hunt_on, self.fail_fast = bool(watch), bool(nan_hunt), bool(fail_fast)
+        self.report_path = report
+        self._hunt: Any = None
+        self._watch: Any = None
+        self.report: Report | None = None
+        self.written: Path | None = None
+        self.stopped_early = False
+
+    @property
+    def running(self) -> bool:
+        return self._hunt is not None or self._watch is not None
+
+    def start(self) -> None:
+        """Install the engines' global hooks (a leftover run, ended by an exception, is closed first)."""
+        self.close()
+        self.report, self.written, self.stopped_early = None, None, False
+        if self.nan_hunt_on:
+            from torchdoctor.nan.hunt import NanHunt
+
+            self._hunt = NanHunt(keep_going=True)
+            self._hunt.__enter__()
+        if self.watch_on:
+            self._watch = _start_watch()
+
+    def first_error(self) -> Finding | None:
+        """The first non-finite value seen so far, as the finding the report will hold (None while healthy)."""
+        if self._hunt is None or self._hunt.first_nonfinite is None:
+            return None
+        from torchdoctor.nan.checks import check_first
+
+        return check_first(self._hunt.first_nonfinite)
+
+    def should_stop(self) -> bool:
+        """True once, with ``fail_fast``, when the run has produced an error: the callback stops the trainer."""
+        if self.fail_fast and not self.stopped_early and self.first_error() is not None:
+            self.stopped_early = True
+            return True
+        return False
+
+    def finish(self, base_folder: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None
+               ) -> Report:
+        """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary."""
+        reports = self.close()
+        self.report = combine(reports, {**dict(extra or {}), "stopped_early": self.stopped_early})
+        if self.report_path is not None:
+            from torchdoctor.nan.runner import write_report
+
+            target = Path(os.fspath(self.report_path))
+            if not target.is_absolute() and base_folder is not None:
+                target = Path(base_folder) / target
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.written = write_report(self.report, target)
+        _log_summary(self.report, self.written)
+        return self.report
+
+    def close(self) -> list[Report]:
+        """Exit whatever is still entered (watch first: it was entered last); their reports, hunt first."""
+        reports: list[Report] = []
+        watch, hunt, self._watch, self._hunt = self._watch, self._hunt, None, None
+        try:
+            if watch is not None:
+                watch.__exit__(None, None, None)
+        finally:
+            if hunt is not None:
+                hunt.__exit__(None, None, None)
+                reports.append(hunt.report)
+        if watch is not None and watch.report is not None:
+            reports.append(watch.report)
+        return reports
+
+
+def _start_watch() -> Any:
+    from torchdoctor.learning.api import Watch
+
+    watch = Watch()
+    watch.__enter__()
+    return watch
+
+
+def combine(reports: list[Report], extra: Mapping[str, Any]) -> Report:
+    """One report for the run: watch's result when watch ran (nan-hunt's otherwise), findings of both, once each."""
+    primary = reports[-1]
+    findings: dict[tuple[str, str | None, str], Finding] = {}
+    for report in reports:
+        for finding in report.findings:
+            findings.setdefault((finding.id, finding.location, finding.message), finding)
+    result = dict(primary.result)
+    hunt = next((r for r in reports if r.command == "nan-hunt"), None)
+    if hunt is not None and primary is not hunt and result.get("first_nonfinite") is None:
+        result["first_nonfinite"] = hunt.result.get("first_nonfinite")
+    result["callback"] = dict(extra)
+    sections = tuple(section for report in reports for section in report.sections)
+    return Report(primary.command, tuple(findings.values()), result, sections)
+
+
+def summary_of(report: Report) -> str:
+    """One line: the worst findings by id, or that the run was clean."""
+    serious = [f for f in report.findings if f.severity is not Severity.INFO]
+    if not serious:
+        return "torchdoctor: no issues found."
+    ids = ", ".join(dict.fromkeys(f"{f.id} ({f.severity.value})" for f in serious))
+    return f"torchdoctor: {len(serious)} issue(s): {ids}. First: {serious[0].message} Fix: {serious[0].fix}"
+
+
+def metrics_of(report: Report) -> dict[str, float]:
+    """Numbers for the trainer's loggers (they take scalars): counts per severity and 1.0 per finding id.
+
+    Empty for a clean run, so a healthy run adds nothing to the user's logs.
+    """
+    if not report.findings:
+        return {}
+    metrics = {f"torchdoctor/{severity.value}s": 0.0 for severity in Severity}
+    for finding in report.findings:
+        metrics[f"torchdoctor/{finding.severity.value}s"] += 1.0
+        metrics[f"torchdoctor/{finding.id}"] = 1.0
+    return metrics
+
+
+def _log_summary(report: Report, written: Path | None) -> None:
+    where = f" Report: {written}" if written is not None else ""
+    level = logging.INFO if all(f.severity is Severity.INFO for f in report.findings) else logging.WARNING
+    logger.log(level, "%s%s", summary_of(report), where)
+
