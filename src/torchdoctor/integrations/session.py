@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,31 +31,38 @@ class Session:
             raise ValueError("TorchdoctorCallback needs watch=True or nan_hunt=True (or both)")
         self.watch_on, self.nan_hunt_on, self.fail_fast = bool(watch), bool(nan_hunt), bool(fail_fast)
         self.report_path = report
-        self._hunt: Any = None
-        self._watch: Any = None
+        self._engine: Any = None  # the entered Watch or NanHunt
+        self._hunt: Any = None  # the NanHunt (the Watch's own when watching)
         self.report: Report | None = None
         self.written: Path | None = None
         self.stopped_early = False
 
     @property
     def running(self) -> bool:
-        return self._hunt is not None or self._watch is not None
+        return self._engine is not None
 
     def start(self) -> None:
-        """Install the engines' global hooks (a leftover run, ended by an exception, is closed first)."""
+        """Install the engine's global hooks (a leftover run, ended by an exception, is closed first).
+
+        ``watch`` is built on the nan-hunt engine (a keep-going ``NanHunt`` inside), so one engine runs.
+        """
         self.close()
         self.report, self.written, self.stopped_early = None, None, False
-        if self.nan_hunt_on:
+        if self.watch_on:
+            from torchdoctor.learning.api import Watch
+
+            engine = Watch()
+            self._hunt = engine._hunt
+        else:
             from torchdoctor.nan.hunt import NanHunt
 
-            self._hunt = NanHunt(keep_going=True)
-            self._hunt.__enter__()
-        if self.watch_on:
-            self._watch = _start_watch()
+            engine = self._hunt = NanHunt(keep_going=True)
+        engine.__enter__()
+        self._engine = engine
 
     def first_error(self) -> Finding | None:
         """The first non-finite value seen so far, as the finding the report will hold (None while healthy)."""
-        if self._hunt is None or self._hunt.first_nonfinite is None:
+        if not self.nan_hunt_on or self._hunt is None or self._hunt.first_nonfinite is None:
             return None
         from torchdoctor.nan.checks import check_first
 
@@ -70,8 +78,9 @@ class Session:
     def finish(self, base_folder: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None
                ) -> Report:
         """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary."""
-        reports = self.close()
-        self.report = combine(reports, {**dict(extra or {}), "stopped_early": self.stopped_early})
+        report = self.close()
+        assert report is not None, "finish() without start()"
+        self.report = self._with_extra(report, {**dict(extra or {}), "stopped_early": self.stopped_early})
         if self.report_path is not None:
             from torchdoctor.nan.runner import write_report
 
@@ -83,44 +92,20 @@ class Session:
         _log_summary(self.report, self.written)
         return self.report
 
-    def close(self) -> list[Report]:
-        """Exit whatever is still entered (watch first: it was entered last); their reports, hunt first."""
-        reports: list[Report] = []
-        watch, hunt, self._watch, self._hunt = self._watch, self._hunt, None, None
-        try:
-            if watch is not None:
-                watch.__exit__(None, None, None)
-        finally:
-            if hunt is not None:
-                hunt.__exit__(None, None, None)
-                reports.append(hunt.report)
-        if watch is not None and watch.report is not None:
-            reports.append(watch.report)
-        return reports
+    def close(self) -> Report | None:
+        """Exit the engine if it is still entered; its report."""
+        engine, self._engine, self._hunt = self._engine, None, None
+        if engine is None:
+            return None
+        engine.__exit__(None, None, None)
+        return engine.report
 
-
-def _start_watch() -> Any:
-    from torchdoctor.learning.api import Watch
-
-    watch = Watch()
-    watch.__enter__()
-    return watch
-
-
-def combine(reports: list[Report], extra: Mapping[str, Any]) -> Report:
-    """One report for the run: watch's result when watch ran (nan-hunt's otherwise), findings of both, once each."""
-    primary = reports[-1]
-    findings: dict[tuple[str, str | None, str], Finding] = {}
-    for report in reports:
-        for finding in report.findings:
-            findings.setdefault((finding.id, finding.location, finding.message), finding)
-    result = dict(primary.result)
-    hunt = next((r for r in reports if r.command == "nan-hunt"), None)
-    if hunt is not None and primary is not hunt and result.get("first_nonfinite") is None:
-        result["first_nonfinite"] = hunt.result.get("first_nonfinite")
-    result["callback"] = dict(extra)
-    sections = tuple(section for report in reports for section in report.sections)
-    return Report(primary.command, tuple(findings.values()), result, sections)
+    def _with_extra(self, report: Report, extra: Mapping[str, Any]) -> Report:
+        """``result.callback`` added; with ``nan_hunt=False`` the nan-hunt family's findings are left out."""
+        findings = report.findings if self.nan_hunt_on else tuple(f for f in report.findings if f.code[2] != "3")
+        sections = tuple(replace(section, findings=tuple(f for f in section.findings if f in findings))
+                         for section in report.sections)
+        return Report(report.command, findings, {**dict(report.result), "callback": dict(extra)}, sections)
 
 
 def summary_of(report: Report) -> str:
