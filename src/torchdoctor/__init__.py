@@ -2,7 +2,7 @@
 
 Public API (each a twin of a CLI command, returning the same ``Report``):
 ``run_env``, ``inspect_checkpoint``, ``fix_checkpoint``, ``diff_checkpoints``, ``nan_hunt``,
-``probe_loader``, ``count``, ``resolve_target``, ``run_training_step``.
+``watch``, ``probe_loader``, ``count``, ``resolve_target``, ``run_training_step``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ _LAZY = {
     "diff_checkpoints": "torchdoctor.ckpt.diff",
     "probe_loader": "torchdoctor.data.api",
     "nan_hunt": "torchdoctor.nan.hunt",
+    "watch": "torchdoctor.learning.api",
     "count": "torchdoctor.count.api",
     "Report": "torchdoctor.report",
     "Finding": "torchdoctor.report",

@@ -3,7 +3,7 @@
 ``docs/findings.md`` is generated from this table (``python -m torchdoctor.docs``) and
 ``torchdoctor explain ID`` prints an entry. Ids and codes are contracts: never reuse or
 renumber one. Hundreds digit of the code = family (1 env, 2 ckpt, 3 nan, 4 count,
-5 data, 6 explain/errors, 7 distributed).
+5 data, 6 explain/errors, 7 distributed, 8 watch).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ FAMILIES = {
     5: "data",
     6: "explain / errors",
     7: "distributed",
+    8: "watch",
 }
 
 
@@ -576,6 +577,124 @@ _SPECS = (
         "with small per-rank batches this trains and evaluates differently from one large batch.",
         "model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping it in "
         "DistributedDataParallel (fine to keep plain BatchNorm when per-rank batches are large).",
+    ),
+    # --- 8xx: watch (why a training run does not learn; thresholds live in torchdoctor.learning.judge) ------
+    _spec(
+        "grad-not-zeroed", "TD801", "error",
+        "Gradients are carried over from one optimizer step into the next: zero_grad is missing or misplaced.",
+        "Every step adds the new gradient to all the old ones, so the update grows and points at stale batches. "
+        "Checked on sampled steps: the gradient at the next step equals the previous step's gradient plus "
+        "everything backward added since (to 1e-3). Deliberate accumulation (several backwards, step, "
+        "zero_grad) resets after the step and is not this.",
+        "Call optimizer.zero_grad() once per optimizer step, before the backward (or right after step()).",
+    ),
+    _spec(
+        "double-softmax", "TD802", "error",
+        "The input of cross_entropy / CrossEntropyLoss is already a probability distribution (a Softmax "
+        "before a loss that applies log_softmax itself).",
+        "Every sampled call had rows >= 0 summing to 1 (to 1e-3): the loss squashes probabilities again, "
+        "its gradients shrink and the model barely learns.",
+        "Return raw logits from the model and drop the Softmax; apply softmax only at inference.",
+    ),
+    _spec(
+        "sigmoid-before-logits-loss", "TD803", "error",
+        "The input of binary_cross_entropy_with_logits / BCEWithLogitsLoss comes out of a sigmoid.",
+        "Every sampled call (at least 2) had all values in (0, 1): the loss applies a second sigmoid, so "
+        "predictions can never go below 0.5 and learning stalls.",
+        "Remove the final sigmoid (keep it for inference only), or use BCELoss on probabilities.",
+    ),
+    _spec(
+        "nll-on-logits", "TD804", "error",
+        "nll_loss / NLLLoss gets raw scores instead of log-probabilities.",
+        "NLLLoss only picks -input[target]; on raw scores (some > 0, or rows whose logsumexp is not 0 "
+        "within 1e-2, in every sampled call) it rewards making the score unbounded, not a distribution.",
+        "Apply log_softmax before nll_loss, or use cross_entropy on the raw logits.",
+    ),
+    _spec(
+        "params-not-updated", "TD805", "error",
+        "Parameters with requires_grad=True receive gradients but belong to no optimizer.",
+        "Typically a layer (a new head) replaced after the optimizer was built: it computes gradients "
+        "that nothing applies, so it never trains. Frozen parameters (requires_grad=False) are not this.",
+        "Build the optimizer after the last change to the model, or add the parameters with "
+        "optimizer.add_param_group({'params': layer.parameters()}).",
+    ),
+    _spec(
+        "params-no-grad", "TD806", "error",
+        "Parameters given to an optimizer never receive a gradient (grouped by module).",
+        "A .detach(), .data, torch.no_grad() or an unused branch cuts them off the loss: they never train.",
+        "Find where the module's output leaves the graph (.detach(), .data, no_grad) or remove the unused "
+        "module; freeze parameters on purpose with requires_grad_(False).",
+    ),
+    _spec(
+        "eval-mode-training", "TD807", "error",
+        "The optimizer steps while modules that behave differently in training (dropout, batch norm) are "
+        "in eval mode.",
+        "After model.eval() without model.train(), dropout is off and batch norm uses frozen running "
+        "statistics: the model trains as a different network. Reported when the whole model is in eval "
+        "mode, or a batch-norm layer whose own parameters are being optimized is.",
+        "Call model.train() at the start of every training epoch (after each evaluation).",
+    ),
+    _spec(
+        "loss-not-decreasing", "TD808", "warning",
+        "The loss shows no downward trend over the watched window.",
+        "With at least 20 steps, the median loss of the last quarter is not 1% below that of the first "
+        "quarter. When it sits at the chance level (within 5% of ln C, or of the entropy of the labels "
+        "seen), the labels look unrelated to the inputs. Runs with several optimizers (GANs) are not judged.",
+        "Check that inputs and labels match (shuffle them together), then the learning rate; "
+        "overfit one small batch first.",
+    ),
+    _spec(
+        "update-ratio-high", "TD809", "warning",
+        "Per layer, |Δw| / |w| per step is far above the usual band (around 1e-3).",
+        "The median ratio over sampled steps (after warm-up: lr at least half its maximum) is above 1e-1: "
+        "each step rewrites a tenth of the weights, so the learning rate is too high.",
+        "Lower the learning rate (about 10x), or add warm-up.",
+    ),
+    _spec(
+        "update-ratio-low", "TD810", "warning",
+        "Per layer, |Δw| / |w| per step is far below the usual band (around 1e-3).",
+        "The median ratio over sampled steps (after warm-up) is below 1e-6: the weights barely move, so "
+        "the learning rate is too low (or the gradients vanish).",
+        "Raise the learning rate (about 10-100x) and watch the ratio reach about 1e-3.",
+    ),
+    _spec(
+        "grad-vanishing", "TD811", "warning",
+        "Gradient norms fall by orders of magnitude from the output layers to the input layers.",
+        "The first layer's median gradient RMS is below 1e-3 times the last layer's (embeddings and "
+        "frozen layers left out): early layers barely learn.",
+        "Use ReLU/GELU instead of sigmoid/tanh in deep stacks, residual connections, normalisation "
+        "layers, and the default (Kaiming) initialisation.",
+    ),
+    _spec(
+        "grad-exploding", "TD812", "warning",
+        "Gradient norms grow by orders of magnitude from the output layers to the input layers.",
+        "The first layer's median gradient RMS is above 1e3 times the last layer's: early layers take "
+        "huge steps and the run tends to diverge.",
+        "Clip gradients (torch.nn.utils.clip_grad_norm_), lower the initialisation scale, add "
+        "normalisation layers.",
+    ),
+    _spec(
+        "dead-relu", "TD813", "warning",
+        "A ReLU layer where (nearly) every unit is inactive for every sample watched.",
+        "At least 90% of its units (features, or channels of a convolution) output 0 for every sample "
+        "of every sampled training step: no gradient flows through them.",
+        "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
+        "LeakyReLU/GELU.",
+    ),
+    _spec(
+        "saturated-activation", "TD814", "warning",
+        "tanh/sigmoid units pinned at their bounds for (nearly) every sample.",
+        "At least half the units of a hidden tanh/sigmoid layer are within 1% of their bounds for every "
+        "sample of every sampled training step: their gradient is almost 0. The model's own output "
+        "activation is not judged.",
+        "Normalise the inputs, lower the initialisation scale or learning rate, or use ReLU/GELU.",
+    ),
+    _spec(
+        "loss-oscillating", "TD815", "warning",
+        "The loss jumps by large factors from step to step without a trend.",
+        "With at least 20 steps, the median step-to-step change of the loss is more than 2x (up or "
+        "down) and the last quarter is not below half the first. Runs with several optimizers are not judged.",
+        "Lower the learning rate; check for a batch size of 1 or unnormalised inputs.",
     ),
 )
 

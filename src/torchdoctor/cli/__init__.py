@@ -14,6 +14,7 @@ from torchdoctor.cli.data import data_command
 from torchdoctor.cli.env import env_command
 from torchdoctor.cli.explain import explain_command
 from torchdoctor.cli.nan import NAN_HUNT_CONTEXT, nan_hunt_command
+from torchdoctor.cli.watch import WATCH_CONTEXT, watch_command
 
 app = typer.Typer(
     name="torchdoctor",
@@ -23,10 +24,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-# in the order people meet their problems: machine, checkpoints, NaNs, data, compute, errors
+# in the order people meet their problems: machine, checkpoints, NaNs, learning, data, compute, errors
 app.command("env")(env_command)
 app.add_typer(ckpt_app, name="ckpt")
 app.command("nan-hunt", context_settings=NAN_HUNT_CONTEXT)(nan_hunt_command)
+app.command("watch", context_settings=WATCH_CONTEXT)(watch_command)
 app.command("data")(data_command)
 app.command("count")(count_command)
 app.command("explain")(explain_command)

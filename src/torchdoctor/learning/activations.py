@@ -1,0 +1,120 @@
+"""What a sampled training forward shows: dead ReLU units, saturated tanh/sigmoid units, loss inputs, eval mode.
+
+Everything stays a tensor until the collector reads its pending values back (once per sampled step) or
+until the end of the run (the per-unit masks).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchdoctor.learning import stats
+
+LOSS_KINDS = ("cross_entropy", "nll_loss", "binary_cross_entropy_with_logits")
+
+
+@dataclass
+class LossInput:
+    """The sampled calls of one loss function: per call the step, the input's producer and its shape flag."""
+
+    steps: list[int] = field(default_factory=list)
+    producers: list[str | None] = field(default_factory=list)
+    flags: list[bool] = field(default_factory=list)
+
+
+@dataclass
+class ModeCall:
+    """A train/eval-dependent module that ran in eval mode inside a training forward."""
+
+    first: int
+    last: int
+    root_eval: bool
+    own_params: tuple[int, ...]
+
+
+class Activations:
+    """Per-module unit masks and loss-input checks, fed by the collector's forward hook and loss wrappers."""
+
+    def __init__(self) -> None:
+        self.masks: dict[Any, list[Any]] = {}  # module -> [kind, units ever alive/free (bool tensor)]
+        self.broken: set[Any] = set()  # modules reused at different widths: no per-unit meaning
+        self.output_modules: set[Any] = set()  # produce the model's output: judged by the loss, not here
+        self.producers: dict[int, tuple[Any, Any]] = {}  # id(tensor) -> (tensor, innermost module)
+        self.loss_inputs: dict[str, LossInput] = {}
+        self.labels: list[Any] = []  # [classes, counts tensor]
+        self.mode_calls: dict[Any, ModeCall] = {}
+
+    def unit_stats(self, module: Any, kind: str, output: Any) -> None:
+        if module in self.broken:
+            return
+        units = stats.active_units(output) if kind == "relu" else stats.free_units(output, kind)
+        entry = self.masks.get(module)
+        if entry is None:
+            self.masks[module] = [kind, units]
+        elif entry[1].shape != units.shape:
+            self.broken.add(module)
+            del self.masks[module]
+        else:
+            entry[1] = entry[1] | units
+
+    def produced(self, module: Any, output: Any) -> None:
+        # setdefault: the innermost module wins (a Sequential returns its last child's very tensor)
+        self.producers.setdefault(id(output), (output, module))
+
+    def model_output(self, output: Any) -> None:
+        found = self.producers.get(id(output))
+        if found is not None:
+            self.output_modules.add(found[1])
+
+    def producer(self, tensor: Any) -> Any | None:
+        found = self.producers.get(id(tensor))
+        return found[1] if found is not None and found[0] is tensor else None
+
+    def eval_mode(self, module: Any, step: int, root: Any) -> None:
+        call = self.mode_calls.get(module)
+        if call is None:
+            own = tuple(id(p) for p in module.parameters(recurse=False) if p.requires_grad)
+            self.mode_calls[module] = ModeCall(step, step, not root.training, own)
+        else:
+            call.last = step
+            call.root_eval = call.root_eval or not root.training
+
+    def loss_flag(self, kind: str, scores: Any, target: Any) -> Any | None:
+        """The 0-d bool tensor for this call (None when the input cannot be judged); counts integer labels."""
+        with contextlib.suppress(Exception):  # an odd input is the loss's own business to reject
+            if kind == "binary_cross_entropy_with_logits":
+                return stats.is_in_unit_interval(scores)
+            self._count_labels(scores, target)
+            if kind == "cross_entropy":
+                return stats.is_probabilities(scores)
+            return stats.is_log_probabilities(scores)
+        return None
+
+    def _count_labels(self, scores: Any, target: Any) -> None:
+        classes = scores.shape[stats.class_dim(scores)]
+        counts = stats.label_counts(target, classes) if hasattr(target, "dtype") else None
+        if counts is None:
+            return
+        if not self.labels:
+            self.labels = [classes, counts]
+        elif self.labels[0] == classes:
+            self.labels[1] = self.labels[1] + counts.to(self.labels[1].device)
+
+    def end_step(self) -> None:
+        self.producers.clear()
+
+    def fractions(self) -> dict[Any, tuple[str, float]]:
+        """module -> (kind, share of units never alive / never free): one read-back for all modules."""
+        import torch
+
+        modules = list(self.masks)
+        if not modules:
+            return {}
+        shares = [1 - self.masks[m][1].float().mean().to(self.masks[modules[0]][1].device) for m in modules]
+        values = torch.stack(shares).tolist()
+        return {m: (self.masks[m][0], v) for m, v in zip(modules, values, strict=False)}
+
+    def label_counts(self) -> list[int] | None:
+        return self.labels[1].tolist() if self.labels else None

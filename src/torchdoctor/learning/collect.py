@@ -1,0 +1,345 @@
+"""The collector: hook callbacks that record per-step statistics of the user's own training.
+
+Steps are optimizer steps; a run without any optimizer counts backward calls instead ("without an
+optimizer, a step is a backward call"). Every ``every``-th step is *sampled*: its layers' gradient norms,
+update ratios, activations and loss inputs are computed with tensor ops, queued, and read back to the
+host together when the step ends. Losses of every step are kept as tensors and read back with them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from torchdoctor.learning import stats
+from torchdoctor.learning.activations import Activations, LossInput
+from torchdoctor.learning.names import Names
+
+
+@dataclass
+class Sample:
+    """One sampled step, read back: lr and per-layer gradient norm and update ratio."""
+
+    lr: float | None = None
+    grad_norm: dict[Any, float] = field(default_factory=dict)
+    update_ratio: dict[Any, float] = field(default_factory=dict)
+
+
+@dataclass
+class Layered:
+    """Parameters grouped by layer for one fused reduction: ``index[i]`` = position of param i's layer."""
+
+    params: list[Any]
+    layers: list[Any]
+    index: Any
+
+
+@dataclass
+class CarryCheck:
+    """Armed after a sampled step: the grads it used and what backward adds to them until the next step."""
+
+    step: int
+    params: list[Any]
+    previous: list[Any]
+    added: list[Any]
+    handles: list[Any]
+
+    def remove(self) -> None:
+        for handle in self.handles:
+            handle.remove()
+        self.handles.clear()
+
+
+class Collector:
+    """Per-run state of ``watch``; the callbacks return at once on steps that are not sampled."""
+
+    def __init__(self, names: Names, *, every: int, max_steps: int | None,
+                 on_done: Callable[[], None] = lambda: None) -> None:
+        self.names = names
+        self.every = every
+        self.max_steps = max_steps
+        self.on_done = on_done
+        self.mode = "backward"  # until the first optimizer step
+        self.step = 0
+        self.opt_steps = 0
+        self.backwards = 0
+        self.done = False
+        self.acts = Activations()
+        self.optimizers: dict[int, Any] = {}
+        self.samples: dict[int, Sample] = {}
+        self.losses: list[tuple[int, int, float]] = []  # (optimizer steps, backward calls, loss)
+        self.carried: list[tuple[int, list[Any]]] = []  # (step, params whose grad was carried over)
+        self.got_grad: set[int] = set()  # ids of optimizer params seen with a gradient at a step
+        self.grad_params: dict[int, tuple[Any, int, int]] = {}  # id -> (param with a grad, first, last step)
+        self._losses: list[tuple[int, int, Any]] = []
+        self._pending: list[tuple[Callable[[list[float]], None], Any]] = []
+        self._snapshot: tuple[int, Layered, list[Any]] | None = None
+        self._carry: dict[int, CarryCheck] = {}
+        self._thread = threading.get_ident()
+
+    @property
+    def sampling(self) -> bool:
+        return not self.done and self.step % self.every == 0
+
+    def _ours(self) -> bool:
+        return not self.done and threading.get_ident() == self._thread
+
+    # --- forward ---------------------------------------------------------------------------------
+
+    def forward_post(self, module: Any, args: Any, output: Any) -> None:
+        if not self.sampling or threading.get_ident() != self._thread:
+            return
+        import torch
+
+        if not torch.is_grad_enabled() or torch.is_inference_mode_enabled():
+            return
+        named = self.names.module(module)
+        if named is None:
+            return
+        self.names.saw_forward(module)
+        if isinstance(output, torch.Tensor):
+            self.acts.produced(module, output)
+            kind = _activation_kind(module)
+            if kind is not None and output.is_floating_point() and output.numel():
+                self.acts.unit_stats(module, kind, output)
+            if module is named[0] and self.names.is_root(module):
+                self.acts.model_output(output)
+        if isinstance(module, _mode_types()) and not module.training:
+            self.acts.eval_mode(module, self.step, named[0])
+
+    def wrap_loss(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(original)
+            def loss(*args: Any, **kwargs: Any) -> Any:
+                if self.sampling and threading.get_ident() == self._thread:
+                    scores = args[0] if args else kwargs.get("input")
+                    target = args[1] if len(args) > 1 else kwargs.get("target")
+                    if getattr(scores, "requires_grad", False):
+                        self._loss_input(kind, scores, target)
+                return original(*args, **kwargs)
+
+            return loss
+
+        return make
+
+    def _loss_input(self, kind: str, scores: Any, target: Any) -> None:
+        flag = self.acts.loss_flag(kind, scores, target)
+        if flag is None:
+            return
+        record = self.acts.loss_inputs.setdefault(kind, LossInput())
+        producer = self.acts.producer(scores)
+        record.steps.append(self.step)
+        record.producers.append(self.names.display(producer) if producer is not None else None)
+        self._queue(lambda values: record.flags.append(bool(values[0])), flag.reshape(1))
+
+    # --- backward --------------------------------------------------------------------------------
+
+    def wrap_backward(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(original)
+        def backward(*args: Any, **kwargs: Any) -> Any:
+            if not self._ours():
+                return original(*args, **kwargs)
+            self.before_backward(args[0] if args else kwargs.get("tensors"))
+            result = original(*args, **kwargs)
+            self.after_backward()
+            return result
+
+        return backward
+
+    def before_backward(self, tensors: Any) -> None:
+        import torch
+
+        self.acts.end_step()  # the loss is computed: the producers are no longer needed
+        if isinstance(tensors, torch.Tensor) and tensors.numel() == 1:
+            self._losses.append((self.opt_steps, self.backwards, tensors.detach().reshape(())))
+        if self.mode == "backward" and self._snapshot is not None:
+            self._measure_update()
+            self.flush()
+
+    def after_backward(self) -> None:
+        step = self.backwards
+        self.backwards += 1
+        if self.mode != "backward":
+            return
+        if step % self.every == 0:
+            params = [p for p in self.names.param_objects if p.requires_grad and p.grad is not None]
+            self.samples[step] = Sample()
+            self._measure_grads(step, params)
+        self.step = self.backwards
+        self._check_limit()
+
+    # --- optimizer -------------------------------------------------------------------------------
+
+    def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._ours():
+            return
+        if self.mode == "backward":
+            self._start_counting_optimizer_steps()
+        self.optimizers.setdefault(id(optimizer), optimizer)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.got_grad.update(id(p) for p in params if p.grad is not None)
+        check = self._carry.pop(id(optimizer), None)
+        if check is not None:
+            self._finish_carry_check(check)
+        if self.sampling:
+            self._note_gradients()
+            self.samples[self.step] = Sample(lr=_lr(optimizer))
+            self._measure_grads(self.step, [p for p in params if p.grad is not None])
+
+    def step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+        if not self._ours():
+            return
+        step = self.step
+        if self._snapshot is not None and self._snapshot[0] == step:
+            self._measure_update()
+            self._arm_carry_check(optimizer, step)
+        self.opt_steps += 1
+        self.step = self.opt_steps
+        if step % self.every == 0:
+            self.flush()
+        self.acts.end_step()
+        self._check_limit()
+
+    def _start_counting_optimizer_steps(self) -> None:
+        """The first optimizer step: what the backward calls measured so far was not a step; start over."""
+        self.mode = "optimizer"
+        self.step = self.opt_steps
+        self.samples.clear()
+        self._snapshot = None
+        self._pending.clear()  # nothing but backward-mode measurements is queued before the first step
+
+    # --- measurements ----------------------------------------------------------------------------
+
+    def _layered(self, params: list[Any]) -> Layered | None:
+        import torch
+
+        named = [(p, self.names.layer_of(p)) for p in params]
+        named = [(p, found[0]) for p, found in named if found is not None]
+        if not named:
+            return None
+        layers = list(dict.fromkeys(layer for _, layer in named))
+        position = {layer: i for i, layer in enumerate(layers)}
+        index = torch.tensor([position[layer] for _, layer in named])
+        return Layered([p for p, _ in named], layers, index)
+
+    def _measure_grads(self, step: int, params: list[Any]) -> None:
+        layered = self._layered(params)
+        if layered is None:
+            return
+        norms = stats.group_norms([p.grad for p in layered.params], layered.index, len(layered.layers))
+        sample = self.samples[step]
+        self._queue(lambda values: sample.grad_norm.update(zip(layered.layers, values, strict=False)), norms)
+        self._snapshot = (step, layered, [p.detach().clone() for p in layered.params])
+
+    def _measure_update(self) -> None:
+        step, layered, before = self._snapshot
+        self._snapshot = None
+        ratios = stats.update_ratios(before, layered.params, layered.index, len(layered.layers))
+        sample = self.samples[step]
+        self._queue(lambda values: sample.update_ratio.update(zip(layered.layers, values, strict=False)), ratios)
+
+    def _note_gradients(self) -> None:
+        """Remember every model parameter holding a gradient (judged against all optimizers at the end)."""
+        for param in self.names.param_objects:
+            if param.requires_grad and param.grad is not None:
+                first = self.grad_params.get(id(param), (param, self.step, self.step))[1]
+                self.grad_params[id(param)] = (param, first, self.step)
+
+    def _arm_carry_check(self, optimizer: Any, step: int) -> None:
+        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        added = [p.grad.detach().new_zeros(p.grad.shape) for p in params]
+        handles = [p.register_hook(functools.partial(_accumulate, total))
+                   for p, total in zip(params, added, strict=True)]
+        previous = [p.grad.detach().clone() for p in params]
+        self._carry[id(optimizer)] = CarryCheck(step, params, previous, added, handles)
+
+    def _finish_carry_check(self, check: CarryCheck) -> None:
+        check.remove()
+        kept = [i for i, p in enumerate(check.params) if p.grad is not None]
+        if not kept:
+            return
+        flags = stats.carried_over([check.params[i].grad for i in kept], [check.previous[i] for i in kept],
+                                   [check.added[i] for i in kept])
+        params = [check.params[i] for i in kept]
+
+        def record(values: list[float]) -> None:
+            carried = [p for p, flag in zip(params, values, strict=False) if flag]
+            if carried:
+                self.carried.append((check.step + 1, carried))
+
+        self._queue(record, flags)
+
+    # --- reading back ----------------------------------------------------------------------------
+
+    def _queue(self, consume: Callable[[list[float]], None], values: Any) -> None:
+        self._pending.append((consume, values))
+
+    def flush(self) -> None:
+        """Read every queued value and loss back to the host in one transfer."""
+        import torch
+
+        pending, self._pending = self._pending, []
+        losses, self._losses = self._losses, []
+        parts = [values.detach().float().reshape(-1) for _, values in pending]
+        parts += [loss.float().reshape(1) for *_, loss in losses]
+        if not parts:
+            return
+        device = parts[0].device
+        flat = torch.cat([part.to(device) for part in parts]).tolist()
+        at = 0
+        for (consume, _values), part in zip(pending, parts, strict=False):
+            consume(flat[at:at + part.numel()])
+            at += part.numel()
+        values = flat[at:]
+        self.losses.extend((opt, bwd, value) for (opt, bwd, _), value in zip(losses, values, strict=False))
+
+    def _check_limit(self) -> None:
+        if self.max_steps is not None and self.step >= self.max_steps:
+            self.close()
+            self.on_done()
+
+    def close(self) -> None:
+        """Stop watching: drop the armed checks' hooks, read back what is left."""
+        for check in self._carry.values():
+            check.remove()
+        self._carry.clear()
+        if self._snapshot is not None and self.mode == "backward":
+            self._measure_update()
+        self._snapshot = None
+        self.flush()
+        self.done = True
+
+
+def _accumulate(total: Any, grad: Any) -> None:
+    total.add_(grad.detach())
+
+
+def _lr(optimizer: Any) -> float | None:
+    try:
+        return float(optimizer.param_groups[0]["lr"])
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+
+
+@functools.cache
+def _activation_types() -> tuple[tuple[Any, str], ...]:
+    from torch import nn
+
+    return ((nn.ReLU, "relu"), (nn.ReLU6, "relu"), (nn.Tanh, "tanh"), (nn.Sigmoid, "sigmoid"))
+
+
+def _activation_kind(module: Any) -> str | None:
+    return next((kind for cls, kind in _activation_types() if isinstance(module, cls)), None)
+
+
+@functools.cache
+def _mode_types() -> tuple[type, ...]:
+    from torch.nn.modules.batchnorm import _BatchNorm
+    from torch.nn.modules.dropout import _DropoutNd
+
+    return (_DropoutNd, _BatchNorm)

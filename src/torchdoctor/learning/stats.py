@@ -1,0 +1,98 @@
+"""Per-step statistics as tensor ops: nothing here reads a value back to the host (no ``.item()``)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+# An activation unit is "pinned" when within this much of a bound of tanh (-1, 1) / sigmoid (0, 1).
+SATURATION_MARGIN = 0.01
+# Loss-input shape checks (rows summing to 1, logsumexp of log-probabilities being 0).
+PROB_TOLERANCE = 1e-3
+LOGPROB_TOLERANCE = 1e-2
+
+
+def group_norms(tensors: Sequence[Any], index: Any, groups: int) -> Any:
+    """The L2 norm of each group of ``tensors`` (``index[i]`` = group of tensor i), as one float32 vector."""
+    import torch
+
+    norms = torch._foreach_norm(list(tensors))
+    device = norms[0].device
+    squares = torch.stack([n.detach().float().to(device) for n in norms]) ** 2
+    return torch.zeros(groups, device=device).index_add_(0, index.to(device), squares).sqrt()
+
+
+def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, groups: int) -> Any:
+    """|Δw| / |w| per group: the norm of what the step changed over the norm of the new weights."""
+    import torch
+
+    delta = torch._foreach_sub([a.detach() for a in after], list(before))
+    return group_norms(delta, index, groups) / group_norms([a.detach() for a in after], index, groups)
+
+
+def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[Any]) -> Any:
+    """Per parameter: True when grad == previous step's grad + what backward added since (never reset)."""
+    import torch
+
+    residual = torch._foreach_sub(torch._foreach_sub(list(grads), list(added)), list(previous))
+    rest = torch.stack([n.float() for n in torch._foreach_norm(residual)])
+    base = torch.stack([n.float() for n in torch._foreach_norm(list(previous))])
+    return (base > 0) & (rest <= 1e-3 * base)
+
+
+def unit_dims(output: Any) -> tuple[int, ...]:
+    """The dims reduced over to get one value per unit: channels of a conv map (N, C, ...), else features."""
+    if output.dim() >= 4:
+        return (0, *range(2, output.dim()))
+    return tuple(range(output.dim() - 1))
+
+
+def active_units(output: Any) -> Any:
+    """Per unit: True when any sample of this batch made it positive (a ReLU unit that is alive)."""
+    alive = output.detach() > 0
+    dims = unit_dims(output)
+    return alive.any(dim=dims) if dims else alive
+
+
+def free_units(output: Any, kind: str) -> Any:
+    """Per unit: True when some sample kept it away from its bounds (not saturated)."""
+    out = output.detach()
+    if kind == "tanh":
+        free = out.abs() < 1 - SATURATION_MARGIN
+    else:
+        free = (out > SATURATION_MARGIN) & (out < 1 - SATURATION_MARGIN)
+    dims = unit_dims(output)
+    return free.any(dim=dims) if dims else free
+
+
+def class_dim(scores: Any) -> int:
+    return 1 if scores.dim() >= 2 else 0
+
+
+def is_probabilities(scores: Any) -> Any:
+    """A 0-d bool tensor: every row non-negative and summing to 1 (a softmax output)."""
+    x = scores.detach().float()
+    return (x.min() >= 0) & ((x.sum(class_dim(x)) - 1).abs().max() <= PROB_TOLERANCE)
+
+
+def is_log_probabilities(scores: Any) -> Any:
+    """A 0-d bool tensor: every value <= 0 and every row's logsumexp 0 (a log_softmax output)."""
+    x = scores.detach().float()
+    return (x.max() <= LOGPROB_TOLERANCE) & (x.logsumexp(class_dim(x)).abs().max() <= LOGPROB_TOLERANCE)
+
+
+def is_in_unit_interval(scores: Any) -> Any:
+    """A 0-d bool tensor: every value strictly inside (0, 1) (a sigmoid output)."""
+    x = scores.detach()
+    return (x.min() > 0) & (x.max() < 1)
+
+
+def label_counts(target: Any, classes: int) -> Any | None:
+    """Counts of the integer class labels in ``target`` (ignored labels < 0 left out); None for soft labels."""
+    import torch
+
+    if target.dtype.is_floating_point or target.dtype == torch.bool:
+        return None
+    flat = target.detach().flatten()
+    flat = flat[(flat >= 0) & (flat < classes)]
+    return torch.bincount(flat, minlength=classes)[:classes]
