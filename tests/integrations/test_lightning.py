@@ -6,7 +6,6 @@ import csv
 import json
 
 import pytest
-
 from tests.integrations._scripts import PRODUCER, hunt, load_script, marker_line, source_of
 
 pytest.importorskip("lightning", reason="lightning is not installed (pip install 'torchdoctor[lightning]')")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from tests.integrations._scripts import PRODUCER, USER_CALL, hunt, load_script, marker_line, source_of
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'torchdoctor[transformers]')")

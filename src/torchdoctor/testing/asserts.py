@@ -23,10 +23,11 @@ def assert_finite_step(model: Any, batch: Any, *, loss_fn: Callable[[Any, Any], 
     from torchdoctor.nan.hunt import nan_hunt
     from torchdoctor.step import run_training_step
 
+    outcome = None  # stays so when the hunt stops the step at its first non-finite value
     with nan_hunt() as hunt:
         outcome = run_training_step(model, batch, loss_fn=loss_fn, steps=steps, device=device)
     findings = list(hunt.report.findings)
-    if outcome.failure is not None and not findings:
+    if outcome is not None and outcome.failure is not None and not findings:
         failure = outcome.failure
         where = f" at {failure.user_frame['file']}:{failure.user_frame['line']}" if failure.user_frame else ""
         message = f"The training step failed in the {failure.phase}{where}: {failure.exc_type}: {failure.headline}"

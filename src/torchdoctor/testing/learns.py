@@ -22,6 +22,7 @@ __all__ = ["DEFAULT_LR", "LAST_LOSSES", "MAX_LOSS_RATIO", "assert_learns"]
 MAX_LOSS_RATIO = 0.5  # the loss must at least halve: a model that can learn overfits one batch easily
 LAST_LOSSES = 5  # averaged at the end, so one noisy step (dropout) neither passes nor fails the check
 DEFAULT_LR = 3e-3  # Adam: fast enough to overfit one small batch in 50 steps, slow enough to stay stable
+SAMPLES = 10  # steps the watch samples: enough for its single-batch checks, cheap enough for a unit test
 _NAMES_SHOWN = 5
 
 
@@ -47,14 +48,26 @@ def assert_learns(model: Any, batch: Any, *, loss_fn: Callable[[Any, Any], Any] 
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2, got {steps!r}")
     work, optimizer = copy.deepcopy((model, optimizer))  # one memo: the copied optimizer holds the copied params
-    facts, hunt_findings = _train(work, batch, loss_fn, optimizer, steps)
-    raise_for("assert_learns", hunt_findings + check_learning(facts, max_loss_ratio))
+    facts, report = _train(work, batch, loss_fn, optimizer, steps)
+    raise_for("assert_learns", judge(facts, report, max_loss_ratio))
 
 
-def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> tuple[LearningFacts, list[Any]]:
+def judge(facts: LearningFacts, report: Any, max_loss_ratio: float = MAX_LOSS_RATIO) -> list[Any]:
+    """Our checks first, then the watch's (its nan hunt's included) under ids we did not report already.
+
+    After a NaN, only the watch's findings count: gradients and losses are then its consequences.
+    """
+    if report.result.get("first_nonfinite") is not None:
+        return list(report.findings)
+    ours = check_learning(facts, max_loss_ratio)
+    return ours + [f for f in report.findings if f.id not in {mine.id for mine in ours}]
+
+
+def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> tuple[LearningFacts, Any]:
+    """The steps, under ``torchdoctor.watch`` (about ``SAMPLES`` sampled steps); our facts and its report."""
     import torch
 
-    from torchdoctor.nan.hunt import nan_hunt
+    from torchdoctor.learning.api import watch
     from torchdoctor.step import _as_call, _compute_loss, _split_batch
 
     inputs, targets = _split_batch(batch)
@@ -64,7 +77,7 @@ def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> 
     facts = _initial_facts(named, optimizer)
     before = {name: p.detach().clone() for name, p in named}
     model.train()
-    with nan_hunt(model) as hunt, torch.enable_grad():
+    with watch(model, every=max(1, steps // SAMPLES)) as watching, torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
             loss, _name = _compute_loss(torch, model(*args, **kwargs), targets, loss_fn)
@@ -73,7 +86,7 @@ def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> 
             optimizer.step()
             facts.losses.append(float(loss.detach().float()))
     facts.changed = {name for name, p in named if not torch.equal(before[name], p.detach())}
-    return facts, list(hunt.report.findings)
+    return facts, watching.report
 
 
 def _initial_facts(named: list[tuple[str, Any]], optimizer: Any) -> LearningFacts:
