@@ -43,6 +43,13 @@ def test_nan_in_the_users_forward_is_named_at_the_users_line():
     assert source["file"].endswith(SCRIPT) and source["line"] == marker_line(SCRIPT, PRODUCER)
 
 
+def test_nan_gradient_inside_the_closure_is_named_in_the_backward_not_blamed_on_the_optimizer():
+    # optimizer.step(closure) runs forward and backward inside step(): the gradients are judged after the closure
+    report = hunt(SCRIPT, "--nan-backward")
+    assert report.findings[0].id == "nonfinite-backward"
+    assert source_of(report)["line"] == marker_line(SCRIPT, "# <-- backward producer")
+
+
 # --- TorchdoctorCallback ---------------------------------------------------------------------------------------
 
 
