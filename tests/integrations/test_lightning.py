@@ -53,12 +53,12 @@ def test_nan_gradient_inside_the_closure_is_named_in_the_backward_not_blamed_on_
 # --- TorchdoctorCallback ---------------------------------------------------------------------------------------
 
 
-def _fit(pl_script, tmp_path, callback, *, nan=False):
+def _fit(pl_script, tmp_path, callback, *, nan=False, model=None, steps=STEPS):
     from lightning.pytorch.loggers import CSVLogger
 
     logger = CSVLogger(str(tmp_path), name="logs", version=0)
-    trainer = pl_script.build_trainer(STEPS, callbacks=[callback], logger=logger, root=str(tmp_path))
-    trainer.fit(pl_script.Regressor(nan=nan), pl_script.build_data())
+    trainer = pl_script.build_trainer(steps, callbacks=[callback], logger=logger, root=str(tmp_path))
+    trainer.fit(model or pl_script.Regressor(nan=nan), pl_script.build_data())
     return trainer, list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
 
 
@@ -94,3 +94,15 @@ def test_callback_without_fail_fast_lets_the_run_finish(pl_script, tmp_path):
     trainer, _ = _fit(pl_script, tmp_path, callback, nan=True)
     assert trainer.global_step == STEPS and callback.report.findings[0].id == "nonfinite-forward"
     assert not (tmp_path / "torchdoctor-report.json").exists()
+
+
+def test_callback_with_watch_finds_a_softmax_before_cross_entropy(pl_script, tmp_path, validate_report):
+    from torchdoctor.integrations.lightning import TorchdoctorCallback
+
+    trainer, rows = _fit(pl_script, tmp_path, TorchdoctorCallback(), model=pl_script.SoftmaxClassifier(), steps=20)
+    written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
+    assert written["command"] == "watch" and written["result"]["steps_watched"] == 20
+    double = next(f for f in written["findings"] if f["id"] == "double-softmax")
+    # the nn.Softmax module, named inside the outermost module called (training_step calls self.body)
+    assert double["location"] == "3"
+    assert any(row.get("torchdoctor/double-softmax") == "1.0" for row in rows)

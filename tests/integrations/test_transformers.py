@@ -49,11 +49,9 @@ def test_nan_inside_transformers_points_at_the_users_call_not_a_library_line():
 # --- TorchdoctorCallback ---------------------------------------------------------------------------------------
 
 
-def _train(hf, tmp_path, callback, *, nan=False):
-    from torchdoctor.integrations.transformers import TorchdoctorCallback
-
-    callback = callback or TorchdoctorCallback()
-    trainer = hf.build_trainer(hf.build_model(nan=nan), str(tmp_path), STEPS, pad=nan, callbacks=[callback])
+def _train(hf, tmp_path, callback, *, nan=False, softmax=False, steps=STEPS):
+    model = hf.build_model(nan=nan, softmax=softmax)
+    trainer = hf.build_trainer(model, str(tmp_path), steps, pad=nan, callbacks=[callback])
     trainer.train()
     return trainer, callback
 
@@ -99,3 +97,15 @@ def test_callback_without_fail_fast_lets_the_run_finish(hf, tmp_path):
     assert trainer.state.global_step == STEPS
     assert callback.report.findings[0].id == "nonfinite-forward"
     assert not (tmp_path / "torchdoctor-report.json").exists()
+
+
+def test_callback_with_watch_finds_a_softmax_before_cross_entropy(hf, tmp_path, validate_report):
+    from torchdoctor.integrations.transformers import TorchdoctorCallback
+
+    trainer, callback = _train(hf, tmp_path, TorchdoctorCallback(), softmax=True, steps=20)  # the defaults: watch on
+    written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
+    assert written["command"] == "watch" and written["result"]["steps_watched"] == 20
+    assert "double-softmax" in [f["id"] for f in written["findings"]]
+    assert written["result"]["series"]["loss"]  # the watch's series, for `torchdoctor watch`'s pictures
+    logged = {key for entry in trainer.state.log_history for key in entry}
+    assert "torchdoctor/double-softmax" in logged
