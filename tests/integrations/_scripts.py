@@ -31,6 +31,13 @@ def hunt(name: str, *args: str):
     return run_script(SCRIPTS / name, args)
 
 
+def watch(name: str, *args: str):
+    """``torchdoctor watch SCRIPT ARGS`` in this process (the CLI's own runner): its Report."""
+    from torchdoctor.learning.runner import run_watch_script
+
+    return run_watch_script(SCRIPTS / name, args)
+
+
 def source_of(report) -> dict:
     first = report.result["first_nonfinite"]
     assert first is not None, [f.message for f in report.findings]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from tests.integrations._scripts import PRODUCER, USER_CALL, hunt, load_script, marker_line, source_of
+from tests.integrations._scripts import PRODUCER, USER_CALL, hunt, load_script, marker_line, source_of, watch
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'torchdoctor[transformers]')")
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'torchdoctor[transformers]')")
@@ -44,6 +44,12 @@ def test_nan_inside_transformers_points_at_the_users_call_not_a_library_line():
     source = first["source"]  # ...but the line is the user's own, never one inside site-packages
     assert source["file"].endswith(SCRIPT) and source["line"] == marker_line(SCRIPT, USER_CALL)
     assert "site-packages" not in report.findings[0].message
+
+
+def test_watch_on_a_healthy_trainer_script_is_quiet():
+    report = watch(SCRIPT, "--steps", "20")
+    assert report.result["steps_watched"] == 20 and report.result["step_counting"] == "optimizer"
+    assert report.status.value == "ok", [f.message for f in report.findings]
 
 
 # --- TorchdoctorCallback ---------------------------------------------------------------------------------------
