@@ -599,8 +599,9 @@ _SPECS = (
     _spec(
         "sigmoid-before-logits-loss", "TD803", "error",
         "The input of binary_cross_entropy_with_logits / BCEWithLogitsLoss comes out of a sigmoid.",
-        "Every sampled call (at least 2) had all values in (0, 1): the loss applies a second sigmoid, so "
-        "predictions can never go below 0.5 and learning stalls.",
+        "Every sampled call (at least 2) got a sigmoid's output (its autograd node, reshapes aside), all "
+        "values in (0, 1): the loss applies a second sigmoid, so predictions never go below 0.5 and learning "
+        "stalls.",
         "Remove the final sigmoid (keep it for inference only), or use BCELoss on probabilities.",
     ),
     _spec(
@@ -638,8 +639,9 @@ _SPECS = (
         "loss-not-decreasing", "TD808", "warning",
         "The loss shows no downward trend over the watched window.",
         "With at least 20 steps, the median loss of the last quarter is not 1% below that of the first "
-        "quarter. When it sits at the chance level (within 5% of ln C, or of the entropy of the labels "
-        "seen), the labels look unrelated to the inputs. Runs with several optimizers (GANs) are not judged.",
+        "quarter, or it sits at the chance level (within 5% of the entropy of the labels seen: ln C for C "
+        "balanced classes), where the labels look unrelated to the inputs. Runs with several optimizers "
+        "(GANs) are not judged.",
         "Check that inputs and labels match (shuffle them together), then the learning rate; "
         "overfit one small batch first.",
     ),
@@ -692,8 +694,9 @@ _SPECS = (
     _spec(
         "loss-oscillating", "TD815", "warning",
         "The loss jumps by large factors from step to step without a trend.",
-        "With at least 20 steps, the median step-to-step change of the loss is more than 2x (up or "
-        "down) and the last quarter is not below half the first. Runs with several optimizers are not judged.",
+        "With at least 20 steps, over the last half of them the median step-to-step change of the loss is "
+        "more than 2x (up or down) and the loss does not fall below a quarter of where that half began. "
+        "Runs with several optimizers are not judged.",
         "Lower the learning rate; check for a batch size of 1 or unnormalised inputs.",
     ),
 )

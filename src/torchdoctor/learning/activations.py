@@ -85,7 +85,8 @@ class Activations:
         """The 0-d bool tensor for this call (None when the input cannot be judged); counts integer labels."""
         with contextlib.suppress(Exception):  # an odd input is the loss's own business to reject
             if kind == "binary_cross_entropy_with_logits":
-                return stats.is_in_unit_interval(scores)
+                # small raw logits can all lie in (0, 1) too: only a sigmoid's own output counts
+                return stats.is_in_unit_interval(scores) & stats.computed_by(scores, "SigmoidBackward0")
             self._count_labels(scores, target)
             if kind == "cross_entropy":
                 return stats.is_probabilities(scores)

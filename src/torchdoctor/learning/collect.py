@@ -82,7 +82,12 @@ class Collector:
 
     @property
     def sampling(self) -> bool:
-        return not self.done and self.step % self.every == 0
+        return not self.done and self.sampled(self.step)
+
+    def sampled(self, step: int) -> bool:
+        """One step in ``every``; with several optimizers (a GAN) one round of their steps, so none is skipped."""
+        rounds = step // max(len(self.optimizers), 1) if self.mode == "optimizer" else step
+        return rounds % self.every == 0
 
     def _ours(self) -> bool:
         return not self.done and threading.get_ident() == self._thread
@@ -164,7 +169,7 @@ class Collector:
         self.backwards += 1
         if self.mode != "backward":
             return
-        if step % self.every == 0:
+        if self.sampled(step):
             params = [p for p in self.names.param_objects if p.requires_grad and p.grad is not None]
             self.samples[step] = Sample()
             self._measure_grads(step, params)
@@ -198,7 +203,7 @@ class Collector:
             self._arm_carry_check(optimizer, step)
         self.opt_steps += 1
         self.step = self.opt_steps
-        if step % self.every == 0:
+        if self.sampled(step):
             self.flush()
         self.acts.end_step()
         self._check_limit()

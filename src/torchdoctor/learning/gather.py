@@ -91,7 +91,9 @@ def _not_optimized(collector: Collector, names: Names) -> Grouped | None:
 
 def _never_grad(collector: Collector, names: Names, watched: int) -> Grouped | None:
     params = list({id(p): p for p in _optimizer_params(collector)}.values())
-    cut = [p for p in params if p.requires_grad and id(p) not in collector.got_grad]
+    # a parameter of no watched model is an orphan (the old head of a replaced layer): params-not-updated says why
+    cut = [p for p in params if p.requires_grad and id(p) not in collector.got_grad
+           and (names.layer_of(p) is not None or not names.root_list)]
     if not cut or watched < 1:
         return None
     return Grouped(_group(names, cut, collector), 0, watched - 1)

@@ -18,6 +18,7 @@ MIN_LOSS_STEPS = 20  # fewer steps say nothing about a trend
 MIN_DECREASE = 0.01  # last quarter's median at least 1% below the first quarter's
 CHANCE_TOLERANCE = 0.05
 OSCILLATION_FACTOR = 2.0  # median step-to-step change of the loss, up or down
+OSCILLATION_TREND = 0.25  # ... while the last quarter stays above this share of the first (no real fall)
 RATIO_HIGH = 1e-1
 RATIO_LOW = 1e-6
 WARMED_UP = 0.5  # a sampled step counts for update ratios once lr >= this share of its maximum
@@ -148,14 +149,15 @@ def check_loss_trend(facts: WatchFacts) -> Finding | None:
     if losses is None:
         return None
     start, end = _quarters(losses)
-    if end < start - MIN_DECREASE * abs(start) or abs(start) < 1e-6:
-        return None
     chance = chance_level(facts)
+    at_chance = chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance
+    if not at_chance and (end < start - MIN_DECREASE * abs(start) or abs(start) < 1e-6):
+        return None
     steps = [losses[0][0], losses[-1][0]]
-    message = (f"The loss shows no downward trend over steps {steps[0]}-{steps[1]}: median {start:.4g} in the "
-               f"first quarter, {end:.4g} in the last.")
+    message = (f"The loss shows no real downward trend over steps {steps[0]}-{steps[1]}: median {start:.4g} in "
+               f"the first quarter, {end:.4g} in the last.")
     details = {"steps": steps, "first_quarter_median": start, "last_quarter_median": end, "chance_level": chance}
-    if chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance:
+    if at_chance:
         message += (f" It sits at the chance level ({chance:.4g} = the entropy of the labels seen): the labels "
                     "look unrelated to the inputs (check that inputs and labels are paired and shuffled together).")
         details["at_chance"] = True
@@ -172,18 +174,20 @@ def chance_level(facts: WatchFacts) -> float | None:
 
 
 def check_oscillation(facts: WatchFacts) -> Finding | None:
+    """Judged on the last half of the window, so that the first steps' fall (or a warm-up) does not count."""
     losses = _judged_losses(facts)
     if losses is None or any(v <= 0 for _, v in losses):
         return None
-    jumps = [abs(math.log(b / a)) for (_, a), (_, b) in zip(losses, losses[1:], strict=False)]
+    late = losses[len(losses) // 2:]
+    jumps = [abs(math.log(b / a)) for (_, a), (_, b) in zip(late, late[1:], strict=False)]
     typical = math.exp(statistics.median(jumps))
-    start, end = _quarters(losses)
-    if typical < OSCILLATION_FACTOR or end < start / 2:
+    start, end = _quarters(late)
+    if typical < OSCILLATION_FACTOR or end < start * OSCILLATION_TREND:
         return None
-    steps = [losses[0][0], losses[-1][0]]
+    steps = [late[0][0], late[-1][0]]
     message = (f"The loss jumps by {typical:.3g}x from one step to the next (median) over steps {steps[0]}-{steps[1]} "
-               f"without a trend (median {start:.4g} in the first quarter, {end:.4g} in the last): the learning "
-               "rate is too high.")
+               f"without coming down (median {start:.4g} in the first quarter of those steps, {end:.4g} in the "
+               "last): the learning rate is too high.")
     return make_finding("loss-oscillating", message,
                         details={"steps": steps, "median_jump": typical, "first_quarter_median": start,
                                  "last_quarter_median": end})

@@ -87,6 +87,25 @@ def is_in_unit_interval(scores: Any) -> Any:
     return (x.min() > 0) & (x.max() < 1)
 
 
+# grad_fn nodes that only reshape or copy: looked through when asking "what computed this tensor?"
+_RESHAPES = ("View", "Reshape", "Squeeze", "Unsqueeze", "Permute", "Transpose", "Clone", "Flatten", "Unsafe")
+
+
+def computed_by(tensor: Any, op: str, depth: int = 6) -> bool:
+    """True when ``tensor`` came out of ``op`` (a grad_fn name such as "SigmoidBackward0"), reshapes aside."""
+    node = getattr(tensor, "grad_fn", None)
+    for _ in range(depth):
+        if node is None:
+            return False
+        name = type(node).__name__
+        if name == op:
+            return True
+        if not name.startswith(_RESHAPES):
+            return False
+        node = next((fn for fn, _ in node.next_functions if fn is not None), None)
+    return False
+
+
 def label_counts(target: Any, classes: int) -> Any | None:
     """Counts of the integer class labels in ``target`` (ignored labels < 0 left out); None for soft labels."""
     import torch

@@ -1,0 +1,118 @@
+"""``torchdoctor.watch()`` as a context manager on loops written in the test: the contract other code builds on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+import torchdoctor
+from torchdoctor.learning.api import Watch
+from torchdoctor.learning.series import evenly
+
+NAN_SCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "nan_scripts"
+
+
+def train(steps: int, model: nn.Module | None = None, lr: float = 0.1) -> nn.Module:
+    torch.manual_seed(0)
+    model = model or nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    for _ in range(steps):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    return model
+
+
+def global_hooks() -> tuple[int, ...]:
+    from torch.nn.modules import module
+    from torch.optim import optimizer
+
+    return (len(module._global_forward_hooks), len(module._global_forward_pre_hooks),
+            len(optimizer._global_optimizer_pre_hooks), len(optimizer._global_optimizer_post_hooks),
+            id(torch.autograd.backward), id(nn.functional.cross_entropy))
+
+
+def test_watch_is_the_lazy_api_twin_and_fills_the_series():
+    assert torchdoctor.watch is torchdoctor.learning.api.watch
+    with torchdoctor.watch(every=5) as w:
+        assert w.report is None
+        train(20)
+        assert w.steps == 20
+    result = w.report.result
+    assert w.report.command == "watch" and result["steps_watched"] == 20
+    assert result["step_counting"] == "optimizer" and result["first_nonfinite"] is None
+    series = result["series"]
+    assert series["step"] == [0, 5, 10, 15]
+    assert series["layers"] == ["0", "2"]  # input -> output
+    assert len(series["loss"]) == len(series["lr"]) == 4 and series["lr"] == [0.1] * 4
+    assert all(len(row) == 4 and all(v > 0 for v in row) for row in series["grad_norm"] + series["update_ratio"])
+    assert list(series["dead_fraction"]) == ["1"] and series["saturated_fraction"] == {}
+
+
+def test_every_hook_is_removed_on_exit_also_when_entered_and_exited_by_hand():
+    before = global_hooks()
+    w = Watch()
+    w.__enter__()  # as a trainer callback does, in on_train_begin ...
+    assert global_hooks() != before
+    train(3)
+    w.__exit__(None, None, None)  # ... and on_train_end
+    assert global_hooks() == before
+    assert w.report is not None and w.report.result["steps_watched"] == 3
+
+
+def test_steps_stops_watching_not_the_training():
+    with torchdoctor.watch(steps=4, every=1) as w:
+        model = train(10)
+    assert w.report.result["steps_watched"] == 4
+    assert w.report.result["series"]["step"] == [0, 1, 2, 3]
+    assert model is not None  # the loop ran its 10 steps: no exception stopped it
+
+
+def test_watching_one_model_leaves_others_out():
+    watched = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    other = nn.Linear(4, 4)
+    with torchdoctor.watch(watched, every=1) as w:
+        other(torch.randn(2, 4))
+        train(3, watched)
+    assert w.report.result["series"]["layers"] == ["0", "2"]
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True, "3"])
+def test_bad_steps_and_every_are_refused(value):
+    with pytest.raises(ValueError, match="steps"):
+        Watch(steps=value)
+    with pytest.raises(ValueError, match="every"):
+        Watch(every=value)
+
+
+def test_a_watch_is_entered_once():
+    w = Watch()
+    with w:
+        pass
+    with pytest.raises(RuntimeError):
+        w.__enter__()
+
+
+def test_a_nan_is_reported_exactly_as_nan_hunt_reports_it():
+    from torchdoctor.learning.runner import run_watch_script
+    from torchdoctor.nan.runner import run_script
+
+    script = str(NAN_SCRIPTS / "norm_no_eps.py")
+    hunted = run_script(script).to_dict()
+    watched = run_watch_script(script).to_dict()
+    assert watched["result"]["first_nonfinite"] == hunted["result"]["first_nonfinite"] is not None
+    hunt_ids = [f["id"] for f in hunted["findings"] if f["id"] != "script-failed"]
+    assert [f for f in watched["findings"] if f["id"] in hunt_ids] == [
+        f for f in hunted["findings"] if f["id"] in hunt_ids]
+
+
+def test_series_are_downsampled_evenly_to_at_most_500_points():
+    assert evenly(5, 500) == [0, 1, 2, 3, 4]
+    picked = evenly(2001, 500)
+    assert len(picked) == 500 and picked[0] == 0 and picked[-1] == 2000
+    gaps = {b - a for a, b in zip(picked, picked[1:], strict=False)}
+    assert gaps <= {4, 5}

@@ -1,0 +1,101 @@
+"""Every watch finding produced for real by a fixture script run in-process; the healthy scripts stay quiet."""
+
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import pytest
+
+from torchdoctor.learning.runner import run_watch_script
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "watch_scripts"
+
+# script -> (finding id, the module or parameter it must name; None: about the loss, not a layer)
+BUGGY = {
+    "grad_not_zeroed.py": ("grad-not-zeroed", "0.weight"),
+    "double_softmax.py": ("double-softmax", "3"),
+    "sigmoid_logits_loss.py": ("sigmoid-before-logits-loss", "prob"),
+    "nll_on_logits.py": ("nll-on-logits", "2"),
+    "head_replaced.py": ("params-not-updated", "head.weight"),
+    "detached_encoder.py": ("params-no-grad", "encoder.0"),
+    "eval_mode.py": ("eval-mode-training", "1"),
+    "shuffled_labels.py": ("loss-not-decreasing", None),
+    "lr_too_high.py": ("update-ratio-high", "2"),
+    "lr_too_low.py": ("update-ratio-low", "0"),
+    "deep_sigmoid.py": ("grad-vanishing", "0"),
+    "exploding_init.py": ("grad-exploding", "0"),
+    "dead_relu.py": ("dead-relu", "3"),
+    "saturated_tanh.py": ("saturated-activation", "1"),
+    "oscillating.py": ("loss-oscillating", None),
+}
+HEALTHY = ["healthy_cnn.py", "healthy_transformer.py", "healthy_frozen_backbone.py", "healthy_accumulation.py",
+           "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py"]
+
+
+@functools.cache
+def watch_script(name: str, every: int = 10):
+    """Each script runs once per session (several tests read its report)."""
+    return run_watch_script(str(SCRIPTS / name), every=every)
+
+
+def is_layer_name(location: str, layers: list[str]) -> bool:
+    return location in layers or location.rpartition(".")[0] in layers
+
+
+@pytest.mark.parametrize("script", sorted(BUGGY))
+def test_each_bug_names_its_finding_and_the_module(script, validate_report):
+    finding_id, location = BUGGY[script]
+    report = watch_script(script)
+    validate_report(report.to_dict())
+    found = [f for f in report.findings if f.id == finding_id]
+    assert found, f"{script}: {[f.id for f in report.findings]}"
+    finding = found[0]
+    assert finding.location == location
+    first, last = finding.details["steps"]
+    assert 0 <= first <= last < report.result["steps_watched"]
+    assert report.result["exit_code"] == 0 and not report.result["script_failed"]
+    assert report.exit_code() == (1 if finding.severity.value == "error" else 0)
+
+
+@pytest.mark.parametrize("script", ["lr_too_high.py", "lr_too_low.py", "deep_sigmoid.py", "exploding_init.py",
+                                    "dead_relu.py", "saturated_tanh.py"])
+def test_layer_findings_name_a_layer_or_activation_of_the_series(script):
+    report = watch_script(script)
+    series = report.result["series"]
+    finding = next(f for f in report.findings if f.id == BUGGY[script][0])
+    names = [*series["layers"], *series["dead_fraction"], *series["saturated_fraction"]]
+    assert is_layer_name(finding.location, names)
+
+
+def test_the_numbers_behind_the_dynamics_findings():
+    by_id = {f.id: f for f in watch_script("shuffled_labels.py").findings}
+    assert by_id["loss-not-decreasing"].details["at_chance"] is True  # 4 random classes: ln 4
+    assert by_id["loss-not-decreasing"].details["chance_level"] == pytest.approx(1.386, abs=0.02)
+    low = next(f for f in watch_script("lr_too_low.py").findings if f.id == "update-ratio-low")
+    assert low.details["lr"] == pytest.approx(1e-7)
+    vanishing = next(f for f in watch_script("deep_sigmoid.py").findings if f.id == "grad-vanishing")
+    assert vanishing.details["last_layer"] == "26" and vanishing.details["ratio"] < 1e-3
+
+
+@pytest.mark.parametrize("script", HEALTHY)
+def test_healthy_runs_have_no_warning_and_exit_0(script, validate_report):
+    report = watch_script(script)
+    validate_report(report.to_dict())
+    assert [(f.id, f.message) for f in report.findings if f.severity.value != "info"] == []
+    assert report.exit_code(strict=True) == 0
+    assert report.result["exit_code"] == 0
+    assert report.result["series"]["layers"]
+
+
+def test_a_run_without_optimizer_counts_backward_calls():
+    result = watch_script("healthy_manual_sgd.py", every=5).result
+    assert result["step_counting"] == "backward"
+    assert result["steps_watched"] == 40
+    assert result["series"]["step"] == list(range(0, 40, 5))
+    assert all(v is not None for v in result["series"]["update_ratio"][0])
+
+
+def test_a_gan_names_both_models_layers():
+    layers = watch_script("healthy_gan.py").result["series"]["layers"]
+    assert len(layers) == 4 and layers[0].startswith("Sequential#1.") and layers[-1].startswith("Sequential#2.")
