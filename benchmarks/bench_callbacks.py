@@ -47,10 +47,11 @@ def child(variant: str, steps: int) -> None:
 
 
 def timed(variant: str, steps: int) -> tuple[float, float]:
-    """Whole-process seconds, and the child's own ``trainer.train()`` seconds."""
+    """Whole-process seconds, and the child's own ``trainer.train()`` seconds (one intra-op thread: on a shared
+    2-core machine torch's thread pool otherwise makes the spread larger than the effect)."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, "--child", variant, "--steps", str(steps)], check=True,
-                          capture_output=True, text=True, env=os.environ.copy())
+                          capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
     return time.perf_counter() - start, float(done.stdout.strip().splitlines()[-1])
 
 
@@ -65,8 +66,8 @@ def main() -> None:
         return
     timed("plain", options.steps)  # warm the page cache: the first process pays for reading the libraries
     times: dict[str, list[tuple[float, float]]] = {variant: [] for variant in VARIANTS}
-    for _ in range(options.runs):
-        for variant in VARIANTS:
+    for round_ in range(options.runs):
+        for variant in VARIANTS[round_ % 3:] + VARIANTS[:round_ % 3]:  # rotate the order: no variant always first
             times[variant].append(timed(variant, options.steps))
     for variant in VARIANTS[1:]:
         for index, what in ((0, "whole process"), (1, "trainer.train() alone")):

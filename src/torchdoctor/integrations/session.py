@@ -79,7 +79,8 @@ class Session:
                ) -> Report:
         """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary."""
         report = self.close()
-        assert report is not None, "finish() without start()"
+        if report is None:
+            raise RuntimeError("Session.finish() called without start()")
         self.report = self._with_extra(report, {**dict(extra or {}), "stopped_early": self.stopped_early})
         if self.report_path is not None:
             from torchdoctor.nan.runner import write_report
