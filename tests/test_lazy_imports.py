@@ -17,7 +17,8 @@ def test_import_torchdoctor_does_not_import_torch():
 
 def test_import_torchdoctor_imports_no_trainer_library():
     code = ("import sys, torchdoctor, torchdoctor.integrations, torchdoctor.testing; "
-            "print(sorted(m for m in ('transformers', 'accelerate', 'lightning', 'pytorch_lightning') if m in sys.modules))")
+            "libraries = ('transformers', 'accelerate', 'lightning', 'pytorch_lightning'); "
+            "print(sorted(m for m in libraries if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["[]"]
 
