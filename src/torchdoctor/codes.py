@@ -1,15 +1,25 @@
-"""The one registry of finding ids: code, default severity, summary, why it matters, fix.
+"""The one registry of finding ids: code, default severity, summary, why it matters, fix, and where it shows.
 
 ``docs/findings.md`` is generated from this table (``python -m torchdoctor.docs``) and
 ``torchdoctor explain ID`` prints an entry. Ids and codes are contracts: never reuse or
-renumber one. Hundreds digit of the code = family (1 env, 2 ckpt, 3 nan, 4 count,
-5 data, 6 explain/errors, 7 distributed, 8 watch).
+renumber one. Hundreds digit of the code = family (``FAMILIES``): 1 env, 2 ckpt, 3 nan-hunt, 4 count,
+5 data, 6 errors (torchdoctor's own, ``check``'s, and errors that only ``explain`` recognises),
+7 distributed, 8 watch. The family says where an id was born, not every command that reports it:
+``training-step-failed`` (1xx) also comes from ckpt, data and count; ``nonfinite-input`` (3xx) also from
+data; the 3xx ids of a NaN/inf and of the script's ending also from watch; ``distributed-hang`` and
+``ranks-diverged`` (7xx) also from nan-hunt, ``ddp-unused-parameters`` and
+``syncbn-missing`` (7xx) only from nan-hunt; ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
+(6xx) from env and check; any id explain recognises from data or count when their step fails with it.
+``commands`` on each spec is the full list (README.md has the same story as a table).
+
+Each spec also says which human-report section shows the id for each command (``section``); the
+commands' section tables are built from it and the human renderer refuses a finding without one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from torchdoctor.errors import UsageError
@@ -21,15 +31,34 @@ FAMILIES = {
     3: "nan-hunt",
     4: "count",
     5: "data",
-    6: "explain / errors",
+    6: "errors",
     7: "distributed",
     8: "watch",
 }
 
+ANY_SECTION = "*"
+"""A section name meaning "whichever section the producing check or item is": env's check-crashed, check's items."""
+CHECK_KINDS = ("env", "ckpt inspect", "data", "count", "nan-hunt")
+"""The commands whose reports ``torchdoctor check`` runs as items: their ids show in the item's section."""
+EXPLAINED_IN = {"data": "step", "count": "compute"}
+"""Commands that report an error of the user's step as the id ``explain``'s rules match, and where it shows."""
+
+INSPECT, FIX, DIFF = "ckpt inspect", "ckpt fix", "ckpt diff"
+
+
+class SectionMissing(LookupError):
+    """A finding that no section of its report would show: the registry lacks a section for that command."""
+
 
 @dataclass(frozen=True)
 class FindingSpec:
-    """Registry entry for one finding id."""
+    """Registry entry for one finding id.
+
+    ``commands``: the commands whose reports produce the id (``"explain"`` when explain's rules match it).
+    ``section``: the human-report section showing it, one name for every command or a mapping per command.
+    ``explain_only``: no command judges it itself; it appears when explain's rules match an error (also a
+    failing step in data or count, see ``EXPLAINED_IN``).
+    """
 
     id: str
     code: str
@@ -37,14 +66,41 @@ class FindingSpec:
     summary: str
     why: str
     fix: str | None
+    commands: tuple[str, ...] = ()
+    section: str | Mapping[str, str] | None = None
+    explain_only: bool = False
+    sections: Mapping[str, str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sections", self._sections())
+
+    def __hash__(self) -> int:  # ``section`` may be a dict: the id alone identifies a spec
+        return hash(self.id)
 
     @property
     def family(self) -> str:
         return FAMILIES[int(self.code[2])]
 
+    def section_for(self, command: str) -> str | None:
+        """The section of ``command``'s human report that shows this id; None when that command never makes it."""
+        return self.sections.get(command)
 
-def _spec(id: str, code: str, severity: str, summary: str, why: str, fix: str | None) -> FindingSpec:
-    return FindingSpec(id, code, Severity(severity), summary, why, fix)
+    def _sections(self) -> dict[str, str]:
+        named = self.section if isinstance(self.section, Mapping) else dict.fromkeys(self.commands, self.section)
+        found = {command: named[command] for command in self.commands if named.get(command)}
+        if "explain" in self.commands:
+            found["explain"] = ANY_SECTION  # explain's report has no sections: one flat list
+            found.update({command: name for command, name in EXPLAINED_IN.items() if command not in found})
+        if any(command in CHECK_KINDS for command in found) or "check" in self.commands:
+            found["check"] = ANY_SECTION  # check shows each item's findings under the item
+        return found
+
+
+def _spec(id: str, code: str, severity: str, summary: str, why: str, fix: str | None, *,
+          commands: tuple[str, ...] = (), section: str | Mapping[str, str] | None = None,
+          explain_only: bool = False) -> FindingSpec:
+    return FindingSpec(id, code, Severity(severity), summary, why, fix, commands=commands, section=section,
+                       explain_only=explain_only)
 
 
 _SPECS = (
@@ -56,6 +112,7 @@ _SPECS = (
         "the driver is missing, or CUDA_VISIBLE_DEVICES hides every GPU.",
         "Install a CUDA build that fits the driver (https://pytorch.org/get-started/locally/), "
         "check `nvidia-smi`, and unset an empty CUDA_VISIBLE_DEVICES.",
+        commands=("env",), section="devices",
     ),
     _spec(
         "cuda-driver-too-old", "TD102", "error",
@@ -63,6 +120,7 @@ _SPECS = (
         "torch.cuda.is_available() returns False and every model runs on the CPU.",
         "Update the NVIDIA driver, or install a PyTorch build for an older CUDA "
         "(e.g. `pip install torch --index-url https://download.pytorch.org/whl/cu118`).",
+        commands=("env", "explain"), section="devices",
     ),
     _spec(
         "cuda-arch-unsupported", "TD103", "error",
@@ -70,12 +128,15 @@ _SPECS = (
         "Kernels fail with 'no kernel image is available for execution on the device' (or PTX JIT is slow).",
         "Install a PyTorch build that lists the GPU's sm_XY in torch.cuda.get_arch_list(), or build from source "
         "with TORCH_CUDA_ARCH_LIST set.",
+        commands=("env", "explain"), section="devices",
     ),
     _spec(
         "training-step-failed", "TD104", "error",
         "A real training step (forward, loss, backward, optimizer step) failed on a device.",
         "What fails in torchdoctor's tiny step fails in every training run on that device and precision.",
         "Read the cause in the finding; rerun with `torchdoctor env --check training --debug` for the traceback.",
+        commands=("env", INSPECT, "data", "count"),
+        section={"env": "training", INSPECT: "model", "data": "step", "count": "compute"},
     ),
     _spec(
         "numerics-mismatch", "TD105", "error",
@@ -83,24 +144,28 @@ _SPECS = (
         "Silent wrong numbers (broken kernels, faulty hardware, bad overclock) waste whole training runs.",
         "Rerun `torchdoctor env --check training`; if it persists, test the GPU (e.g. `nvidia-smi -q -d ECC`, "
         "a vendor burn-in) and try another driver.",
+        commands=("env",), section="training",
     ),
     _spec(
         "tf32-disabled", "TD106", "info",
         "TF32 matmuls are off on a GPU with Tensor Cores for TF32 (Ampere or newer).",
         "float32 matmuls run up to ~8x slower than TF32 for accuracy most training does not need.",
         "torch.backends.cuda.matmul.allow_tf32 = True  (or torch.set_float32_matmul_precision('high'))",
+        commands=("env",), section="training",
     ),
     _spec(
         "no-tensor-cores", "TD107", "info",
         "The GPU has no Tensor Cores (compute capability below 7.0), so mixed precision gains little.",
         "AMP on such cards saves memory but rarely time; expectations set from newer cards will be wrong.",
         None,
+        commands=("env",), section="training",
     ),
     _spec(
         "amp-unsupported", "TD108", "warning",
         "A mixed-precision mode is not supported by the GPU's hardware (e.g. bfloat16 below compute capability 8.0).",
         "bfloat16 on pre-Ampere GPUs is emulated or refused; it is slow or fails outright.",
         "Use torch.autocast(device_type='cuda', dtype=torch.float16) with torch.amp.GradScaler instead.",
+        commands=("env",), section="training",
     ),
     _spec(
         "shm-too-small", "TD109", "warning",
@@ -109,12 +174,14 @@ _SPECS = (
         "'Bus error' or 'unable to allocate shared memory'. Docker gives containers 64 MB by default.",
         "docker run --shm-size=8g ...  (or --ipc=host; on Kubernetes mount an emptyDir with medium: Memory "
         "at /dev/shm)",
+        commands=("env", "explain"), section="shm",
     ),
     _spec(
         "dataloader-workers-failed", "TD110", "error",
         "A real DataLoader step with 2 worker processes failed.",
         "Any training run with num_workers > 0 will fail or hang the same way.",
         "Follow the cause named in the finding; as a stopgap use num_workers=0.",
+        commands=("env",), section="dataloader",
     ),
     _spec(
         "threads-oversubscribed", "TD111", "warning",
@@ -122,12 +189,14 @@ _SPECS = (
         "Oversubscribed threads fight for cores; CPU ops and data loading slow down several-fold.",
         "export OMP_NUM_THREADS=<usable CPUs>  (or torch.set_num_threads(n)); in containers count the "
         "CPU quota, not os.cpu_count().",
+        commands=("env",), section="threads",
     ),
     _spec(
         "threads-underused", "TD112", "info",
         "PyTorch uses at most half of the usable CPUs for intra-op parallelism.",
         "CPU-side work (preprocessing, CPU training, evaluation) runs slower than the machine allows.",
         "Unset OMP_NUM_THREADS or raise it to the usable CPU count; torch.set_num_threads(n).",
+        commands=("env",), section="threads",
     ),
     _spec(
         "low-memory", "TD113", "warning",
@@ -135,18 +204,21 @@ _SPECS = (
         "DataLoader workers, pinned memory and checkpoint loading get killed by the OOM killer "
         "('DataLoader worker is killed by signal: Killed').",
         "Free memory, lower num_workers / batch size, or load checkpoints with mmap=True.",
+        commands=("env",), section="memory",
     ),
     _spec(
         "cublas-workspace-unset", "TD114", "info",
         "CUBLAS_WORKSPACE_CONFIG is not set, so deterministic algorithms cannot be used on CUDA.",
         "torch.use_deterministic_algorithms(True) raises on the first cuBLAS matmul without it.",
         "export CUBLAS_WORKSPACE_CONFIG=:4096:8",
+        commands=("env",), section="reproducibility",
     ),
     _spec(
         "gpu-memory-busy", "TD115", "warning",
         "Most of a GPU's memory is already taken by other processes.",
         "Your training will hit 'CUDA out of memory' at a fraction of the batch size the card allows.",
         "nvidia-smi  (find and stop the other process, or pick another GPU with CUDA_VISIBLE_DEVICES)",
+        commands=("env",), section="memory",
     ),
     # --- 2xx: ckpt ------------------------------------------------------------------------
     _spec(
@@ -154,60 +226,70 @@ _SPECS = (
         "The file is a git-lfs pointer (a few lines of text), not the checkpoint it points to.",
         "The repository was cloned without git-lfs, so every load fails with an unpickling error.",
         "git lfs install && git lfs pull  (in the repository the file came from)",
+        commands=(INSPECT, FIX, DIFF), section={INSPECT: "file", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "not-a-checkpoint", "TD202", "error",
         "The file is not a checkpoint: text, HTML (an error page saved by a download), or unknown bytes.",
         "torch.load fails with 'invalid load key' or 'could not find MARK'; the real file was never downloaded.",
         "Download the checkpoint again and compare its size and checksum with the source.",
+        commands=(INSPECT, FIX, DIFF), section={INSPECT: "file", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "corrupt-checkpoint", "TD203", "error",
         "The checkpoint is damaged: empty, truncated, or its structure is inconsistent.",
         "A partial download or an interrupted save loads as garbage or not at all.",
         "Download or save it again; compare the size with the source (a truncated file is shorter).",
+        commands=(INSPECT, FIX, DIFF), section={INSPECT: "file", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "nested-state-dict", "TD204", "warning",
         "The weights are nested inside a wrapper dict (e.g. checkpoint['state_dict']), not at the top level.",
         "model.load_state_dict(torch.load(path)) fails with every key missing and every key unexpected.",
         "torchdoctor ckpt fix PATH  (unwraps to a plain state dict), or load checkpoint[KEY] explicitly.",
+        commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
     ),
     _spec(
         "training-state-present", "TD205", "info",
         "Optimizer, LR-scheduler or GradScaler state is stored beside the weights.",
         "Handy for resuming; it can double the file size when only the weights are needed.",
         "torchdoctor ckpt fix PATH  (writes the weights alone), or keep it to resume training.",
+        commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
     ),
     _spec(
         "module-prefix", "TD206", "warning",
         "Every key starts with 'module.': the checkpoint was saved from nn.DataParallel or DDP.",
         "Loading into a plain model fails with missing keys 'x' and unexpected keys 'module.x'.",
         "torchdoctor ckpt fix PATH  (or torch.nn.modules.utils.consume_prefix_in_state_dict_if_present(sd, 'module.'))",
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "keys", FIX: "output"},
     ),
     _spec(
         "compile-prefix", "TD207", "warning",
         "Keys start with '_orig_mod.': the checkpoint was saved from a torch.compile'd model.",
         "Loading into the uncompiled model fails with every key missing and unexpected.",
         "torchdoctor ckpt fix PATH  (or save model._orig_mod.state_dict() next time)",
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "keys", FIX: "output"},
     ),
     _spec(
         "key-prefix", "TD208", "warning",
         "The checkpoint's keys differ from the model's only by a prefix (e.g. 'model.' from Lightning, 'backbone.').",
         "load_state_dict reports every key missing and unexpected although the weights fit.",
         "torchdoctor ckpt fix PATH --model SPEC  (renames the keys to the model's)",
+        commands=(INSPECT, FIX), section={INSPECT: "keys", FIX: "output"},
     ),
     _spec(
         "legacy-format", "TD209", "warning",
         "The checkpoint uses the legacy (pre-1.6) pickle format, not the zip format.",
         "It loads slower, cannot be memory-mapped (torch.load(mmap=True)) and some tools cannot read it.",
         "torchdoctor ckpt fix PATH --to zip",
+        commands=(INSPECT, FIX), section={INSPECT: "file", FIX: "output"},
     ),
     _spec(
         "torchscript-archive", "TD210", "info",
         "The file is a TorchScript archive (torch.jit.save), not a torch.save checkpoint.",
         "torch.load refuses it ('is a zip archive (did you mean to use torch.jit.load()?)').",
         "torch.jit.load(PATH); its state_dict() gives plain weights.",
+        commands=(INSPECT, FIX), section={INSPECT: "file", FIX: "output"},
     ),
     _spec(
         "full-module-pickle", "TD211", "warning",
@@ -215,48 +297,56 @@ _SPECS = (
         "Loading needs the exact class code importable under the same module path and weights_only=False, "
         "which also allows arbitrary code to run.",
         "Load it once where the class code exists and save model.state_dict() instead.",
+        commands=(INSPECT, FIX, DIFF, "explain"), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "unsafe-pickle", "TD212", "error",
         "The pickle references a global outside what torch.save of tensors and containers produces.",
         "Unpickling it can run arbitrary code (e.g. os.system); torch.load(weights_only=True) refuses it.",
         "Do not load it unless you trust its source; never pass weights_only=False for files from the internet.",
+        commands=(INSPECT, FIX, DIFF), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "nonfinite-weights", "TD213", "error",
         "Some stored tensors contain NaN or inf values.",
         "A model loaded from it outputs NaN from the first step; the run that saved it had already diverged.",
         "Use an earlier checkpoint; torchdoctor nan-hunt the training run that produced it.",
+        commands=(INSPECT,), section="values",
     ),
     _spec(
         "missing-keys", "TD214", "error",
         "The model has parameters or buffers the checkpoint does not provide.",
         "load_state_dict(strict=True) fails; with strict=False those weights silently stay randomly initialised.",
         "Check that the checkpoint belongs to this architecture; re-initialise or train the missing parts on purpose.",
+        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "unexpected-keys", "TD215", "warning",
         "The checkpoint has keys the model does not have.",
         "load_state_dict(strict=True) fails; with strict=False they are ignored, which may hide a wrong model.",
         "torchdoctor ckpt fix PATH --model SPEC  (drops or renames them), or load with strict=False on purpose.",
+        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "shape-mismatch", "TD216", "error",
         "A tensor's shape in the checkpoint differs from the model's parameter of the same name.",
         "load_state_dict raises 'size mismatch for KEY' (e.g. a 1000-class head loaded into a 10-class model).",
         "torchdoctor ckpt fix PATH --model SPEC --drop-mismatched  (then re-initialise those layers)",
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "dtype-mismatch", "TD217", "info",
         "A tensor's dtype in the checkpoint differs from the model's (e.g. float16 weights, float32 model).",
         "load_state_dict casts silently; precision is lost or memory doubles without notice.",
         None,
+        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "cuda-saved-tensors", "TD218", "info",
         "Tensors were saved from a CUDA device.",
         "On a machine without that GPU, torch.load fails unless it is told where to put them.",
         "torch.load(PATH, map_location='cpu')",
+        commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
     ),
     # --- 3xx: nan-hunt ----------------------------------------------------------------------
     _spec(
@@ -264,60 +354,70 @@ _SPECS = (
         "A batch already held NaN or inf before the model saw it.",
         "Every later NaN is the data's fault; the model and the learning rate are not to blame.",
         "Find the sample (the finding names its data-set index) and fix or filter it in the Dataset.",
+        commands=("nan-hunt", "data", "watch"), section={"nan-hunt": "nan-hunt", "data": "inputs", "watch": "run"},
     ),
     _spec(
         "nonfinite-forward", "TD302", "error",
         "An op in the model's forward produced NaN or inf from finite inputs.",
         "The loss and every gradient after it are NaN; training silently stops learning.",
         "Guard the named op: add an eps (x / (std + eps)), clamp before log/sqrt, avoid fully masked rows.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-loss", "TD303", "error",
         "The loss computation produced NaN or inf from a finite model output.",
         "A custom loss taking log of an underflowed probability is the classic cause.",
         "Use the fused, stable form (F.cross_entropy / log_softmax instead of log(softmax)), or clamp(min=eps).",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-backward", "TD304", "error",
         "A gradient became NaN or inf in backward although the loss was finite.",
         "The optimizer step writes NaN into the weights; every later step is wasted.",
         "Fix the forward op whose derivative blows up (e.g. sqrt at 0: use sqrt(x + eps)); clip gradients.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-optimizer", "TD305", "error",
         "A parameter became NaN or inf in optimizer.step() although its gradient was finite.",
         "The learning rate or optimizer state (e.g. Adam's eps, a zero second moment) overflowed the weights.",
         "Lower the learning rate, raise the optimizer's eps, or clip gradients.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "divergence", "TD306", "error",
         "The loss or gradient norm grew geometrically in the steps before the first NaN/inf.",
         "The run was diverging, not hitting a bug in one op: the NaN is a symptom of the step size.",
         "Lower the learning rate, add warm-up, or clip gradients (torch.nn.utils.clip_grad_norm_).",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "low-precision-overflow", "TD307", "error",
         "A float16/bfloat16 value exceeded the dtype's largest finite number and became inf.",
         "float16 overflows above 65504: a model cast to .half() or run without loss scaling produces inf.",
         "Train under torch.autocast with torch.amp.GradScaler (or in bfloat16) instead of casting the model.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "amp-skipped-steps", "TD308", "info",
         "GradScaler skipped optimizer steps because of inf/NaN gradients (error when it skipped every step).",
         "A few skips while the scale calibrates are normal; skipping every step means nothing trains.",
         "If every step is skipped, look for a real NaN source (nan-hunt names it) or a too-large init_scale.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "script-failed", "TD309", "error",
         "The training script raised an exception.",
         "The run ended early; the traceback's last user frame is where to look.",
         "Fix the error at the named line; `torchdoctor explain` turns the message into a cause.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "script-exit-code", "TD310", "error",
         "The training script exited with a non-zero exit code by itself.",
         "CI and schedulers treat the run as failed.",
         "See the script's own output for why it called sys.exit with that code.",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     # --- 4xx: count ------------------------------------------------------------------------
     _spec(
@@ -326,6 +426,7 @@ _SPECS = (
         "A silent zero makes a model look cheaper than it is; the named ops are where the gap is.",
         "Check whether the named ops are significant; register a formula with "
         "torch.utils.flop_counter.register_flop_formula if they are.",
+        commands=("count",), section="uncounted",
     ),
     # --- 5xx: data -------------------------------------------------------------------------
     _spec(
@@ -334,12 +435,14 @@ _SPECS = (
         "On CUDA this is the 'device-side assert triggered' that surfaces at an unrelated line and kills the "
         "process; on CPU 'Target N is out of bounds'.",
         "Remap labels to 0..C-1 (labels 1..C: subtract 1), or give the model C outputs; check --num-classes.",
+        commands=("data", "explain"), section="labels",
     ),
     _spec(
         "label-dtype", "TD502", "error",
         "Labels have the wrong dtype for the loss (float class indices for cross-entropy, int targets for BCE).",
         "cross_entropy wants int64 class indices; BCE wants float targets shaped like the logits.",
         "Cross-entropy: labels.long(); BCEWithLogits: targets.float().",
+        commands=("data", "explain"), section="labels",
     ),
     _spec(
         "target-shape", "TD503", "error",
@@ -347,6 +450,7 @@ _SPECS = (
         "cross_entropy raises '0D or 1D target tensor expected, multi-target not supported' or trains on the "
         "wrong targets.",
         "Class indices: target.squeeze(1) (shape [B]); one-hot: target.argmax(1), or use soft-label cross-entropy.",
+        commands=("data", "explain"), section="labels",
     ),
     _spec(
         "input-dtype-mismatch", "TD504", "error",
@@ -354,54 +458,63 @@ _SPECS = (
         "The first layer raises 'mat1 and mat2 must have the same dtype' / 'Input type and weight type should be "
         "the same'.",
         "Convert in the Dataset: torch.from_numpy(x.astype(np.float32)) or x.float().",
+        commands=("data", "explain"), section="inputs",
     ),
     _spec(
         "uint8-input", "TD505", "error",
         "Raw uint8 images are fed to the model (no ToTensor / scaling).",
         "Layers refuse Byte input, or, cast blindly, train on 0..255 values.",
         "Use torchvision.transforms.ToTensor() (or x.float() / 255) and Normalize.",
+        commands=("data", "explain"), section="inputs",
     ),
     _spec(
         "channels-last-input", "TD506", "error",
         "Images arrive as [B, H, W, C] while the first convolution expects channels first.",
         "Conv2d raises 'expected input to have C channels, but got W channels'; x.view would scramble pixels.",
         "x.permute(0, 3, 1, 2) in the Dataset (or ToTensor, which does it).",
+        commands=("data", "explain"), section="inputs",
     ),
     _spec(
         "unnormalized-input", "TD507", "warning",
         "Float inputs are in 0..255 or far outside a normalised range.",
         "Training converges slowly or not at all with huge activations.",
         "Scale to [0, 1] and Normalize(mean, std).",
+        commands=("data",), section="inputs",
     ),
     _spec(
         "variable-size-samples", "TD508", "error",
         "Samples have different shapes, which default_collate cannot stack.",
         "The DataLoader raises 'stack expects each tensor to be equal size'.",
         "Resize/crop to one size in the transform, pad in a collate_fn, or use batch_size=1.",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "batchnorm-single-sample-batch", "TD509", "error",
         "The last batch holds one sample and the model has BatchNorm in training mode.",
         "BatchNorm raises 'Expected more than 1 value per channel when training' at the end of the epoch.",
         "DataLoader(..., drop_last=True), or change batch_size so len(dataset) % batch_size != 1.",
+        commands=("data", "explain"), section="loader",
     ),
     _spec(
         "unshuffled-classes", "TD510", "warning",
         "shuffle is off and early batches hold a single class (the data set is sorted by label).",
         "Each batch pulls the model towards one class; training oscillates and BatchNorm statistics are skewed.",
         "DataLoader(..., shuffle=True) or a sampler that mixes classes.",
+        commands=("data",), section="loader",
     ),
     _spec(
         "negative-strides", "TD511", "error",
         "__getitem__ returns numpy arrays with negative strides (e.g. a [::-1] flip).",
         "torch.from_numpy and default_collate raise 'At least one stride in the given numpy array is negative'.",
         "np.ascontiguousarray(x) (or x.copy()) before returning it.",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "getitem-failed", "TD512", "error",
         "The Dataset's __getitem__ raised for some index.",
         "The first epoch crashes when it reaches that sample.",
         "Fix the sample or the code at the named line; skip broken files in __getitem__ deliberately if needed.",
+        commands=("data",), section="batches",
     ),
     _spec(
         "worker-failed", "TD513", "error",
@@ -409,24 +522,28 @@ _SPECS = (
         "Training stops with 'DataLoader worker (pid N) exited unexpectedly'.",
         "Follow the named cause (shared memory, CUDA before fork, an unpicklable dataset); try num_workers=0 to see "
         "the underlying error.",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "too-many-workers", "TD514", "warning",
         "num_workers is above the number of usable CPUs.",
         "Workers compete for cores with each other and the training loop; loading gets slower, not faster.",
         "num_workers = usable CPUs (or fewer).",
+        commands=("data",), section="loader",
     ),
     _spec(
         "pin-memory-without-gpu", "TD515", "info",
         "pin_memory=True but no GPU is used.",
         "Pinning costs time and page-locked memory for nothing.",
         "pin_memory=torch.cuda.is_available()",
+        commands=("data",), section="loader",
     ),
     _spec(
         "dataloader-bottleneck", "TD516", "warning",
         "Loading a batch takes longer than a training step on it.",
         "The GPU (or CPU) waits for data; the run is input-bound.",
         "More workers, persistent_workers=True, lighter transforms, or pre-processed data.",
+        commands=("data",), section="batches",
     ),
     _spec(
         "collate-failed", "TD518", "error",
@@ -435,6 +552,7 @@ _SPECS = (
         "Fix the collate_fn at the named line (the details list the samples it was given); when torch's "
         "default_collate raised, return tensors, numpy arrays, numbers or dicts/lists of them from __getitem__ "
         "(add transforms.ToTensor() for PIL images) or pass a collate_fn that knows your sample type.",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "loader-hang", "TD517", "error",
@@ -444,6 +562,7 @@ _SPECS = (
         "For a named line: make it return (a timeout on the I/O, no lock shared with another process). If only "
         "workers hang: open files, database handles and thread pools lazily in __getitem__ or in worker_init_fn, "
         "not before iter(); or use multiprocessing_context='spawn'.",
+        commands=("data", "explain"), section="batches",
     ),
     # --- 6xx: errors of torchdoctor itself ---------------------------------------------------
     _spec(
@@ -451,6 +570,7 @@ _SPECS = (
         "A torchdoctor check raised an unexpected exception; the other checks still ran.",
         "The facts that check gathers are missing from this report.",
         "Rerun with --debug and report the traceback at torchdoctor's issue tracker.",
+        commands=("env", "check"), section=ANY_SECTION,
     ),
     _spec(
         "layer-shape-mismatch", "TD602", "error",
@@ -458,6 +578,7 @@ _SPECS = (
         "The forward raises 'mat1 and mat2 shapes cannot be multiplied' or a channel mismatch at that layer.",
         "Fix in_features / in_channels of the named layer (or use nn.LazyLinear / AdaptiveAvgPool2d), or feed "
         "the input shape the model was built for.",
+        commands=("count", "explain"), section="compute",
     ),
     _spec(
         "zip-format-on-old-torch", "TD603", "error",
@@ -465,18 +586,21 @@ _SPECS = (
         "torch < 1.6 cannot read the zip format; torch.load cannot read TorchScript archives.",
         "Re-save with torch.save(obj, path, _use_new_zipfile_serialization=False) on the new torch, or use "
         "torch.jit.load for TorchScript.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "numpy-requires-grad", "TD604", "error",
         "numpy() was called on a tensor that requires grad.",
         "NumPy cannot hold the autograd graph, so PyTorch refuses the conversion.",
         "tensor.detach().cpu().numpy()  (or .item() for a scalar)",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "deepcopy-non-leaf", "TD605", "error",
         "copy.deepcopy met a non-leaf tensor (one with a grad_fn), e.g. a cached activation or weight_norm.",
         "Only graph leaves support deepcopy; copying the model or a tensor fails.",
         "Copy with tensor.detach().clone(); for models, copy via state_dict() / load_state_dict().",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "non-leaf-optimized", "TD606", "error",
@@ -484,6 +608,7 @@ _SPECS = (
         "Optimizers can only update leaf tensors; its .grad is never populated.",
         "Create the tensor on the device directly (torch.randn(..., device=d, requires_grad=True)) or use "
         "nn.Parameter.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "inplace-modification", "TD607", "error",
@@ -491,24 +616,28 @@ _SPECS = (
         "Autograd saved it for the gradient; the in-place op changed its version, so backward cannot run.",
         "Replace the in-place op (x += y, relu_(), x[...] = ...) with its out-of-place form; rerun with "
         "torch.autograd.set_detect_anomaly(True) to see which op.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "backward-twice", "TD608", "error",
         "backward was run a second time through a graph whose saved tensors were already freed.",
         "Typical with a hidden state carried across batches or a loss summed over iterations.",
         "Detach carried state (h = h.detach()) each step; use retain_graph=True only if you truly need two passes.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "cat-zero-dim", "TD609", "error",
         "torch.cat got zero-dimensional tensors (scalars), which have no dimension to concatenate.",
         "Collecting losses or metrics with cat fails.",
         "torch.stack(list_of_scalars), or t.unsqueeze(0) before cat.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "cuda-fork-init", "TD610", "error",
         "CUDA was initialised before a forked subprocess (a DataLoader worker) tried to use it.",
         "A forked child cannot use the parent's CUDA context: workers crash.",
         "Do not touch CUDA before starting workers, or use multiprocessing_context='spawn'.",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "cuda-out-of-memory", "TD611", "error",
@@ -516,12 +645,14 @@ _SPECS = (
         "The batch, the model or leaked tensors (kept graphs, growing lists) do not fit.",
         "Lower the batch size, use autocast/bf16, gradient checkpointing, or free leaked references; see "
         "torch.cuda.memory_summary().",
+        commands=("explain",), explain_only=True,
     ),
     _spec(
         "budget-exceeded", "TD612", "error",
         "A budget configured for `torchdoctor check` (max-params, max-macs) was exceeded.",
         "The model grew past what the project agreed to ship or to fit on its hardware.",
         "Shrink the model, or raise the budget in [tool.torchdoctor] deliberately.",
+        commands=("check",), section=ANY_SECTION,
     ),
     _spec(
         "ddp-unused-parameters", "TD701", "error",
@@ -529,6 +660,7 @@ _SPECS = (
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",
         "Find the unused parameters (TORCH_DISTRIBUTED_DEBUG=DETAIL names them) and remove them, or pass "
         "find_unused_parameters=True to DistributedDataParallel.",
+        commands=("nan-hunt", "explain"), section="nan-hunt",
     ),
     _spec(
         "distributed-unavailable", "TD702", "error",
@@ -536,6 +668,7 @@ _SPECS = (
         "init_process_group fails at once: multi-process training cannot start on this install.",
         "Install a build with the backend (NCCL ships only with CUDA builds; "
         "https://pytorch.org/get-started/locally/), or pick one it has: torchdoctor env --distributed --backend gloo",
+        commands=("env",), section="distributed",
     ),
     _spec(
         "distributed-init-failed", "TD703", "error",
@@ -543,12 +676,14 @@ _SPECS = (
         "Training hangs at start or dies with a connect timeout before the first step.",
         "Check MASTER_ADDR / MASTER_PORT (reachable, port free and not firewalled), RANK / WORLD_SIZE / LOCAL_RANK, "
         "or let torchrun set them: torchrun --standalone --nproc-per-node N script.py",
+        commands=("env",), section="distributed",
     ),
     _spec(
         "distributed-step-failed", "TD704", "error",
         "A collective (all_reduce, broadcast, barrier, all_gather) or the DDP training step raised on some rank.",
         "Every distributed training step runs these operations; one failing rank stops the whole job.",
         "Read the named rank's error; rerun with TORCH_DISTRIBUTED_DEBUG=DETAIL (and NCCL_DEBUG=INFO for nccl).",
+        commands=("env",), section="distributed",
     ),
     _spec(
         "distributed-hang", "TD705", "error",
@@ -556,6 +691,7 @@ _SPECS = (
         "One slow or stuck rank blocks every rank: the job hangs until the process-group timeout kills it.",
         "Look at what the named rank does before that collective (uneven data, a rank-only branch, I/O); "
         "py-spy dump --pid PID shows where it is stuck.",
+        commands=("env", "nan-hunt"), section={"env": "distributed", "nan-hunt": "nan-hunt"},
     ),
     _spec(
         "ranks-diverged", "TD706", "error",
@@ -563,12 +699,14 @@ _SPECS = (
         "The replicas no longer train the same model; results depend on which rank saves the checkpoint.",
         "Make every rank start from the same weights (DDP broadcasts them at construction), avoid rank-dependent "
         "updates outside DDP, and keep the same seed and code path on every rank.",
+        commands=("env", "nan-hunt"), section={"env": "distributed", "nan-hunt": "nan-hunt"},
     ),
     _spec(
         "nccl-env", "TD707", "info",
         "NCCL_* variables are set in the environment (shown so a report explains NCCL's behaviour).",
         "NCCL_P2P_DISABLE, NCCL_IB_DISABLE, NCCL_SOCKET_IFNAME and friends change NCCL's transport and speed.",
         None,
+        commands=("env",), section="distributed",
     ),
     _spec(
         "syncbn-missing", "TD708", "info",
@@ -577,6 +715,7 @@ _SPECS = (
         "with small per-rank batches this trains and evaluates differently from one large batch.",
         "model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping it in "
         "DistributedDataParallel (fine to keep plain BatchNorm when per-rank batches are large).",
+        commands=("nan-hunt",), section="nan-hunt",
     ),
     # --- 8xx: watch (why a training run does not learn; thresholds live in torchdoctor.learning.judge) ------
     _spec(
@@ -587,6 +726,7 @@ _SPECS = (
         "everything backward added since (to 1e-3). Deliberate accumulation (several backwards, step, "
         "zero_grad) resets after the step and is not this.",
         "Call optimizer.zero_grad() once per optimizer step, before the backward (or right after step()).",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "double-softmax", "TD802", "error",
@@ -595,6 +735,7 @@ _SPECS = (
         "Every sampled call had rows >= 0 summing to 1 (to 1e-3): the loss squashes probabilities again, "
         "its gradients shrink and the model barely learns.",
         "Return raw logits from the model and drop the Softmax; apply softmax only at inference.",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "sigmoid-before-logits-loss", "TD803", "error",
@@ -603,6 +744,7 @@ _SPECS = (
         "values in (0, 1): the loss applies a second sigmoid, so predictions never go below 0.5 and learning "
         "stalls.",
         "Remove the final sigmoid (keep it for inference only), or use BCELoss on probabilities.",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "nll-on-logits", "TD804", "error",
@@ -610,6 +752,7 @@ _SPECS = (
         "NLLLoss only picks -input[target]; on raw scores (some > 0, or rows whose logsumexp is not 0 "
         "within 1e-2, in every sampled call) it rewards making the score unbounded, not a distribution.",
         "Apply log_softmax before nll_loss, or use cross_entropy on the raw logits.",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "params-not-updated", "TD805", "error",
@@ -618,6 +761,7 @@ _SPECS = (
         "that nothing applies, so it never trains. Frozen parameters (requires_grad=False) are not this.",
         "Build the optimizer after the last change to the model, or add the parameters with "
         "optimizer.add_param_group({'params': layer.parameters()}).",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "params-no-grad", "TD806", "error",
@@ -625,6 +769,7 @@ _SPECS = (
         "A .detach(), .data, torch.no_grad() or an unused branch cuts them off the loss: they never train.",
         "Find where the module's output leaves the graph (.detach(), .data, no_grad) or remove the unused "
         "module; freeze parameters on purpose with requires_grad_(False).",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "eval-mode-training", "TD807", "error",
@@ -634,6 +779,7 @@ _SPECS = (
         "statistics: the model trains as a different network. Reported when the whole model is in eval "
         "mode, or a batch-norm layer whose own parameters are being optimized is.",
         "Call model.train() at the start of every training epoch (after each evaluation).",
+        commands=("watch",), section="bugs",
     ),
     _spec(
         "loss-not-decreasing", "TD808", "warning",
@@ -644,6 +790,7 @@ _SPECS = (
         "(GANs) are not judged.",
         "Check that inputs and labels match (shuffle them together), then the learning rate; "
         "overfit one small batch first.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "update-ratio-high", "TD809", "warning",
@@ -651,6 +798,7 @@ _SPECS = (
         "The median ratio over sampled steps (after warm-up: lr at least half its maximum) is above 1e-1: "
         "each step rewrites a tenth of the weights, so the learning rate is too high.",
         "Lower the learning rate (about 10x), or add warm-up.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "update-ratio-low", "TD810", "warning",
@@ -658,6 +806,7 @@ _SPECS = (
         "The median ratio over sampled steps (after warm-up) is below 1e-6: the weights barely move, so "
         "the learning rate is too low (or the gradients vanish).",
         "Raise the learning rate (about 10-100x) and watch the ratio reach about 1e-3.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "grad-vanishing", "TD811", "warning",
@@ -666,6 +815,7 @@ _SPECS = (
         "frozen layers left out): early layers barely learn.",
         "Use ReLU/GELU instead of sigmoid/tanh in deep stacks, residual connections, normalisation "
         "layers, and the default (Kaiming) initialisation.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "grad-exploding", "TD812", "warning",
@@ -674,6 +824,7 @@ _SPECS = (
         "huge steps and the run tends to diverge.",
         "Clip gradients (torch.nn.utils.clip_grad_norm_), lower the initialisation scale, add "
         "normalisation layers.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "dead-relu", "TD813", "warning",
@@ -682,6 +833,7 @@ _SPECS = (
         "of every sampled training step: no gradient flows through them.",
         "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
         "LeakyReLU/GELU.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "saturated-activation", "TD814", "warning",
@@ -690,14 +842,17 @@ _SPECS = (
         "sample of every sampled training step: their gradient is almost 0. The model's own output "
         "activation is not judged.",
         "Normalise the inputs, lower the initialisation scale or learning rate, or use ReLU/GELU.",
+        commands=("watch",), section="dynamics",
     ),
     _spec(
         "loss-oscillating", "TD815", "warning",
         "The loss jumps by large factors from step to step without a trend.",
         "With at least 20 steps, over the last half of them the median step-to-step change of the loss is "
-        "more than 2x (up or down) and the loss does not fall below a quarter of where that half began. "
+        "more than 2x (up or down) and the loss stays above a quarter of where that half began and of the "
+        "first steps' loss (a converged loss near 0 jumps by large factors from batch noise alone). "
         "Runs with several optimizers are not judged.",
         "Lower the learning rate; check for a batch size of 1 or unnormalised inputs.",
+        commands=("watch",), section="dynamics",
     ),
 )
 
@@ -714,6 +869,21 @@ def get_spec(finding_id: str) -> FindingSpec:
         close = difflib.get_close_matches(finding_id, list(REGISTRY), n=3)
         hint = f"did you mean: {', '.join(close)}?" if close else "see docs/findings.md for every id"
         raise UsageError(f"unknown finding id {finding_id!r}", hint) from None
+
+
+def section_of(finding_id: str, command: str) -> str:
+    """The section of ``command``'s human report that shows ``finding_id``; ``SectionMissing`` when none does."""
+    name = get_spec(finding_id).section_for(command)
+    if name is None:
+        raise SectionMissing(f"finding {finding_id!r} has no section in {command!r} reports: add {command!r} to its "
+                             "commands and name its section in codes.py")
+    return name
+
+
+def section_ids(command: str, section: str) -> tuple[str, ...]:
+    """The ids ``command`` shows under ``section``, in code order: the section tables of the commands."""
+    return tuple(spec.id for spec in sorted(REGISTRY.values(), key=lambda spec: spec.code)
+                 if spec.sections.get(command) == section)
 
 
 def make_finding(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from torchdoctor.codes import FAMILIES, REGISTRY
+from torchdoctor.codes import ANY_SECTION, FAMILIES, REGISTRY, FindingSpec
 
 
 def render_findings_markdown() -> str:
@@ -34,8 +34,23 @@ def render_findings_markdown() -> str:
                 "",
                 f"**Fix.** {spec.fix or 'nothing to fix; this is information.'}",
                 "",
+                f"**Reported by.** {_reported_by(spec)}",
+                "",
             ]
     return "\n".join(lines)
+
+
+def _reported_by(spec: FindingSpec) -> str:
+    """``ckpt inspect`` (section file), ...: the commands and the human-report section showing the id."""
+    if spec.explain_only:
+        return "`explain` only (and a failing step in `data` or `count` that explain's rules recognise)."
+    shown = [f"`{command}`" + ("" if section == ANY_SECTION else f" ({section})")
+             for command, section in spec.sections.items() if command != "check"]
+    if "check" in spec.commands:
+        shown.append("`check`")
+    elif "check" in spec.sections:
+        shown.append("`check` (items of those commands)")
+    return ", ".join(shown) + "."
 
 
 def main(argv: list[str]) -> int:

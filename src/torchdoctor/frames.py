@@ -21,13 +21,13 @@ def user_frame(tb) -> dict[str, Any] | None:
     for frame, lineno in traceback.walk_tb(tb):
         filename = frame.f_code.co_filename
         if not is_library_file(filename):
-            found = {
-                "file": filename,
-                "line": lineno,
-                "function": frame.f_code.co_name,
-                "code": linecache.getline(filename, lineno).strip(),
-            }
+            found = frame_facts(filename, lineno, frame.f_code.co_name)
     return found
+
+
+def frame_facts(filename: str, line: int, function: str) -> dict[str, Any]:
+    """The one shape of a user frame in every command's facts: ``{"file", "line", "function", "code"}``."""
+    return {"file": filename, "line": line, "function": function, "code": linecache.getline(filename, line).strip()}
 
 
 @functools.lru_cache(maxsize=1024)

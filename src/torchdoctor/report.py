@@ -7,6 +7,7 @@ itself into the JSON object described by ``shared/contract/report.schema.json``.
 from __future__ import annotations
 
 import enum
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,3 +119,10 @@ class Report:
             "findings": [f.to_dict() for f in self.findings],
             "result": dict(self.result),
         }
+
+
+def json_float(value: float | None) -> float | str | None:
+    """``value`` as the contract writes a number that may be non-finite: ``"nan"``, ``"inf"``, ``"-inf"``."""
+    if value is None or math.isfinite(value):
+        return value
+    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")

@@ -5,14 +5,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import functools
-import math
 import time
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from torchdoctor.batch import as_call, prediction_of, to_device
 from torchdoctor.frames import user_frame
+from torchdoctor.report import json_float
 
 if TYPE_CHECKING:
     import torch
@@ -83,10 +84,10 @@ class StepResult:
             "autocast_dtype": self.autocast_dtype,
             "grad_scaler": self.grad_scaler,
             "ok": self.ok,
-            "loss": _json_float(self.loss),
-            "losses": [_json_float(v) for v in self.losses],
-            "grad_norm": _json_float(self.grad_norm),
-            "timings_ms": {k: _json_float(v) for k, v in self.timings_ms.items()},
+            "loss": json_float(self.loss),
+            "losses": [json_float(v) for v in self.losses],
+            "grad_norm": json_float(self.grad_norm),
+            "timings_ms": {k: json_float(v) for k, v in self.timings_ms.items()},
             "steps": self.steps,
             "loss_name": self.loss_name,
             "failure": self.failure.to_dict() if self.failure is not None else None,
@@ -172,8 +173,8 @@ class _Run:
         self.model = work.train().to(dev)
         self.device_label = _device_label(torch, dev)
         self.sync = _synchronizer(torch, dev)
-        args, kwargs = _as_call(_to_device(inputs, dev))
-        targets = _to_device(targets, dev)
+        args, kwargs = as_call(to_device(inputs, dev))
+        targets = to_device(targets, dev)
         # enable_grad: a caller inside torch.no_grad() still gets a real backward.
         with _forked_rng(torch, dev), torch.enable_grad():
             for index in range(steps):
@@ -284,30 +285,6 @@ def _check_inputs(inputs: Any) -> None:
         raise ValueError(f"inputs must be a tensor, a tuple/list or a dict, got {_describe(inputs)}")
 
 
-def _as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Positional and keyword arguments for ``model(...)``."""
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
-def _to_device(obj: Any, dev: torch.device) -> Any:
-    """Move every tensor in nested tuples/lists/dicts to ``dev``; other leaves stay as they are."""
-    import torch
-
-    if isinstance(obj, torch.Tensor):
-        return obj.to(dev)
-    if isinstance(obj, Mapping):
-        return {k: _to_device(v, dev) for k, v in obj.items()}
-    if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
-        return type(obj)(*(_to_device(v, dev) for v in obj))
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_to_device(v, dev) for v in obj) if type(obj) in (tuple, list) else obj
-    return obj
-
-
 # --- loss -------------------------------------------------------------------------------------
 
 
@@ -317,7 +294,7 @@ def _compute_loss(torch, output: Any, targets: Any, loss_fn) -> tuple[Any, str]:
         return loss_fn(output, targets), _callable_name(loss_fn)
     if isinstance(output, Mapping) and "logits" not in output and "loss" in output:
         return output["loss"], "model_loss"  # the model computed its loss itself (Hugging Face style)
-    prediction = _prediction(output)
+    prediction = prediction_of(output)
     functional = torch.nn.functional
     if isinstance(prediction, torch.Tensor) and isinstance(targets, torch.Tensor):
         integer = not (targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool)
@@ -330,15 +307,6 @@ def _compute_loss(torch, output: Any, targets: Any, loss_fn) -> tuple[Any, str]:
         "integer targets get cross_entropy, floating targets shaped like the output get mse; "
         "pass loss_fn= for anything else"
     )
-
-
-def _prediction(output: Any) -> Any:
-    """The tensor a guessed loss compares with the targets."""
-    if isinstance(output, (tuple, list)) and output:
-        return output[0]
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    return output
 
 
 def _loss_value(torch, loss: Any) -> float:
@@ -437,9 +405,3 @@ def _describe(value: Any) -> str:
     if shape is not None and dtype is not None:
         return f"shape {tuple(shape)} {str(dtype).replace('torch.', '')}"
     return type(value).__name__
-
-
-def _json_float(value: float | None) -> float | str | None:
-    if value is None or math.isfinite(value):
-        return value
-    return "nan" if math.isnan(value) else ("inf" if value > 0 else "-inf")

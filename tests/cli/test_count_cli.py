@@ -81,3 +81,11 @@ def test_a_spec_that_is_not_a_module_exits_2_in_a_real_process(spec):
     not_module = run_torchdoctor("count", spec("not_a_model"))
     assert not_module.returncode == 2 and "expected a torch.nn.Module" in not_module.stderr
     assert "Traceback" not in not_module.stderr
+
+
+def test_device_option_reports_where_the_step_ran(cli, spec, validate_report):
+    done = cli("count", spec("LinearStack"), "--train-step", "--device", "cpu", "--json")
+    result = validate_report(json.loads(done.stdout))["result"]
+    assert result["device"] == "cpu" and result["training_step"]["device"] == "cpu"
+    absent = cli("count", spec("LinearStack"), "--device", "warp9")
+    assert absent.exit_code == 2 and "--device warp9" in absent.stderr and "Traceback" not in absent.stderr

@@ -120,3 +120,20 @@ def test_missing_script_exits_2_with_one_line(tmp_path):
     assert completed.returncode == 2 and completed.stdout == ""
     assert completed.stderr.startswith("torchdoctor: error: no such file:")
     assert "Traceback" not in completed.stderr
+
+
+def test_pictures_are_drawn_on_a_terminal_from_the_result_dict(monkeypatch):
+    import typer
+
+    from torchdoctor.cli import watch as watch_cli
+    from torchdoctor.learning.runner import run_watch_script
+
+    drawn = []
+    fake = types.ModuleType("torchdoctor.render.watch_terminal")
+    fake.render_watch_pictures = lambda result, console: drawn.append(result)
+    monkeypatch.setitem(sys.modules, "torchdoctor.render.watch_terminal", fake)
+    report = run_watch_script(str(SCRIPTS / "dead_relu.py"))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    with pytest.raises(typer.Exit):
+        watch_cli._output(report, as_json=False, to_stderr=True, strict=False)
+    assert drawn == [report.to_dict()["result"]]

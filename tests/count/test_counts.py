@@ -99,7 +99,7 @@ def test_bytes_by_dtype_and_dtype_option():
 def test_inputs_from_shapes_and_inferred_from_the_first_layer():
     model = models.LinearStack()
     assert count(model, input_shapes=[(3, 16)]).result["macs"] == 3 * 768
-    inferred = count(model)  # ckpt's example_inputs: (2, in_features)
+    inferred = count(model)  # torchdoctor.examples.example_inputs: (2, in_features)
     assert inferred.result["inputs"][0]["shape"] == [2, 16] and inferred.result["macs"] == 2 * 768
     ids = count(models.TiedLM(), input_shapes=[(1, 7)]).result["inputs"][0]
     assert ids["dtype"] == "int64" and ids["shape"] == [1, 7]

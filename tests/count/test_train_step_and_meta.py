@@ -86,3 +86,21 @@ def test_meta_counts_a_7b_config_in_seconds_without_allocating(repo_root):
     assert facts["macs"] == 32 * per_block + tokens * d_model * 32000
     assert facts["rss_mib"] < 1024  # 27 GB of float32 weights were never allocated
     assert facts["seconds"] < 10
+
+
+def test_train_step_runs_where_the_model_is_and_says_so():
+    report = count(models.LinearStack(), torch.randn(4, 16), train_step=True)
+    assert report.result["device"] == "cpu" and report.result["training_step"]["device"] == "cpu"
+
+
+def test_device_option_is_checked_against_this_machine():
+    from torchdoctor.errors import UsageError
+
+    assert count(models.LinearStack(), device="cpu").result["device"] == "cpu"
+    with pytest.raises(UsageError, match="--device and --meta"):
+        count(models.LinearStack(), device="cpu", meta=True)
+    with pytest.raises(UsageError, match="--device warp9 cannot be used"):
+        count(models.LinearStack(), device="warp9")
+    if not torch.cuda.is_available():  # tests/gpu runs the CUDA side
+        with pytest.raises(UsageError, match="--device cuda:0 cannot be used"):
+            count(models.LinearStack(), device="cuda:0", train_step=True)

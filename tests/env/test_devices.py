@@ -1,17 +1,13 @@
-"""Device judgements over facts recorded from real cards (fixtures/gpu_facts), and the real CPU facts."""
+"""Device judgements over card facts (fixtures/gpu_facts: transcribed from public outputs until recorded on the
+card), and the real CPU facts."""
 
 import json
 
 import pytest
 
 from torchdoctor.env.base import EnvContext
-from torchdoctor.env.devices import (
-    arch_supported,
-    check_devices,
-    collect_devices,
-    driver_too_old,
-    read_driver_version,
-)
+from torchdoctor.env.device_facts import collect_devices, read_driver_version
+from torchdoctor.env.devices import arch_supported, check_devices, driver_too_old
 
 
 def load_facts(repo_root, card: str) -> dict:

@@ -1,4 +1,5 @@
-"""Training-step check: real CPU steps, and GPU judgements over recorded card facts."""
+"""Training-step check: real CPU steps, and GPU judgements over card facts (fixtures/gpu_facts: transcribed
+from public outputs until recorded; tests/gpu runs the real GPU steps)."""
 
 import json
 import math

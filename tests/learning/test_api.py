@@ -105,6 +105,7 @@ def test_a_nan_is_reported_exactly_as_nan_hunt_reports_it():
     hunted = run_script(script).to_dict()
     watched = run_watch_script(script).to_dict()
     assert watched["result"]["first_nonfinite"] == hunted["result"]["first_nonfinite"] is not None
+    assert not [f for f in watched["findings"] if f["code"].startswith("TD8")]  # NaN compares false: no dead units
     hunt_ids = [f["id"] for f in hunted["findings"] if f["id"] != "script-failed"]
     assert [f for f in watched["findings"] if f["id"] in hunt_ids] == [
         f for f in hunted["findings"] if f["id"] in hunt_ids]
@@ -116,3 +117,79 @@ def test_series_are_downsampled_evenly_to_at_most_500_points():
     assert len(picked) == 500 and picked[0] == 0 and picked[-1] == 2000
     gaps = {b - a for a, b in zip(picked, picked[1:], strict=False)}
     assert gaps <= {4, 5}
+
+
+def test_sparse_gradients_are_left_out_not_fatal():
+    model = nn.Sequential(nn.Embedding(10, 4, sparse=True), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with torchdoctor.watch(every=1) as w:
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randint(0, 10, (8,))).pow(2).mean().backward()
+            optimizer.step()
+    assert w.report.result["series"]["layers"] == ["1"]
+
+
+def test_a_failure_of_ours_stops_watching_not_the_training(monkeypatch, capsys):
+    from torchdoctor.learning import stats
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(stats, "group_norms", broken)
+    with torchdoctor.watch(every=1) as w:
+        train(5)
+    assert "torchdoctor watch: stopped watching at step 0: RuntimeError: boom" in capsys.readouterr().err
+    assert "stopped watching early: RuntimeError: boom" in w.report.sections[-1].headline
+
+
+def test_statistics_are_read_back_once_per_sampled_step(monkeypatch):
+    """The host reads our tensors only in ``flush`` (once per sampled step) and once at the end."""
+    import sys as _sys
+
+    calls = []
+
+    def counting(original, kind):
+        def read(self):
+            caller = _sys._getframe(1).f_code.co_filename
+            if "torchdoctor" in caller and "learning" in caller:  # the nan-hunt engine reads its own
+                calls.append(kind)
+            return original(self)
+
+        return read
+
+    monkeypatch.setattr(torch.Tensor, "tolist", counting(torch.Tensor.tolist, "tolist"))
+    monkeypatch.setattr(torch.Tensor, "item", counting(torch.Tensor.item, "item"))
+    monkeypatch.setattr(torch.Tensor, "__float__", counting(torch.Tensor.__float__, "float"))
+    monkeypatch.setattr(torch.Tensor, "__bool__", counting(torch.Tensor.__bool__, "bool"))
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    with torchdoctor.watch(model, every=5) as w:
+        for _ in range(20):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    assert w.report.result["series"]["step"] == [0, 5, 10, 15]
+    assert set(calls) == {"tolist"}  # never .item(), float() or bool() of a tensor
+    assert 4 <= len(calls) <= 4 + 1 + 2  # a flush per sampled step, a last one, the unit masks and the labels
+
+
+def test_a_large_layer_is_measured_on_a_slice_close_to_the_whole():
+    from torchdoctor.learning.stats import SNAPSHOT_ELEMENTS
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 2))
+    assert model[0].weight.numel() > SNAPSHOT_ELEMENTS
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y = torch.randn(64, 300), torch.randint(0, 2, (64,))
+    with torchdoctor.watch(every=1) as w:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        before = [p.detach().clone() for p in model[0].parameters()]
+        optimizer.step()
+    after = list(model[0].parameters())
+    whole = (sum((a - b).pow(2).sum() for a, b in zip(after, before, strict=True)).sqrt()
+             / sum(a.pow(2).sum() for a in after).sqrt()).item()
+    measured = w.report.result["series"]["update_ratio"][0][0]
+    assert measured == pytest.approx(whole, rel=0.25)

@@ -53,6 +53,8 @@ def test_oscillation_needs_large_jumps_without_a_fall():
     assert judge.check_oscillation(WatchFacts(optimizers=1, losses=losses([1.0, 1.8] * 20))) is None  # 1.8x
     falling = [10.0 * 0.8 ** i * (3 if i % 2 else 1) for i in range(40)]
     assert judge.check_oscillation(WatchFacts(optimizers=1, losses=losses(falling))) is None
+    converged = [2.0, 1.5, 1.0] + [0.01, 0.05] * 20  # near 0 after learning: batch noise, not oscillation
+    assert judge.check_oscillation(WatchFacts(optimizers=1, losses=losses(converged))) is None
 
 
 def test_update_ratio_bands_after_warm_up():

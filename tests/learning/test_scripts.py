@@ -14,6 +14,7 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "watch_scripts"
 # script -> (finding id, the module or parameter it must name; None: about the loss, not a layer)
 BUGGY = {
     "grad_not_zeroed.py": ("grad-not-zeroed", "0.weight"),
+    "manual_sgd_no_zero.py": ("grad-not-zeroed", "0.weight"),  # no optimizer: a step is a backward call
     "double_softmax.py": ("double-softmax", "3"),
     "sigmoid_logits_loss.py": ("sigmoid-before-logits-loss", "prob"),
     "nll_on_logits.py": ("nll-on-logits", "2"),
@@ -30,7 +31,8 @@ BUGGY = {
     "oscillating.py": ("loss-oscillating", None),
 }
 HEALTHY = ["healthy_cnn.py", "healthy_transformer.py", "healthy_frozen_backbone.py", "healthy_accumulation.py",
-           "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py"]
+           "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py",
+           "healthy_manual_accumulation.py"]
 
 
 @functools.cache

@@ -7,9 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
-from torchdoctor.codes import make_finding
+from torchdoctor.codes import SectionMissing, make_finding
 from torchdoctor.render.human import render_human, summary_line
 from torchdoctor.report import Report, Section, Severity
 
@@ -71,3 +72,32 @@ def test_colour_only_when_forced_and_never_with_no_color():
     coloured = _env_output(FORCE_COLOR="1")
     assert "\x1b[32m" in coloured  # green ✓
     assert not re.search(r"\x1b\[3[0-9]m", _env_output(FORCE_COLOR="1", NO_COLOR="1"))
+
+
+def test_refuses_a_finding_without_a_section_for_its_command():
+    # threads-oversubscribed is an env id only: a count report has no section for it
+    stray = make_finding("threads-oversubscribed", "OMP_NUM_THREADS=64 exceed the 2 usable CPU(s).")
+    report = Report("count", (stray,), {}, (Section("compute", "Compute", "1 MAC", (stray,)),))
+    with pytest.raises(SectionMissing, match="no section in 'count' reports"):
+        render(report)
+
+
+def test_refuses_a_finding_left_out_of_every_section():
+    info = make_finding("cuda-unavailable", "This PyTorch build is CPU-only.")
+    report = Report("env", (info,), {}, (Section("memory", "Memory", "RAM 20 GiB available", ()),))
+    with pytest.raises(SectionMissing, match="in no section"):
+        render(report)
+
+
+def test_refuses_a_finding_in_another_section_than_the_registrys():
+    info = make_finding("cuda-unavailable", "This PyTorch build is CPU-only.")
+    report = Report("env", (info,), {}, (Section("memory", "Memory", "RAM 20 GiB available", (info,)),))
+    with pytest.raises(SectionMissing, match="registry places it in 'devices'"):
+        render(report)
+
+
+def test_a_report_without_sections_needs_only_the_command():
+    explained = make_finding("cuda-out-of-memory", "CUDA ran out of memory.")
+    assert "cuda-out-of-memory" in render(Report("explain", (explained,), {}))
+    with pytest.raises(SectionMissing):
+        render(Report("ckpt diff", (explained,), {}))

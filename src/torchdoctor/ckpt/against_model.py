@@ -8,6 +8,7 @@ from typing import Any
 
 from torchdoctor.ckpt.reader import CheckpointReading
 from torchdoctor.codes import make_finding
+from torchdoctor.examples import example_inputs, surrogate_loss
 from torchdoctor.explain.rules import match_exception
 from torchdoctor.report import Finding
 
@@ -65,37 +66,6 @@ def materialize(reading: CheckpointReading, state_dict: Mapping[str, Any]) -> di
             tensor = tensor.view(torch.bfloat16)
         tensors[key] = tensor.reshape(record.shape)
     return tensors
-
-
-def example_inputs(model: Any, input_shapes: Sequence[Sequence[int]] | None) -> tuple[Any, ...] | None:
-    """Inputs for one step: the given shapes, or a guess from the first layer (conv, linear, embedding)."""
-    import torch
-
-    generator = torch.Generator().manual_seed(0)
-    if input_shapes:
-        return tuple(torch.randn(tuple(shape), generator=generator) for shape in input_shapes)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding):
-            return (torch.randint(0, module.num_embeddings, (2, 16), generator=generator),)
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-            spatial = (32,) * (module.weight.dim() - 2)
-            return (torch.randn((2, module.in_channels, *spatial), generator=generator),)
-        if isinstance(module, torch.nn.Linear):
-            return (torch.randn((2, module.in_features), generator=generator),)
-    return None
-
-
-def surrogate_loss(output: Any, _targets: Any) -> Any:
-    """Mean square of every floating output: a loss for any model, so the step needs no labels."""
-    import torch
-
-    if isinstance(output, Mapping):
-        leaves = list(output.values())
-    else:
-        leaves = list(output) if isinstance(output, (list, tuple)) else [output]
-    terms = [leaf.float().pow(2).mean() for leaf in leaves
-             if isinstance(leaf, torch.Tensor) and leaf.is_floating_point()]
-    return torch.stack(terms).sum()
 
 
 def _training_step(model: Any, input_shapes: Sequence[Sequence[int]] | None) -> tuple[list[Finding], dict[str, Any]]:

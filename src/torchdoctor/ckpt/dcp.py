@@ -9,10 +9,11 @@ import re
 import stat
 import tempfile
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from torchdoctor.ckpt.fix_output import check_target, fix_report, sync_folder
 from torchdoctor.ckpt.formats import Format
 from torchdoctor.ckpt.reader import CheckpointReading
 from torchdoctor.errors import InputError, TorchdoctorError, UsageError
@@ -24,26 +25,26 @@ CONSOLIDATE_DETAIL = "read every shard of the torch.distributed.checkpoint direc
 
 
 def fix_dcp(reading: CheckpointReading, result: dict[str, Any], *, output: str | os.PathLike[str] | None,
-            to: Format | None, dry_run: bool, force: bool, **fix_options: Any) -> Report:
-    """Consolidate ``reading.path`` into a verified temp zip next to the output, then run the usual fix on it."""
-    from torchdoctor.ckpt import fix
-
+            to: Format | None, dry_run: bool, force: bool, fix_file: Callable[..., Report],
+            **fix_options: Any) -> Report:
+    """Consolidate ``reading.path`` into a verified temp zip next to the output, then run the usual fix on it
+    (``fix_file``: fix.fix_checkpoint, passed in because fix.py calls this module)."""
     source = reading.path
     if to is Format.DCP:
         raise UsageError("ckpt fix cannot write a torch.distributed.checkpoint directory",
                          hint="pass --to zip (the default), safetensors or legacy")
     target = _output_path(source, output, to)
-    fix._check_target(target, force)
+    check_target(target, force)
     temp = _consolidated_temp(reading, target)
     try:
         consolidated = _verify_consolidated(temp, reading)
-        inner = fix.fix_checkpoint(temp, output=target, to=to, dry_run=dry_run, force=force, **fix_options)
+        inner = fix_file(temp, output=target, to=to, dry_run=dry_run, force=force, **fix_options)
         if inner.result.get("nothing_to_fix") and not dry_run:
             os.replace(temp, target)  # nothing more to do: the verified consolidated zip is the output
-            fix._sync_folder(target.parent)
+            sync_folder(target.parent)
     finally:
         temp.unlink(missing_ok=True)
-    return fix._report(inner.findings, _merged(result, inner.result, target, consolidated, dry_run))
+    return fix_report(inner.findings, _merged(result, inner.result, target, consolidated, dry_run))
 
 
 def _output_path(source: Path, output: str | os.PathLike[str] | None, to: Format | None) -> Path:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from torchdoctor.ckpt.fix_output import check_target, fix_report, sync_folder
 from torchdoctor.ckpt.formats import Format, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
 from torchdoctor.ckpt.plan import Plan, build_plan, parse_options, planned_devices, remaining_findings
@@ -25,7 +26,6 @@ __all__ = ["VerificationFailed", "WriteFailed", "fix_checkpoint"]  # the errors 
 
 # A fix report's findings are the problems the *output* still has (usually none); what was done is
 # result["plan"], what the written file was checked for is result["verified"]. The input is only read.
-COMMAND = "ckpt fix"
 OUT_OF_SCOPE = {
     Format.TORCHSCRIPT: "is a TorchScript archive (torch.jit.save), not a torch.save checkpoint: save "
                         "torch.jit.load(PATH).state_dict() with torch.save and fix that file",
@@ -76,7 +76,8 @@ def fix_checkpoint(
     if reading.format is Format.DCP:  # a directory: consolidated into one zip first (ckpt/dcp.py)
         from torchdoctor.ckpt.dcp import fix_dcp
 
-        return fix_dcp(reading, result, output=output, to=options.to, dry_run=dry_run, force=force, model=model,
+        return fix_dcp(reading, result, fix_file=fix_checkpoint,
+                       output=output, to=options.to, dry_run=dry_run, force=force, model=model,
                        strip_prefixes=strip_prefixes, drop_mismatched=drop_mismatched, keep_wrapper=keep_wrapper,
                        input_shapes=input_shapes, on_progress=on_progress)
     plan = build_plan(reading, options, model.state_dict() if model is not None else None)
@@ -90,13 +91,13 @@ def fix_checkpoint(
     findings = tuple(remaining_findings(plan, fixed, planned_devices(fixed, writer == "zip")))
     if not plan.steps:
         result["nothing_to_fix"] = True
-        return _report(findings, result)
-    _check_target(target, force)
+        return fix_report(findings, result)
+    check_target(target, force)
     result["dry_run"] = dry_run
     if not dry_run:
         result["writer"], result["verified"] = _write_atomically(source, target, job)
         result.update(written=True, bytes_out=_size(target))
-    return _report(findings, result)
+    return fix_report(findings, result)
 
 
 def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading | Report:
@@ -122,7 +123,7 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
 
 def _refused(result: dict[str, Any], findings: Sequence[Finding], why: str) -> Report:
     result["plan"] = [{"action": "refuse", "safe": False, "detail": f"Nothing written: {why}"}]
-    return _report(findings, result)
+    return fix_report(findings, result)
 
 
 def _unsafe_findings(reading: CheckpointReading) -> list[Finding]:
@@ -164,15 +165,6 @@ def _output_path(source: Path, output: str | os.PathLike[str] | None, plan: Plan
     return target
 
 
-def _check_target(target: Path, force: bool) -> None:
-    if target.is_dir():
-        raise UsageError(f"the output {target} is a directory", hint="pass a file path with --output")
-    if target.exists() and not force:
-        raise UsageError(f"{target} already exists", hint="pass --force to overwrite it, or choose another --output")
-    if not target.parent.is_dir():
-        raise UsageError(f"the output folder {target.parent} does not exist")
-
-
 # --- writing: temp file in the output folder, fsync, verify, rename ----------------------------------------------
 
 
@@ -204,7 +196,7 @@ def _write_atomically(source: Path, target: Path, job: _Job) -> tuple[dict[str, 
         if isinstance(e, TorchdoctorError) or not isinstance(e, Exception):
             raise
         raise WriteFailed(f"writing {target} failed: {one_line(e)}") from e
-    _sync_folder(target.parent)
+    sync_folder(target.parent)
     return facts, verified
 
 
@@ -237,29 +229,8 @@ def _write(job: _Job, out: BinaryIO, on_copied: Callable[[CopiedStorage], None])
     return writers.save_with_torch(job.plan.apply(writers.load_tree(job.reading)), out, job.plan.format_out)
 
 
-def _sync_folder(folder: Path) -> None:
-    # the rename itself is durable only once the folder's entry is on disk
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory; the data itself already is
-    finally:
-        os.close(fd)
-
-
 def _size(path: Path) -> int | None:
     try:
         return path.stat().st_size if path.is_file() else None
     except OSError:
         return None
-
-
-def _report(findings: Any, result: dict[str, Any]) -> Report:
-    from torchdoctor.ckpt.sections import fix_sections
-
-    findings = tuple(findings)
-    return Report(COMMAND, findings, result, fix_sections(result, findings))

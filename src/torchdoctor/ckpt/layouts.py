@@ -5,21 +5,15 @@ from __future__ import annotations
 import struct
 import tarfile
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torchdoctor.ckpt.allowlist import allow_dcp
 from torchdoctor.ckpt.formats import Detection, Format, SafetensorsError, read_hf_index, read_safetensors_header
+from torchdoctor.ckpt.parts import CheckpointCorrupt, FormatParts, StorageInfo, corruption_as, merge_globals
 from torchdoctor.ckpt.pickle_safe import BoundedReader, GlobalLog, SafeUnpickler, load_data_pickle
-from torchdoctor.ckpt.reader import (
-    CheckpointCorrupt,
-    FormatParts,
-    StorageInfo,
-    corruption_as,
-    merge_globals,
-    read_checkpoint,
-)
 from torchdoctor.ckpt.records import (
     DTYPE_ITEMSIZE,
     PickledObject,
@@ -63,8 +57,9 @@ def read_safetensors(path: Path, detection: Detection) -> FormatParts:
                   tensors=dict(tree))
 
 
-def read_hf_sharded(path: Path, detection: Detection) -> FormatParts:
-    """Every shard read on its own and merged; storage keys become ``SHARD:KEY``."""
+def read_hf_sharded(path: Path, detection: Detection, *, read_shard: Callable[[Path], Any]) -> FormatParts:
+    """Every shard read on its own (``read_shard``: reader.read_checkpoint) and merged; storage keys become
+    ``SHARD:KEY``."""
     index_path = path / detection.details["index"] if path.is_dir() else path
     index = read_hf_index(index_path)
     weight_map: dict[str, str] = index["weight_map"]
@@ -73,7 +68,7 @@ def read_hf_sharded(path: Path, detection: Detection) -> FormatParts:
     shards: dict[str, str] = {}
     reports = []
     for shard in sorted(set(weight_map.values())):
-        reading = read_checkpoint(index_path.parent / shard)
+        reading = read_shard(index_path.parent / shard)
         if reading.format not in SHARD_FORMATS:
             raise CheckpointCorrupt(f"shard {shard} is {reading.format.value}, not safetensors or torch.save")
         reports.append(reading.globals)

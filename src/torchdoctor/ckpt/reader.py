@@ -2,58 +2,32 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import os
-import pickle
 import struct
-import tarfile
 import zipfile
-import zlib
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from torchdoctor.ckpt import layouts
 from torchdoctor.ckpt.allowlist import allow_torchscript
 from torchdoctor.ckpt.formats import LEGACY_MAGIC, LEGACY_PROTOCOL, Detection, Format, detect_format
+from torchdoctor.ckpt.parts import CheckpointCorrupt, FormatParts, StorageInfo, corruption_as, merge_globals
 from torchdoctor.ckpt.pickle_safe import BoundedReader, GlobalLog, SafeUnpickler, load_data_pickle, storage_from_pid
-from torchdoctor.ckpt.records import DTYPE_ITEMSIZE, GLOBAL_KINDS, PickledObject, StorageRef, TensorRecord
+from torchdoctor.ckpt.records import DTYPE_ITEMSIZE, PickledObject, StorageRef, TensorRecord
 from torchdoctor.errors import InputError
 
 MAX_PICKLE_BYTES = 2 << 30  # a data.pkl this large is not a checkpoint we can describe in memory
 MAX_TREE_DEPTH = 100
 MAX_SCALAR_CHARS = 256
-# What parsers raise on damaged bytes. RuntimeError: zipfile's answer to a flipped "encrypted" flag bit.
-CORRUPTION_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, LookupError, TypeError, AttributeError,
-                     struct.error, zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, RuntimeError,
-                     MemoryError, ArithmeticError, NotImplementedError, OSError, zlib.error)
 
-__all__ = ["CheckpointCorrupt", "CheckpointReading", "StorageInfo", "TensorRecord", "read_checkpoint"]
-
-
-class CheckpointCorrupt(Exception):
-    """A recognised checkpoint that cannot be parsed; ``message`` is one line saying what is broken."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-@dataclass(frozen=True)
-class StorageInfo:
-    """Where one storage's bytes are: a zip record, or a byte offset in a file. Never the bytes."""
-
-    dtype: str
-    numel: int
-    nbytes: int
-    device: str
-    path: Path
-    """The file holding the bytes (a shard's file for hf-sharded checkpoints)."""
-    record: str | None = None
-    """Full zip record name (``archive/data/0``) for zip and TorchScript checkpoints."""
-    offset: int | None = None
-    """Absolute byte offset of the first byte in ``path`` for legacy, legacy-tar and safetensors files."""
+# CheckpointCorrupt, StorageInfo, corruption_as, merge_globals live in parts.py (layouts.py shares them) and
+# stay importable from here, where every caller of read_checkpoint finds them.
+__all__ = ["CheckpointCorrupt", "CheckpointReading", "FormatParts", "StorageInfo", "TensorRecord", "corruption_as",
+           "merge_globals", "read_checkpoint"]
 
 
 @dataclass(frozen=True)
@@ -80,21 +54,6 @@ class CheckpointReading:
         return [row["name"] for row in self.globals if row["kind"] == kind]
 
 
-@dataclass
-class FormatParts:
-    """What one format's reader found; ``read_checkpoint`` turns it into a ``CheckpointReading``."""
-
-    tree: Any
-    storages: dict[str, StorageInfo]
-    globals: list[dict[str, Any]]
-    byteorder: str | None = "little"
-    version_hint: str | None = None
-    metadata: dict[str, Any] = field(default_factory=dict)
-    extra_roots: dict[str, Any] = field(default_factory=dict)
-    shards: dict[str, str] = field(default_factory=dict)
-    tensors: dict[str, TensorRecord] | None = None
-
-
 def read_checkpoint(path: str | os.PathLike[str], detection: Detection | None = None) -> CheckpointReading:
     """Describe the checkpoint at ``path`` without running its pickles or reading tensor data.
 
@@ -117,20 +76,6 @@ def read_checkpoint(path: str | os.PathLike[str], detection: Detection | None = 
         hint = f"{hint}; {lightning}" if hint else lightning
     return CheckpointReading(target, detection.format, parts.tree, tensors, parts.storages, parts.globals, metadata,
                              parts.byteorder, hint, detection, parts.shards)
-
-
-@contextmanager
-def corruption_as(what: str) -> Iterator[None]:
-    """Turn whatever a damaged file makes the parsers raise into one ``CheckpointCorrupt`` line."""
-    try:
-        yield
-    except (CheckpointCorrupt, InputError):
-        raise
-    except (FileNotFoundError, PermissionError) as e:
-        raise InputError(f"{e.filename or what}: {e.strerror}") from None
-    except CORRUPTION_ERRORS as e:
-        text = str(e).splitlines()[0] if str(e) else ""
-        raise CheckpointCorrupt(f"{what}: {type(e).__name__}{': ' + text[:200] if text else ''}") from None
 
 
 # --- the tree → tensors walk -----------------------------------------------------------------------------------
@@ -337,37 +282,14 @@ def _read_pickle(path: Path, detection: Detection) -> FormatParts:
     return FormatParts(tree, {}, log.report(), None, None)
 
 
-# --- formats whose layout is not a pickle ---------------------------------------------------------------------
-
-
-def _from_layouts(name: str) -> Callable[[Path, Detection], FormatParts]:
-    """The readers in layouts.py, imported when first used: layouts.py imports this module."""
-    def read(path: Path, detection: Detection) -> FormatParts:
-        from torchdoctor.ckpt import layouts
-
-        return getattr(layouts, name)(path, detection)
-    return read
-
-
-def merge_globals(reports: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """One ``globals`` list from several pickles' (shards): counts add up, the worst kind wins."""
-    rank = {kind: i for i, kind in enumerate(GLOBAL_KINDS)}
-    merged: dict[str, dict[str, Any]] = {}
-    for rows in reports:
-        for row in rows:
-            seen = merged.setdefault(row["name"], {**row, "count": 0})
-            seen["count"] += row["count"]
-            seen["kind"] = max(seen["kind"], row["kind"], key=rank.__getitem__)
-    return sorted(merged.values(), key=lambda row: (-rank[row["kind"]], row["name"]))
-
-
+# Formats whose layout is not a pickle are read in layouts.py.
 _READERS: dict[Format, Callable[[Path, Detection], FormatParts]] = {
     Format.ZIP: _read_zip,
     Format.TORCHSCRIPT: _read_zip,
     Format.LEGACY: _read_legacy,
     Format.PICKLE: _read_pickle,
-    Format.SAFETENSORS: _from_layouts("read_safetensors"),
-    Format.LEGACY_TAR: _from_layouts("read_legacy_tar"),
-    Format.HF_SHARDED: _from_layouts("read_hf_sharded"),
-    Format.DCP: _from_layouts("read_dcp"),
+    Format.SAFETENSORS: layouts.read_safetensors,
+    Format.LEGACY_TAR: layouts.read_legacy_tar,
+    Format.HF_SHARDED: functools.partial(layouts.read_hf_sharded, read_shard=read_checkpoint),
+    Format.DCP: layouts.read_dcp,
 }

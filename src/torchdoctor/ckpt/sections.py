@@ -5,18 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.codes import section_ids
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
 
-GROUPS = (
-    ("file", "File", ("lfs-pointer", "not-a-checkpoint", "corrupt-checkpoint", "legacy-format", "torchscript-archive")),
-    ("safety", "Pickle safety", ("unsafe-pickle", "full-module-pickle")),
-    ("structure", "Structure", ("nested-state-dict", "training-state-present", "cuda-saved-tensors")),
-    ("keys", "Keys", ("module-prefix", "compile-prefix", "key-prefix")),
-    ("values", "Values", ("nonfinite-weights",)),
-    ("model", "Against the model", ("missing-keys", "unexpected-keys", "shape-mismatch", "dtype-mismatch",
-                                    "training-step-failed")),
-)
+# The ids under each group come from the registry (codes.py: each spec's section for "ckpt inspect").
+TITLES = (("file", "File"), ("safety", "Pickle safety"), ("structure", "Structure"), ("keys", "Keys"),
+          ("values", "Values"), ("model", "Against the model"))
+GROUPS = tuple((name, title, section_ids("ckpt inspect", name)) for name, title in TITLES)
 
 
 def inspect_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:

@@ -249,7 +249,7 @@ def _check_model(job: Any, out: CheckpointReading, weights: Mapping[str, Any] | 
 
 
 def _training_step(model: Any, input_shapes: Sequence[Sequence[int]] | None) -> dict[str, Any]:
-    from torchdoctor.ckpt.against_model import example_inputs, surrogate_loss
+    from torchdoctor.examples import example_inputs, surrogate_loss
     from torchdoctor.step import run_training_step
 
     inputs = example_inputs(model, input_shapes)

@@ -30,6 +30,10 @@ TrainOpt = Annotated[bool, typer.Option(
     "--train-step", help="Measure a real training step (forward, backward, optimizer), not just the forward.")]
 MetaOpt = Annotated[bool, typer.Option(
     "--meta", help="Build and count on the meta device: no weights allocated (large models in seconds).")]
+DeviceOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--device", help="Count (and --train-step) on this device, e.g. cuda:0; default: the model's."),
+]
 CompareOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--compare", help="Peer tools to show beside ours, e.g. thop,torchinfo (when installed)."),
@@ -44,6 +48,7 @@ def count_command(
     depth: DepthOpt = 2,
     train_step: TrainOpt = False,
     meta: MetaOpt = False,
+    device: DeviceOpt = None,
     compare: CompareOpt = None,
     json: JsonOpt = False,
     strict: StrictOpt = False,
@@ -54,5 +59,5 @@ def count_command(
 
     with exit_on_tool_errors(debug):
         report = count_spec(spec, input_shapes=parse_shapes(input_shape), input_spec=input_spec, dtype=dtype,
-                            depth=depth, train_step=train_step, meta=meta, compare=compare)
+                            depth=depth, train_step=train_step, meta=meta, compare=compare, device=device)
     emit(report, as_json=json, strict=strict)

@@ -10,10 +10,11 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+from torchdoctor.batch import as_call
 from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
 from torchdoctor.count.compare import collect_comparisons, parse_tools
 from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
-from torchdoctor.count.inputs import as_call, build_inputs, describe_inputs, parse_dtype, prepare_inputs
+from torchdoctor.count.inputs import build_inputs, describe_inputs, parse_dtype, prepare_inputs
 from torchdoctor.count.layers import layer_rows
 from torchdoctor.count.ops import CONVENTION, OpKind
 from torchdoctor.count.params import collect_params
@@ -26,20 +27,22 @@ DEFAULT_DEPTH = 2
 
 def count(model: Any, inputs: Any = None, *, input_shapes: Sequence[Sequence[int]] | None = None,
           dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
-          compare: str | Sequence[str] | None = None) -> Report:
+          compare: str | Sequence[str] | None = None, device: str | None = None) -> Report:
     """Count ``model`` on ``inputs`` (a tensor, a tuple of positional inputs or a dict of keyword inputs).
 
     Without ``inputs``, tensors of ``input_shapes`` are made, or one input is guessed from the first layer.
     ``meta`` counts on the meta device (no weights allocated; the caller's model is not touched),
     ``train_step`` measures a real training step on a copy, ``compare`` names peer tools (thop, torchinfo).
+    Everything runs on the model's device, or on ``device`` (a copy of the model is moved there); the
+    result's ``device`` and ``training_step.device`` say where.
     """
     return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
-                  meta=meta, compare=compare, owned=False)
+                  meta=meta, compare=compare, owned=False, device=device)
 
 
 def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None, input_spec: str | None = None,
                dtype: Any = None, depth: int = DEFAULT_DEPTH, train_step: bool = False, meta: bool = False,
-               compare: str | Sequence[str] | None = None) -> Report:
+               compare: str | Sequence[str] | None = None, device: str | None = None) -> Report:
     """``count`` for a target spec (``torchvision.models:resnet50``, ``model.py:Net``); with ``meta`` the model
     is built under ``torch.device("meta")`` (see ``build_on_meta``), so a 7B-parameter config allocates nothing."""
     import torch
@@ -55,14 +58,16 @@ def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None
     if input_spec is not None:
         inputs = resolve_target(input_spec, expect=(torch.Tensor, tuple, list, dict))
     return _count(model, inputs, input_shapes=input_shapes, dtype=dtype, depth=depth, train_step=train_step,
-                  meta=meta, compare=compare, owned=True, spec=spec)
+                  meta=meta, compare=compare, owned=True, spec=spec, device=device)
 
 
 def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_step: bool, meta: bool,
-           compare, owned: bool, spec: str | None = None) -> Report:
+           compare, owned: bool, spec: str | None = None, device: str | None = None) -> Report:
     model = _original_module(model)
     dtype, tools = parse_dtype(dtype), parse_tools(compare)
-    meta = _check_options(model, depth, train_step, meta)
+    meta = _check_options(model, depth, train_step, meta, device)
+    if not meta and device is not None and _usable_device(device) != _device_of(model):
+        model, owned = (model if owned else copy.deepcopy(model)).to(device), True
     device = "meta" if meta else _device_of(model)
     if inputs is None:
         inputs = build_inputs(model, input_shapes, dtype=dtype, device=device)
@@ -73,7 +78,7 @@ def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_st
     step = None
     if train_step:  # on a copy (the CLI's own model needs none): a training step changes the weights
         model = model if owned else copy.deepcopy(model)
-        facts, step = collect_training_step(model.to(dtype) if dtype is not None else model, inputs)
+        facts, step = collect_training_step(model.to(dtype) if dtype is not None else model, inputs, device)
     else:
         facts = collect_forward(model, args, kwargs, substitute_tensors(model, dtype=dtype, meta=meta))
     findings = _judge(facts, model, train_step)
@@ -114,7 +119,22 @@ def _device_of(model: Any) -> str:
     return str(first.device) if first is not None else "cpu"
 
 
-def _check_options(model: Any, depth: int, train_step: bool, meta: bool) -> bool:
+def _usable_device(device: str) -> str:
+    """``device`` as torch names it (``cuda`` → ``cuda:0``); ``UsageError`` when it is malformed or absent here."""
+    import torch
+
+    try:
+        where = torch.device(device)
+        torch.empty(0, device=where)  # the cheapest way to ask the device itself whether it is usable
+    except (RuntimeError, ValueError, AssertionError) as exc:
+        raise UsageError(f"--device {device} cannot be used: {' '.join(str(exc).split())[:200]}",
+                         hint="pass a device this machine has, e.g. --device cpu or --device cuda:0") from None
+    if where.type != "cpu" and where.index is None:
+        where = torch.device(where.type, getattr(torch, where.type).current_device())
+    return str(where)
+
+
+def _check_options(model: Any, depth: int, train_step: bool, meta: bool, device: str | None = None) -> bool:
     """Usage errors for impossible requests; returns whether to count on the meta device (a model already
     there is counted there)."""
     import torch
@@ -127,6 +147,9 @@ def _check_options(model: Any, depth: int, train_step: bool, meta: bool) -> bool
     if train_step and meta:
         raise UsageError("--train-step runs a real training step and cannot run on the meta device",
                          hint="drop --meta (or --train-step)")
+    if meta and device is not None:
+        raise UsageError("--device and --meta exclude each other: --meta counts on the meta device",
+                         hint="drop --meta (or --device)")
     return meta
 
 

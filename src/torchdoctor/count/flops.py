@@ -94,14 +94,15 @@ def collect_forward(model: Any, args: tuple[Any, ...], kwargs: Mapping[str, Any]
     return _facts(mode, model, watch, failure, phases=("forward",))
 
 
-def collect_training_step(model: Any, inputs: Any) -> tuple[ComputeFacts, Any]:
+def collect_training_step(model: Any, inputs: Any, device: str) -> tuple[ComputeFacts, Any]:
     """A real ``run_training_step`` (forward, surrogate loss, backward, SGD step) on ``model``, counted.
 
-    ``model`` is trained in place: the caller passes a copy it owns.
+    ``model`` is trained in place on ``device`` (the model's own: moving it would count a different run);
+    the caller passes a copy it owns.
     """
     from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
-    from torchdoctor.ckpt.against_model import surrogate_loss
+    from torchdoctor.examples import surrogate_loss
     from torchdoctor.step import run_training_step
 
     mode, watch = _counting_mode_class()(), ModuleWatch()
@@ -109,7 +110,8 @@ def collect_training_step(model: Any, inputs: Any) -> tuple[ComputeFacts, Any]:
                register_optimizer_step_post_hook(lambda *_: setattr(mode, "in_optimizer", False))]
     try:
         with watch, mode:
-            outcome = run_training_step(model, (inputs, None), loss_fn=surrogate_loss, copy_model=False)
+            outcome = run_training_step(model, (inputs, None), loss_fn=surrogate_loss, copy_model=False,
+                                        device=device)
     finally:
         for handle in handles:
             handle.remove()

@@ -31,22 +31,13 @@ def parse_dtype(value: Any) -> Any:
     return getattr(torch, name)
 
 
-def as_call(inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Positional and keyword arguments for ``model(...)``: a dict is keywords, a tuple/list positionals."""
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    return (inputs,), {}
-
-
 def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: Any = None,
                  device: str = "cpu") -> tuple[Any, ...]:
     """Tensors of ``shapes`` (token ids when the model starts with an embedding), or a guess from the first
     layer like ``ckpt inspect`` makes; ``UsageError`` (exit 2) when neither is possible."""
     import torch
 
-    from torchdoctor.ckpt.against_model import example_inputs
+    from torchdoctor.examples import example_inputs
 
     guess = example_inputs(model, None)
     if not shapes:

@@ -6,19 +6,19 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.codes import section_of
 from torchdoctor.count.ops import CONVENTION_SHORT
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
 
-COMPUTE_IDS = ("layer-shape-mismatch", "training-step-failed")
 MAX_OPS_SHOWN = 5
 MAX_NAME = 40
 
 
 def count_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:
     """The sections that apply: Layers only when something was counted, Compare only when asked for."""
-    uncounted = tuple(f for f in findings if f.id == "uncounted-ops")
-    other = tuple(f for f in findings if f.id != "uncounted-ops")
+    uncounted = tuple(f for f in findings if section_of(f.id, "count") == "uncounted")
+    other = tuple(f for f in findings if section_of(f.id, "count") == "compute")
     sections = [
         Section("params", "Parameters", _params_headline(result["params"]), lines=_params_lines(result["params"])),
         Section("compute", "Compute", _compute_headline(result), other, lines=_compute_lines(result)),

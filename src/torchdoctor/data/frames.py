@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import linecache
 import re
 import traceback
 from typing import Any
 
-from torchdoctor.frames import is_library_file
+from torchdoctor.frames import frame_facts, is_library_file
 from torchdoctor.frames import user_frame as traceback_user_frame
 
 _FETCH_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]fetch\.py$")
@@ -29,9 +28,7 @@ def user_frame_from_text(text: str) -> dict[str, Any] | None:
         filename = match["file"]
         chain.append((filename, match["function"]))
         if not is_library_file(filename):
-            line = int(match["line"])
-            found = {"file": filename, "line": line, "function": match["function"],
-                     "code": linecache.getline(filename, line).strip()}
+            found = frame_facts(filename, int(match["line"]), match["function"])
     return _named(found, chain) if found else None
 
 

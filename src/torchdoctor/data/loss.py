@@ -95,7 +95,7 @@ def _load_loss(spec: str) -> Any:
 def cross_entropy(output: Any, target: Any) -> Any:
     import torch.nn.functional as F
 
-    from torchdoctor.data.model import prediction_of
+    from torchdoctor.batch import prediction_of
 
     return F.cross_entropy(prediction_of(output), target)
 
@@ -103,7 +103,7 @@ def cross_entropy(output: Any, target: Any) -> Any:
 def binary_cross_entropy_with_logits(output: Any, target: Any) -> Any:
     import torch.nn.functional as F
 
-    from torchdoctor.data.model import prediction_of
+    from torchdoctor.batch import prediction_of
 
     return F.binary_cross_entropy_with_logits(prediction_of(output), target)
 
@@ -111,6 +111,6 @@ def binary_cross_entropy_with_logits(output: Any, target: Any) -> Any:
 def mse_loss(output: Any, target: Any) -> Any:
     import torch.nn.functional as F
 
-    from torchdoctor.data.model import prediction_of
+    from torchdoctor.batch import prediction_of
 
     return F.mse_loss(prediction_of(output), target)

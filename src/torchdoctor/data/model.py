@@ -7,6 +7,7 @@ import warnings
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from torchdoctor.batch import as_call, prediction_of, to_device
 from torchdoctor.data.fields import BatchLayout, split_batch
 from torchdoctor.step import run_training_step
 
@@ -59,12 +60,11 @@ def _probe_forward(model: Any, inputs: Any, device: Any) -> dict[str, Any]:
         model = copy.deepcopy(model)
 
     from torchdoctor.explain.rules import match_exception
-    from torchdoctor.step import _as_call, _to_device
 
     modes = {module: module.training for module in model.modules()}
     try:
         model.eval()
-        args, kwargs = _as_call(_to_device(inputs, device))
+        args, kwargs = as_call(to_device(inputs, device))
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             output = model(*args, **kwargs)
@@ -80,15 +80,6 @@ def _probe_forward(model: Any, inputs: Any, device: Any) -> dict[str, Any]:
     finally:
         for module, training in modes.items():
             module.training = training
-
-
-def prediction_of(output: Any) -> Any:
-    """The tensor a loss compares with the targets: the output, its element 0, or its ``logits``."""
-    if isinstance(output, (tuple, list)) and output:
-        return output[0]
-    if isinstance(output, Mapping) and "logits" in output:
-        return output["logits"]
-    return output
 
 
 def _head(inputs: Any) -> Any:

@@ -6,28 +6,23 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.codes import section_ids, section_of
 from torchdoctor.report import Finding, Section
 
-GROUPS = (
-    ("loader", "Loader", ("too-many-workers", "pin-memory-without-gpu", "batchnorm-single-sample-batch",
-                          "unshuffled-classes")),
-    ("batches", "Batches", ("getitem-failed", "collate-failed", "worker-failed", "loader-hang", "variable-size-samples",
-                            "negative-strides", "dataloader-bottleneck")),
-    ("labels", "Labels", ("label-out-of-range", "label-dtype", "target-shape")),
-    ("inputs", "Inputs", ("nonfinite-input", "input-dtype-mismatch", "uint8-input", "channels-last-input",
-                          "unnormalized-input")),
-    ("step", "Training step", ("training-step-failed",)),
-)
-GROUPED = {finding_id for _name, _title, ids in GROUPS for finding_id in ids}
+# The ids under each group come from the registry (codes.py: each spec's section for "data"); an error of the
+# training step that explain's rules name (a cuda-out-of-memory, say) shows under Training step.
+TITLES = (("loader", "Loader"), ("batches", "Batches"), ("labels", "Labels"), ("inputs", "Inputs"),
+          ("step", "Training step"))
+GROUPS = tuple((name, title, section_ids("data", name)) for name, title in TITLES)
 
 
 def data_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tuple[Section, ...]:
-    """Loader, Batches, Labels, Inputs, Training step; a finding of any other id joins the last group."""
+    """Loader, Batches, Labels, Inputs, Training step: each finding under its registry section."""
     headlines = {"loader": _loader(result), "batches": _batches(result), "labels": _labels(result),
                  "inputs": _inputs(result), "step": _step(result)}
     sections = []
     for name, title, ids in GROUPS:
-        members = tuple(f for f in findings if f.id in ids or (name == "step" and f.id not in GROUPED))
+        members = tuple(f for f in findings if f.id in ids)
         if name == "step":
             members += tuple(_confirmed_here(f) for f in findings if "confirmed_by_step" in f.details)
         sections.append(Section(name, title, headlines[name], members))
@@ -36,7 +31,7 @@ def data_sections(result: Mapping[str, Any], findings: Sequence[Finding]) -> tup
 
 def _confirmed_here(finding: Finding) -> Finding:
     """A pointer under Training step to a finding the step's own error confirmed (shown once in each group)."""
-    group = next(title for _name, title, ids in GROUPS if finding.id in ids)
+    group = dict(TITLES)[section_of(finding.id, "data")]
     return dataclasses.replace(finding, message=f"The training step met it too: {finding.details['confirmed_by_step']} "
                                                 f"(see {group}).", fix=None)
 

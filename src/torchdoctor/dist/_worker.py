@@ -12,7 +12,6 @@ import argparse
 import hashlib
 import json
 import os
-import socket
 import threading
 import time
 from collections.abc import Callable
@@ -22,7 +21,6 @@ from typing import Any
 ENV_KEYS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")
 BANDWIDTH_SIZES = {"1KiB": 1 << 10, "1MiB": 1 << 20, "16MiB": 16 << 20}
 STALLED_EXIT = 124
-INJECTIONS = ("none", "diverge", "hang", "init-fail", "step-fail")
 
 
 class Rank:
@@ -65,7 +63,6 @@ class Rank:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     rank = Rank(args.out, args.phase_timeout)
-    inject = args.inject if rank.rank == args.inject_rank else "none"
     rank.write("env", environ={key: os.environ.get(key) for key in ENV_KEYS}, pid=os.getpid())
     import torch
     import torch.distributed as dist
@@ -73,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(f"cuda:{rank.local_rank}" if args.backend == "nccl" else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    run = _Phases(torch, dist, rank, device, inject, args)
+    run = _Phases(torch, dist, rank, device, args)
     try:
         rank.phase("init", run.init)
         for name in ("all_reduce", "broadcast", "barrier", "bandwidth", "ddp_step", "param_check"):
@@ -89,28 +86,17 @@ def main(argv: list[str] | None = None) -> int:
 class _Phases:
     """The phases' bodies; each returns the facts its ``done`` event carries."""
 
-    def __init__(self, torch: Any, dist: Any, rank: Rank, device: Any, inject: str, args: Any) -> None:
-        self.torch, self.dist, self.rank, self.device, self.inject = torch, dist, rank, device, inject
+    def __init__(self, torch: Any, dist: Any, rank: Rank, device: Any, args: Any) -> None:
+        self.torch, self.dist, self.rank, self.device = torch, dist, rank, device
         self.backend, self.pg_timeout = args.backend, timedelta(seconds=args.phase_timeout * 2)
         self.model: Any = None
 
     def _arrive(self, name: str) -> None:
-        if self.inject == "hang" and name == "all_reduce":
-            time.sleep(3600)  # the watchdog ends this rank
-        if self.inject == "step-fail" and name == "ddp_step":
-            raise RuntimeError("injected failure in the DDP step (torchdoctor test)")
         self.rank.write("arrived", phase=name)
 
     def init(self) -> dict[str, Any]:
         self._arrive("init")
-        if self.inject == "init-fail":
-            # this rank points the rendezvous at a port nothing listens on, with a 1 s connect timeout (the client tries twice)
-            store = self.dist.TCPStore("127.0.0.1", _closed_port(), self.rank.world_size, is_master=False,
-                                       timeout=timedelta(seconds=1))
-            self.dist.init_process_group(self.backend, store=store, rank=self.rank.rank,
-                                         world_size=self.rank.world_size, timeout=self.pg_timeout)
-        else:
-            self.dist.init_process_group(self.backend, timeout=self.pg_timeout)
+        self.dist.init_process_group(self.backend, timeout=self.pg_timeout)
         return {"world_size": self.dist.get_world_size()}
 
     def all_reduce(self) -> dict[str, Any]:
@@ -171,8 +157,6 @@ class _Phases:
     def param_check(self) -> dict[str, Any]:
         torch = self.torch
         with torch.no_grad():
-            if self.inject == "diverge":
-                next(self.model.parameters()).add_(1e-3)
             flat = torch.cat([p.detach().reshape(-1) for p in self.model.parameters()]).float()
             gathered = [torch.empty_like(flat) for _ in range(self.rank.world_size)]
             self._arrive("param_check")
@@ -191,19 +175,11 @@ def _first_line(exc: Exception) -> str:
     return lines[0][:500] if lines else ""
 
 
-def _closed_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])  # released on close: nothing listens there
-
-
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="torchdoctor.dist._worker")
     parser.add_argument("--out", required=True)
     parser.add_argument("--backend", default="gloo")
     parser.add_argument("--phase-timeout", type=float, default=30.0)
-    parser.add_argument("--inject", choices=INJECTIONS, default="none", help=argparse.SUPPRESS)
-    parser.add_argument("--inject-rank", type=int, default=1, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 

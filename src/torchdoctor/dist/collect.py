@@ -31,8 +31,6 @@ class DistOptions:
     timeout_s: float | None = None  # the whole launch; None: startup allowance + every phase's timeout
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     python: str = sys.executable
-    inject: str | None = None  # test-only fault in one rank: diverge, hang, init-fail, step-fail
-    inject_rank: int = 1
 
     @property
     def launch_timeout_s(self) -> float:
@@ -73,12 +71,9 @@ def collect_availability(backend: str) -> dict[str, bool]:
 
 
 def launch_argv(options: DistOptions, backend: str, folder: str) -> list[str]:
-    argv = [options.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.nproc}",
+    return [options.python, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={options.nproc}",
             "--max-restarts=0", "-m", WORKER_MODULE, "--out", folder, "--backend", backend,
             "--phase-timeout", str(options.phase_timeout_s)]
-    if options.inject:
-        argv += ["--inject", options.inject, "--inject-rank", str(options.inject_rank)]
-    return argv
 
 
 def _child_environ(environ: Mapping[str, str]) -> dict[str, str]:

@@ -44,7 +44,7 @@ class EnvContext:
     @cached_property
     def devices(self) -> Facts:
         """Device facts, gathered once: the devices, training and memory collectors all read them."""
-        from torchdoctor.env.devices import collect_devices
+        from torchdoctor.env.device_facts import collect_devices
 
         return collect_devices(self.environ, self.path)
 

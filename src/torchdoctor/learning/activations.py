@@ -45,6 +45,7 @@ class Activations:
         self.loss_inputs: dict[str, LossInput] = {}
         self.labels: list[Any] = []  # [classes, counts tensor]
         self.mode_calls: dict[Any, ModeCall] = {}
+        self.eval_seen: dict[Any, Any] = {}  # this step's eval-mode modules -> their model
 
     def unit_stats(self, module: Any, kind: str, output: Any) -> None:
         if module in self.broken:
@@ -72,14 +73,23 @@ class Activations:
         found = self.producers.get(id(tensor))
         return found[1] if found is not None and found[0] is tensor else None
 
-    def eval_mode(self, module: Any, step: int, root: Any) -> None:
-        call = self.mode_calls.get(module)
-        if call is None:
-            own = tuple(id(p) for p in module.parameters(recurse=False) if p.requires_grad)
-            self.mode_calls[module] = ModeCall(step, step, not root.training, own)
-        else:
-            call.last = step
-            call.root_eval = call.root_eval or not root.training
+    def eval_mode(self, module: Any, root: Any) -> None:
+        """Noted now, judged at the optimizer step: a forward with grad in eval mode may be an evaluation."""
+        self.eval_seen[module] = root
+
+    def commit_eval_mode(self, step: int) -> None:
+        """At the optimizer step: the modules that ran in eval mode this step and still are, count."""
+        for module, root in self.eval_seen.items():
+            if module.training:
+                continue  # evaluated (with grad) and then switched back with train(): fine
+            call = self.mode_calls.get(module)
+            if call is None:
+                own = tuple(id(p) for p in module.parameters(recurse=False) if p.requires_grad)
+                self.mode_calls[module] = ModeCall(step, step, not root.training, own)
+            else:
+                call.last = step
+                call.root_eval = call.root_eval or not root.training
+        self.eval_seen.clear()
 
     def loss_flag(self, kind: str, scores: Any, target: Any) -> Any | None:
         """The 0-d bool tensor for this call (None when the input cannot be judged); counts integer labels."""
@@ -105,6 +115,10 @@ class Activations:
 
     def end_step(self) -> None:
         self.producers.clear()
+
+    def forget_step(self) -> None:
+        self.producers.clear()
+        self.eval_seen.clear()
 
     def fractions(self) -> dict[Any, tuple[str, float]]:
         """module -> (kind, share of units never alive / never free): one read-back for all modules."""

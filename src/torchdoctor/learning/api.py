@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from torchdoctor.codes import section_of
 from torchdoctor.learning.collect import Collector
 from torchdoctor.learning.facts import WatchFacts
 from torchdoctor.learning.gather import gather_facts
@@ -83,7 +84,9 @@ class Watch:
         """The run's report; the script runner adds its own findings (script-failed, ...) and result keys."""
         facts = self.facts or gather_facts(self._collector, self._names)
         hunt = self._hunt.report or self._hunt.build_report()
-        findings = tuple(hunt.findings) + tuple(check_watch(facts)) + tuple(extra_findings)
+        first = hunt.result.get("first_nonfinite")
+        findings = (tuple(hunt.findings) + tuple(check_watch(facts, first["step"] if first else None))
+                    + tuple(extra_findings))
         result = {
             "script": None, "args": [], "exit_code": None, "script_failed": False,
             "steps_watched": facts.steps_watched,
@@ -92,8 +95,7 @@ class Watch:
             "series": result_series(facts),
             **dict(extra_result or {}),
         }
-        section = Section("watch", "Training dynamics", headline(facts, findings), findings)
-        return Report(COMMAND, findings, result, (section,))
+        return Report(COMMAND, findings, result, sections(facts, findings, hunt.sections[0].headline))
 
     def _stop_hunt(self) -> None:
         """``steps`` reached: the hunt stops watching too (its callbacks return early once ``stopped``)."""
@@ -126,10 +128,27 @@ def install(collector: Collector, patches: Patches) -> None:
         patches.attribute(functional, name, collector.wrap_loss(name))
 
 
+SECTIONS = (("run", "Run and NaN/inf"), ("bugs", "Program bugs"), ("dynamics", "Training dynamics"))
+
+
+def sections(facts: WatchFacts, findings: tuple[Finding, ...], run_headline: str) -> tuple[Section, ...]:
+    """The three groups of the human report, each finding in the one the registry names for ``watch``."""
+    placed = {name: tuple(f for f in findings if section_of(f.id, COMMAND) == name) for name, _ in SECTIONS}
+    bugs = len(placed["bugs"])
+    headlines = {
+        "run": run_headline,
+        "bugs": f"{bugs} program bug(s) found" if bugs else "no program bug found",
+        "dynamics": headline(facts, placed["dynamics"]),
+    }
+    return tuple(Section(name, title, headlines[name], placed[name]) for name, title in SECTIONS)
+
+
 def headline(facts: WatchFacts, findings: Iterable[Finding]) -> str:
     unit = "optimizer step(s)" if facts.step_counting == "optimizer" else "backward call(s) (no optimizer)"
     problems = sum(1 for f in findings if f.severity.value != "info")
-    verdict = f"{problems} problem(s) found" if problems else "no sign of a run that does not learn"
+    verdict = f"{problems} warning(s)" if problems else "no sign of a run that does not learn"
+    if facts.failure:
+        verdict += f" (torchdoctor stopped watching early: {facts.failure})"
     return f"watched {facts.steps_watched} {unit}: {verdict}"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 from torchdoctor.learning import stats
 from torchdoctor.learning.activations import Activations, LossInput
+from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
 
 
@@ -37,20 +38,17 @@ class Layered:
     index: Any
 
 
-@dataclass
-class CarryCheck:
-    """Armed after a sampled step: the grads it used and what backward adds to them until the next step."""
+def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+    """A failure of ours must never break the user's training: stop watching, say so once on stderr."""
 
-    step: int
-    params: list[Any]
-    previous: list[Any]
-    added: list[Any]
-    handles: list[Any]
+    @functools.wraps(callback)
+    def guarded(self: Collector, *args: Any) -> None:
+        try:
+            callback(self, *args)
+        except Exception as exc:  # noqa: BLE001 - whatever it is, the training goes on without us
+            self.fail(exc)
 
-    def remove(self) -> None:
-        for handle in self.handles:
-            handle.remove()
-        self.handles.clear()
+    return guarded
 
 
 class Collector:
@@ -79,6 +77,7 @@ class Collector:
         self._snapshot: tuple[int, Layered, list[Any]] | None = None
         self._carry: dict[int, CarryCheck] = {}
         self._thread = threading.get_ident()
+        self.failure: str | None = None
 
     @property
     def sampling(self) -> bool:
@@ -94,6 +93,7 @@ class Collector:
 
     # --- forward ---------------------------------------------------------------------------------
 
+    @_guarded
     def forward_post(self, module: Any, args: Any, output: Any) -> None:
         if not self.sampling or threading.get_ident() != self._thread:
             return
@@ -113,7 +113,7 @@ class Collector:
             if module is named[0] and self.names.is_root(module):
                 self.acts.model_output(output)
         if isinstance(module, _mode_types()) and not module.training:
-            self.acts.eval_mode(module, self.step, named[0])
+            self.acts.eval_mode(module, named[0])
 
     def wrap_loss(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
@@ -130,6 +130,7 @@ class Collector:
 
         return make
 
+    @_guarded
     def _loss_input(self, kind: str, scores: Any, target: Any) -> None:
         flag = self.acts.loss_flag(kind, scores, target)
         if flag is None:
@@ -154,6 +155,7 @@ class Collector:
 
         return backward
 
+    @_guarded
     def before_backward(self, tensors: Any) -> None:
         import torch
 
@@ -164,20 +166,26 @@ class Collector:
             self._measure_update()
             self.flush()
 
+    @_guarded
     def after_backward(self) -> None:
         step = self.backwards
         self.backwards += 1
         if self.mode != "backward":
             return
+        check = self._carry.pop("backward", None)
+        if check is not None:  # no optimizer: kept only where the weights moved in between (gather_facts)
+            self._finish_carry_check(check)
         if self.sampled(step):
             params = [p for p in self.names.param_objects if p.requires_grad and p.grad is not None]
             self.samples[step] = Sample()
             self._measure_grads(step, params)
+            self._arm_carry_check("backward", params, step)
         self.step = self.backwards
         self._check_limit()
 
     # --- optimizer -------------------------------------------------------------------------------
 
+    @_guarded
     def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._ours():
             return
@@ -190,22 +198,24 @@ class Collector:
         if check is not None:
             self._finish_carry_check(check)
         if self.sampling:
+            self.acts.commit_eval_mode(self.step)
             self._note_gradients()
             self.samples[self.step] = Sample(lr=_lr(optimizer))
             self._measure_grads(self.step, [p for p in params if p.grad is not None])
 
+    @_guarded
     def step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         if not self._ours():
             return
         step = self.step
         if self._snapshot is not None and self._snapshot[0] == step:
             self._measure_update()
-            self._arm_carry_check(optimizer, step)
+            self._arm_carry_check(id(optimizer), [p for g in optimizer.param_groups for p in g["params"]], step)
         self.opt_steps += 1
         self.step = self.opt_steps
         if self.sampled(step):
             self.flush()
-        self.acts.end_step()
+        self.acts.forget_step()
         self._check_limit()
 
     def _start_counting_optimizer_steps(self) -> None:
@@ -221,7 +231,7 @@ class Collector:
     def _layered(self, params: list[Any]) -> Layered | None:
         import torch
 
-        named = [(p, self.names.layer_of(p)) for p in params]
+        named = [(p, self.names.layer_of(p)) for p in params if not (p.grad is not None and p.grad.is_sparse)]
         named = [(p, found[0]) for p, found in named if found is not None]
         if not named:
             return None
@@ -237,7 +247,7 @@ class Collector:
         norms = stats.group_norms([p.grad for p in layered.params], layered.index, len(layered.layers))
         sample = self.samples[step]
         self._queue(lambda values: sample.grad_norm.update(zip(layered.layers, values, strict=False)), norms)
-        self._snapshot = (step, layered, [p.detach().clone() for p in layered.params])
+        self._snapshot = (step, layered, [stats.head(p).clone() for p in layered.params])
 
     def _measure_update(self) -> None:
         step, layered, before = self._snapshot
@@ -253,27 +263,19 @@ class Collector:
                 first = self.grad_params.get(id(param), (param, self.step, self.step))[1]
                 self.grad_params[id(param)] = (param, first, self.step)
 
-    def _arm_carry_check(self, optimizer: Any, step: int) -> None:
-        params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        if not params:
-            return
-        added = [p.grad.detach().new_zeros(p.grad.shape) for p in params]
-        handles = [p.register_hook(functools.partial(_accumulate, total))
-                   for p, total in zip(params, added, strict=True)]
-        previous = [p.grad.detach().clone() for p in params]
-        self._carry[id(optimizer)] = CarryCheck(step, params, previous, added, handles)
+    def _arm_carry_check(self, key: Any, params: list[Any], step: int) -> None:
+        check = CarryCheck.arm(params, step)
+        if check is not None:
+            self._carry[key] = check
 
     def _finish_carry_check(self, check: CarryCheck) -> None:
-        check.remove()
-        kept = [i for i, p in enumerate(check.params) if p.grad is not None]
-        if not kept:
+        finished = check.finish()
+        if finished is None:
             return
-        flags = stats.carried_over([check.params[i].grad for i in kept], [check.previous[i] for i in kept],
-                                   [check.added[i] for i in kept])
-        params = [check.params[i] for i in kept]
+        params, flags = finished
 
         def record(values: list[float]) -> None:
-            carried = [p for p, flag in zip(params, values, strict=False) if flag]
+            carried = [p for p, flag in zip(params, values, strict=True) if flag]
             if carried:
                 self.carried.append((check.step + 1, carried))
 
@@ -308,20 +310,31 @@ class Collector:
             self.close()
             self.on_done()
 
+    def fail(self, exc: BaseException) -> None:
+        import sys
+
+        self.failure = f"{type(exc).__name__}: {exc}"
+        print(f"torchdoctor watch: stopped watching at step {self.step}: {self.failure}", file=sys.stderr)
+        for check in self._carry.values():
+            check.remove()
+        self._carry.clear()
+        self._pending.clear()
+        self._snapshot = None
+        self.done = True
+
     def close(self) -> None:
         """Stop watching: drop the armed checks' hooks, read back what is left."""
         for check in self._carry.values():
             check.remove()
         self._carry.clear()
-        if self._snapshot is not None and self.mode == "backward":
-            self._measure_update()
-        self._snapshot = None
-        self.flush()
+        try:
+            if self._snapshot is not None and self.mode == "backward" and not self.done:
+                self._measure_update()
+            self._snapshot = None
+            self.flush()
+        except Exception as exc:  # noqa: BLE001 - the report must still come
+            self.fail(exc)
         self.done = True
-
-
-def _accumulate(total: Any, grad: Any) -> None:
-    total.add_(grad.detach())
 
 
 def _lr(optimizer: Any) -> float | None:

@@ -50,3 +50,4 @@ class WatchFacts:
     not_optimized: Grouped | None = None
     never_grad: Grouped | None = None
     eval_modules: Grouped | None = None
+    failure: str | None = None  # why watching stopped early (a failure of torchdoctor's, not of the training)

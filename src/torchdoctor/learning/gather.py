@@ -40,11 +40,28 @@ def gather_facts(collector: Collector, names: Names) -> WatchFacts:
         loss_inputs=[LossInputFacts(kind, list(r.steps), list(r.producers), list(r.flags))
                      for kind, r in collector.acts.loss_inputs.items()],
         label_counts=collector.acts.label_counts(),
-        carried=[(step, [_param_name(names, p, collector) for p in params]) for step, params in collector.carried],
+        carried=[(step, [_param_name(names, p, collector) for p in params])
+                 for step, params in _carried(collector, names)],
         not_optimized=_not_optimized(collector, names) if optimizer_mode else None,
         never_grad=_never_grad(collector, names, watched) if optimizer_mode else None,
         eval_modules=_eval_modules(collector, names) if optimizer_mode else None,
+        failure=collector.failure,
     )
+
+
+def _carried(collector: Collector, names: Names) -> list[tuple[int, list[Any]]]:
+    """Without an optimizer a carried-over gradient counts only when the weights moved in between (a manual
+    update): several backward calls with no update in between are deliberate accumulation."""
+    if collector.mode == "optimizer":
+        return list(collector.carried)
+    kept = []
+    for step, params in collector.carried:
+        ratios = collector.samples[step - 1].update_ratio if step - 1 in collector.samples else {}
+        moved = [p for p in params if (names.layer_of(p) or (None,))[0] in ratios
+                 and ratios[names.layer_of(p)[0]] > 0]
+        if moved:
+            kept.append((step, moved))
+    return kept
 
 
 def _step_losses(losses: Iterable[tuple[int, int, float]], optimizer_mode: bool) -> list[tuple[int, float]]:

@@ -5,6 +5,7 @@ The thresholds are here, and the registry text (docs/findings.md) states them.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import statistics
 from collections.abc import Sequence
@@ -29,14 +30,30 @@ SATURATED_SHARE = 0.5
 _MIN_CALLS = {"cross_entropy": 1, "nll_loss": 1, "binary_cross_entropy_with_logits": 2}
 
 
-def check_watch(facts: WatchFacts) -> list[Finding]:
-    """Every finding of the run: program bugs (errors) first, then training dynamics (warnings)."""
+def check_watch(facts: WatchFacts, nonfinite_step: int | None = None) -> list[Finding]:
+    """Every finding of the run: program bugs (errors) first, then training dynamics (warnings).
+
+    After a NaN/inf (``nonfinite_step``, reported by the nan-hunt engine) the dynamics are judged only on
+    the steps before it, and activations not at all: NaN compares false, so every unit would look dead.
+    """
+    if nonfinite_step is not None:
+        facts = before(facts, nonfinite_step)
     findings = [*check_carried(facts), *check_loss_inputs(facts)]
     findings += [f for f in (check_not_optimized(facts.not_optimized), check_never_grad(facts.never_grad),
                              check_eval_mode(facts.eval_modules)) if f is not None]
     findings += [f for f in (check_loss_trend(facts), check_oscillation(facts)) if f is not None]
     findings += [*check_update_ratios(facts), *check_depth(facts), *check_activations(facts)]
     return findings
+
+
+def before(facts: WatchFacts, step: int) -> WatchFacts:
+    """The facts of the steps before ``step``, without the activation shares (gathered over the whole run)."""
+    keep = [i for i, sampled in enumerate(facts.sample_steps) if sampled < step]
+    return dataclasses.replace(
+        facts, losses=[(s, v) for s, v in facts.losses if s < step], sample_steps=[facts.sample_steps[i] for i in keep],
+        lrs=[facts.lrs[i] for i in keep], grad_norm=[[row[i] for i in keep] for row in facts.grad_norm],
+        update_ratio=[[row[i] for i in keep] for row in facts.update_ratio], dead_fraction={}, saturated_fraction={},
+    )
 
 
 # --- program bugs ---------------------------------------------------------------------------------
@@ -47,8 +64,9 @@ def check_carried(facts: WatchFacts) -> list[Finding]:
         return []
     steps = [step for step, _ in facts.carried]
     params = list(dict.fromkeys(p for _, names in facts.carried for p in names))
+    unit = "optimizer step" if facts.step_counting == "optimizer" else "update (no optimizer: between backward calls)"
     message = (f"The gradients of {len(params)} parameter(s), starting with '{params[0]}', were carried over "
-               f"into the next optimizer step at {len(steps)} sampled step(s) ({steps[0]}-{steps[-1]}): "
+               f"into the next {unit} at {len(steps)} sampled step(s) ({steps[0]}-{steps[-1]}): "
                "zero_grad is missing or misplaced, so every step adds up all the old gradients.")
     return [make_finding("grad-not-zeroed", message, location=params[0],
                          details={"steps": [steps[0], steps[-1]], "params": params})]
@@ -158,8 +176,10 @@ def check_loss_trend(facts: WatchFacts) -> Finding | None:
                f"the first quarter, {end:.4g} in the last.")
     details = {"steps": steps, "first_quarter_median": start, "last_quarter_median": end, "chance_level": chance}
     if at_chance:
-        message += (f" It sits at the chance level ({chance:.4g} = the entropy of the labels seen): the labels "
-                    "look unrelated to the inputs (check that inputs and labels are paired and shuffled together).")
+        message += (f" It sits at the chance level ({chance:.4g} = the entropy of the labels seen): the model "
+                    "predicts no better than the label frequencies, so the labels look unrelated to the inputs "
+                    "(check that inputs and labels are paired and shuffled together) unless another finding "
+                    "says why the model cannot learn.")
         details["at_chance"] = True
     return make_finding("loss-not-decreasing", message, details=details)
 
@@ -182,7 +202,9 @@ def check_oscillation(facts: WatchFacts) -> Finding | None:
     jumps = [abs(math.log(b / a)) for (_, a), (_, b) in zip(late, late[1:], strict=False)]
     typical = math.exp(statistics.median(jumps))
     start, end = _quarters(late)
-    if typical < OSCILLATION_FACTOR or end < start * OSCILLATION_TREND:
+    initial = statistics.median(v for _, v in losses[:3])
+    # a loss far below where the run began has converged: near 0, batch noise alone makes large factors
+    if typical < OSCILLATION_FACTOR or end < start * OSCILLATION_TREND or end < initial * OSCILLATION_TREND:
         return None
     steps = [late[0][0], late[-1][0]]
     message = (f"The loss jumps by {typical:.3g}x from one step to the next (median) over steps {steps[0]}-{steps[1]} "
@@ -224,7 +246,7 @@ def _ratio_finding(finding_id: str, flagged: dict[str, float], word: str, facts:
     too = "high" if finding_id.endswith("high") else "low"
     message = (f"|Δw|/|w| per step is {word} in {len(flagged)} layer(s){at_lr}: '{worst}' moves {flagged[worst]:.3g} "
                f"of its weights per step (median of steps {steps[0]}-{steps[1]}; the usual band is around 1e-3). "
-               f"The learning rate is too {too}.")
+               f"The learning rate is too {too}" + (" (or the layer's gradients vanish)." if too == "low" else "."))
     return make_finding(finding_id, message, location=worst,
                         details={"steps": steps, "lr": lr, "layers": flagged})
 

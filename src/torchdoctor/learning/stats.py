@@ -7,9 +7,17 @@ from typing import Any
 
 # An activation unit is "pinned" when within this much of a bound of tanh (-1, 1) / sigmoid (0, 1).
 SATURATION_MARGIN = 0.01
+# Snapshots (weights before a step, gradients for grad-not-zeroed) keep at most this many elements of each
+# tensor: the ratios of a slice estimate the whole, and memory stays bounded on large models.
+SNAPSHOT_ELEMENTS = 1 << 16
 # Loss-input shape checks (rows summing to 1, logsumexp of log-probabilities being 0).
 PROB_TOLERANCE = 1e-3
 LOGPROB_TOLERANCE = 1e-2
+
+
+def head(tensor: Any) -> Any:
+    """The first ``SNAPSHOT_ELEMENTS`` elements, flattened (a view of a contiguous tensor; detached)."""
+    return tensor.detach().reshape(-1)[:SNAPSHOT_ELEMENTS]
 
 
 def group_norms(tensors: Sequence[Any], index: Any, groups: int) -> Any:
@@ -23,18 +31,21 @@ def group_norms(tensors: Sequence[Any], index: Any, groups: int) -> Any:
 
 
 def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, groups: int) -> Any:
-    """|Δw| / |w| per group: the norm of what the step changed over the norm of the new weights."""
+    """|Δw| / |w| per group: the norm of what the step changed over the norm of the new weights.
+
+    ``before`` holds ``head`` snapshots, so the ratio is measured on the same slice of each parameter."""
     import torch
 
-    delta = torch._foreach_sub([a.detach() for a in after], list(before))
-    return group_norms(delta, index, groups) / group_norms([a.detach() for a in after], index, groups)
+    now = [head(a) for a in after]
+    delta = torch._foreach_sub(now, list(before))
+    return group_norms(delta, index, groups) / group_norms(now, index, groups)
 
 
 def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[Any]) -> Any:
     """Per parameter: True when grad == previous step's grad + what backward added since (never reset)."""
     import torch
 
-    residual = torch._foreach_sub(torch._foreach_sub(list(grads), list(added)), list(previous))
+    residual = torch._foreach_sub(torch._foreach_sub([head(g) for g in grads], list(added)), list(previous))
     rest = torch.stack([n.float() for n in torch._foreach_norm(residual)])
     base = torch.stack([n.float() for n in torch._foreach_norm(list(previous))])
     return (base > 0) & (rest <= 1e-3 * base)
@@ -112,6 +123,8 @@ def label_counts(target: Any, classes: int) -> Any | None:
 
     if target.dtype.is_floating_point or target.dtype == torch.bool:
         return None
-    flat = target.detach().flatten()
-    flat = flat[(flat >= 0) & (flat < classes)]
-    return torch.bincount(flat, minlength=classes)[:classes]
+    flat = target.detach().flatten().long()
+    valid = ((flat >= 0) & (flat < classes)).float()
+    # scatter_add, not bincount or a boolean mask: both need the host to learn a size (a GPU sync)
+    counts = torch.zeros(classes, device=flat.device)
+    return counts.scatter_add_(0, flat.clamp(0, classes - 1), valid)

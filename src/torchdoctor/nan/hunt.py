@@ -11,8 +11,7 @@ from torchdoctor.nan.patches import Patches
 from torchdoctor.nan.records import HuntStopped, NonFinite
 from torchdoctor.nan.tensors import INF, NAN
 from torchdoctor.nan.watch import Watcher
-from torchdoctor.report import Finding, Report, Section
-from torchdoctor.step import _json_float
+from torchdoctor.report import Finding, Report, Section, json_float
 
 COMMAND = "nan-hunt"
 
@@ -128,8 +127,8 @@ def result_dict(facts: HuntFacts, check_inf: bool, max_steps: int | None) -> dic
         "steps": facts.steps,
         "stopped": facts.stopped,
         "later_nonfinite_steps": facts.later_nonfinite_steps,
-        "loss_trajectory": [{"step": s, "loss": _json_float(v)} for s, v in facts.losses],
-        "grad_norm_trajectory": [{"step": s, "grad_norm": _json_float(v)} for s, v in facts.grad_norms],
+        "loss_trajectory": [{"step": s, "loss": json_float(v)} for s, v in facts.losses],
+        "grad_norm_trajectory": [{"step": s, "grad_norm": json_float(v)} for s, v in facts.grad_norms],
         "amp": {"skipped_steps": facts.amp_skipped, "steps": facts.amp_steps},
         "models": list(dict.fromkeys(facts.models)),
         "no_grad_nonfinite": facts.no_grad_first.to_dict() if facts.no_grad_first else None,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 from rich.text import Text
 
+from torchdoctor.codes import ANY_SECTION, SectionMissing, section_of
 from torchdoctor.report import Finding, Report, Section, Severity, Status
 
 GROUP_MARK = {Status.OK: ("✓", "green"), Status.WARNING: ("!", "yellow"), Status.ERROR: ("✗", "red")}
@@ -12,7 +13,12 @@ FINDING_MARK = {Severity.INFO: ("•", "cyan"), Severity.WARNING: ("!", "yellow"
 
 
 def render_human(report: Report, console: Console) -> None:
-    """Write ``report`` for people: sections with their findings, or a flat list when it has none."""
+    """Write ``report`` for people: sections with their findings, or a flat list when it has none.
+
+    Raises ``SectionMissing`` before writing anything when a finding would not be shown: no finding may
+    silently disappear from human output.
+    """
+    check_placement(report)
     if report.sections:
         for section in report.sections:
             _render_section(section, console)
@@ -21,6 +27,20 @@ def render_human(report: Report, console: Console) -> None:
             _render_finding(finding, console, indent="")
     console.print()
     console.print(summary_line(report))
+
+
+def check_placement(report: Report) -> None:
+    """Every finding has a registry section for the report's command and, when the report has sections,
+    appears in that one (``ANY_SECTION``: in some section)."""
+    for finding in report.findings:
+        name = section_of(finding.id, report.command)
+        if not report.sections:
+            continue
+        shown = [s.name for s in report.sections if finding in s.findings]
+        if not shown or (name != ANY_SECTION and name not in shown):
+            where = f"in sections {shown}" if shown else "in no section"
+            raise SectionMissing(f"finding {finding.id!r} of a {report.command!r} report is {where}, but the "
+                                 f"registry places it in {name!r}")
 
 
 def _render_section(section: Section, console: Console) -> None:
