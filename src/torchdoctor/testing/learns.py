@@ -67,11 +67,12 @@ def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> 
     """The steps, under ``torchdoctor.watch`` (about ``SAMPLES`` sampled steps); our facts and its report."""
     import torch
 
+    from torchdoctor.batch import as_call
     from torchdoctor.learning.api import watch
-    from torchdoctor.step import _as_call, _compute_loss, _split_batch
+    from torchdoctor.step import compute_loss, split_batch
 
-    inputs, targets = _split_batch(batch)
-    args, kwargs = _as_call(inputs)
+    inputs, targets = split_batch(batch)
+    args, kwargs = as_call(inputs)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     optimizer = optimizer or torch.optim.Adam([p for _, p in named], lr=DEFAULT_LR)
     facts = _initial_facts(named, optimizer)
@@ -80,7 +81,7 @@ def _train(model: Any, batch: Any, loss_fn: Any, optimizer: Any, steps: int) -> 
     with watch(model, every=max(1, steps // SAMPLES)) as watching, torch.enable_grad():
         for _ in range(steps):
             optimizer.zero_grad(set_to_none=True)
-            loss, _name = _compute_loss(torch, model(*args, **kwargs), targets, loss_fn)
+            loss, _name = compute_loss(torch, model(*args, **kwargs), targets, loss_fn)
             loss.backward()
             facts.got_grad.update(name for name, p in named if p.grad is not None)
             optimizer.step()
