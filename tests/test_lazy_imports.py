@@ -15,6 +15,14 @@ def test_import_torchdoctor_does_not_import_torch():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_import_torchdoctor_imports_no_trainer_library():
+    code = ("import sys, torchdoctor, torchdoctor.integrations, torchdoctor.testing; "
+            "libraries = ('transformers', 'accelerate', 'lightning', 'pytorch_lightning'); "
+            "print(sorted(m for m in libraries if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["[]"]
+
+
 @pytest.mark.parametrize("args", [("--help",), ("--version",), ("env", "--help"), ("env", "--list-checks")])
 def test_cli_help_and_version_do_not_import_torch(args):
     completed = subprocess.run([sys.executable, "-X", "importtime", "-m", "torchdoctor", *args],

@@ -1,4 +1,4 @@
-"""Which frames are the user's: not torch, not torchdoctor, not the standard library (third-party code counts).
+"""Which frames are the user's: not torch, not torchdoctor, not the standard library, not installed packages.
 
 One rule shared by the training-step harness, the data probe and nan-hunt, so every command points at the
 same line of the user's code.
@@ -37,11 +37,12 @@ def is_library_file(filename: str) -> bool:
     path = os.path.realpath(filename)
     if any(_is_under(path, root) for root in _library_roots()):
         return True
+    # Installed packages (transformers, accelerate, lightning...) are libraries too: a Trainer's frames sit
+    # between the user's script and the failing op, and pointing at a line inside them helps nobody.
+    if any(part in ("site-packages", "dist-packages") for part in path.split(os.sep)):
+        return True
     paths = sysconfig.get_paths()
-    stdlib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib")}
-    # site-packages usually sits inside the stdlib directory; third-party code is not stdlib.
-    third_party = any(part in ("site-packages", "dist-packages") for part in path.split(os.sep))
-    return not third_party and any(_is_under(path, root) for root in stdlib)
+    return any(_is_under(path, os.path.realpath(paths[key])) for key in ("stdlib", "platstdlib"))
 
 
 def is_installed_package(filename: str) -> bool:

@@ -121,7 +121,7 @@ def run_training_step(
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
-    inputs, targets = _split_batch(batch)
+    inputs, targets = split_batch(batch)
     _check_inputs(inputs)
     run = _Run(
         device=str(device),
@@ -189,7 +189,7 @@ class _Run:
         with self.timed("forward"), _autocast(torch, dev, self.autocast):
             output = self.model(*args, **kwargs)
         with self.timed("loss"), _autocast(torch, dev, self.autocast):
-            loss, self.loss_name = _compute_loss(torch, output, targets, self.loss_fn)
+            loss, self.loss_name = compute_loss(torch, output, targets, self.loss_fn)
             self.losses.append(_loss_value(torch, loss))
         with self.timed("backward"):
             self.backward(torch, dev, loss)
@@ -260,7 +260,7 @@ class _Run:
 # --- batch ------------------------------------------------------------------------------------
 
 
-def _split_batch(batch: Any) -> tuple[Any, Any]:
+def split_batch(batch: Any) -> tuple[Any, Any]:
     """``(inputs, targets)`` from a 2-tuple/list or a dict with one input key and one target key."""
     if isinstance(batch, Mapping):
         input_key = next((k for k in _INPUT_KEYS if k in batch), None)
@@ -288,7 +288,7 @@ def _check_inputs(inputs: Any) -> None:
 # --- loss -------------------------------------------------------------------------------------
 
 
-def _compute_loss(torch, output: Any, targets: Any, loss_fn) -> tuple[Any, str]:
+def compute_loss(torch, output: Any, targets: Any, loss_fn) -> tuple[Any, str]:
     """The loss tensor and its name: the caller's ``loss_fn``, the model's own loss, or a guess."""
     if loss_fn is not None:
         return loss_fn(output, targets), _callable_name(loss_fn)

@@ -188,14 +188,32 @@ class Watcher:
 
     # --- optimizer ----------------------------------------------------------------------------
 
-    def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> Any:
         if threading.get_ident() != self._thread:
-            return
+            return None
         self.counting.optimizer_stepping()
         self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])
         self.window.close()
         if self.stopped:
-            return
+            return None
+        closure = kwargs.get("closure", args[0] if args else None)
+        if callable(closure):  # Lightning, LBFGS: forward and backward run inside step(); judge after them
+            return _with_closure(args, kwargs, self._checking_closure(optimizer, closure))
+        self.check_grads(optimizer)
+        return None
+
+    def _checking_closure(self, optimizer: Any, closure: Callable[[], Any]) -> Callable[[], Any]:
+        @functools.wraps(closure)
+        def checked() -> Any:
+            loss = closure()
+            if not self.stopped:
+                self.check_grads(optimizer)
+            return loss
+
+        return checked
+
+    def check_grads(self, optimizer: Any) -> None:
+        """Record the gradient norm; name the producer of a non-finite gradient (once per step)."""
         params = _params_with_grads(optimizer)
         norm = total_norm([p.grad for p in params])
         self.grad_norms.append((self.steps, self._before_clipping(norm)))
@@ -345,6 +363,13 @@ class AmpCount:
         self.steps += 1
         self.skipped += skipped
         self.trailing_skips = self.trailing_skips + 1 if skipped else 0
+
+
+def _with_closure(args: tuple, kwargs: dict, closure: Callable[[], Any]) -> tuple[tuple, dict]:
+    """``step()``'s arguments with the closure replaced (an optimizer step pre-hook may return new ones)."""
+    if "closure" in kwargs or not args:
+        return args, {**kwargs, "closure": closure}
+    return (closure, *args[1:]), kwargs
 
 
 def _params_with_grads(optimizer: Any) -> list[Any]:
