@@ -50,8 +50,6 @@ def test_nan_gradient_inside_the_closure_is_named_in_the_backward_not_blamed_on_
     assert source_of(report)["line"] == marker_line(SCRIPT, "# <-- backward producer")
 
 
-@pytest.mark.xfail(strict=True, reason="watch engine: grad-not-zeroed reads the gradients before Lightning's "
-                   "closure runs (REQUESTS in the watch contract); remove this marker once it passes")
 def test_watch_on_a_healthy_lightning_script_is_quiet():
     report = watch(SCRIPT, "--steps", "20")
     assert report.result["steps_watched"] == 20

@@ -193,3 +193,32 @@ def test_a_large_layer_is_measured_on_a_slice_close_to_the_whole():
              / sum(a.pow(2).sum() for a in after).sqrt()).item()
     measured = w.report.result["series"]["update_ratio"][0][0]
     assert measured == pytest.approx(whole, rel=0.25)
+
+
+def train_with_closure(steps: int, zero_grad: bool) -> None:
+    """optimizer.step(closure), as Lightning and LBFGS run it: zero_grad, forward and backward inside step()."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+
+    def closure() -> torch.Tensor:
+        if zero_grad:
+            optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        return loss
+
+    for _ in range(steps):
+        optimizer.step(closure)
+
+
+@pytest.mark.parametrize("zero_grad", [True, False])
+def test_a_step_with_a_closure_is_measured_after_the_closure_ran(zero_grad):
+    # before the closure runs, the gradients are the last step's: judged there, every healthy step looked carried
+    with torchdoctor.watch(every=2) as w:
+        train_with_closure(12, zero_grad)
+    ids = [f.id for f in w.report.findings]
+    assert ("grad-not-zeroed" in ids) is not zero_grad, ids
+    assert w.report.result["steps_watched"] == 12
+    assert all(v is not None and v > 0 for v in w.report.result["series"]["grad_norm"][0])

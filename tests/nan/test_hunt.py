@@ -593,3 +593,26 @@ def test_the_hunt_keeps_no_reference_to_the_model_afterwards():
     gc.collect()
     assert ref() is None
     assert hunt.report.result["models"] == ["torch.nn.modules.linear.Linear"] and hunt.build_report().result
+
+
+@pytest.mark.parametrize("keyword", [False, True])
+def test_a_nan_gradient_inside_a_closure_step_is_named_in_backward(keyword):
+    # optimizer.step(closure) (LBFGS, Lightning) runs forward and backward inside step(): the gradients are
+    # judged once the closure ran, whether the closure is passed by position or by keyword
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(4, 3)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.sqrt(model(x) * 0.0).sum()  # closure-sqrt: d sqrt(0) = inf, then NaN
+        loss.backward()
+        return loss
+
+    with nan_hunt() as hunt:
+        for _ in range(2):
+            optimizer.step(closure=closure) if keyword else optimizer.step(closure)
+    event = first(hunt)
+    assert (event["phase"], event["step"]) == ("backward", 0), event
+    assert ids(hunt) == ["nonfinite-backward"]

@@ -18,6 +18,7 @@ from torchdoctor.learning import stats
 from torchdoctor.learning.activations import Activations, LossInput
 from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
+from torchdoctor.nan.watch import closure_of, with_closure
 
 
 @dataclass
@@ -38,15 +39,16 @@ class Layered:
     index: Any
 
 
-def _guarded(callback: Callable[..., None]) -> Callable[..., None]:
+def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
     """A failure of ours must never break the user's training: stop watching, say so once on stderr."""
 
     @functools.wraps(callback)
-    def guarded(self: Collector, *args: Any) -> None:
+    def guarded(self: Collector, *args: Any) -> Any:
         try:
-            callback(self, *args)
+            return callback(self, *args)
         except Exception as exc:  # noqa: BLE001 - whatever it is, the training goes on without us
             self.fail(exc)
+            return None
 
     return guarded
 
@@ -186,12 +188,35 @@ class Collector:
     # --- optimizer -------------------------------------------------------------------------------
 
     @_guarded
-    def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> None:
+    def step_pre(self, optimizer: Any, args: Any, kwargs: Any) -> tuple[tuple, dict] | None:
         if not self._ours():
-            return
+            return None
         if self.mode == "backward":
             self._start_counting_optimizer_steps()
         self.optimizers.setdefault(id(optimizer), optimizer)
+        closure = closure_of(args, kwargs)
+        if callable(closure):
+            # Lightning and LBFGS: zero_grad, forward and backward run inside step(), in the closure; the
+            # gradients this step uses exist only once it has run (before it, they are the last step's).
+            return with_closure(args, kwargs, self._measuring_closure(optimizer, closure))
+        self._before_update(optimizer)
+        return None
+
+    def _measuring_closure(self, optimizer: Any, closure: Callable[[], Any]) -> Callable[[], Any]:
+        measured = False
+
+        @functools.wraps(closure)
+        def measuring() -> Any:
+            nonlocal measured
+            loss = closure()
+            if not measured:  # LBFGS calls it several times per step: the first call's gradients are the step's
+                measured = True
+                _guarded(Collector._before_update)(self, optimizer)
+            return loss
+
+        return measuring
+
+    def _before_update(self, optimizer: Any) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.got_grad.update(id(p) for p in params if p.grad is not None)
         check = self._carry.pop(id(optimizer), None)

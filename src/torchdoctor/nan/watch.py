@@ -196,9 +196,9 @@ class Watcher:
         self.window.close()
         if self.stopped:
             return None
-        closure = kwargs.get("closure", args[0] if args else None)
+        closure = closure_of(args, kwargs)
         if callable(closure):  # Lightning, LBFGS: forward and backward run inside step(); judge after them
-            return _with_closure(args, kwargs, self._checking_closure(optimizer, closure))
+            return with_closure(args, kwargs, self._checking_closure(optimizer, closure))
         self.check_grads(optimizer)
         return None
 
@@ -365,11 +365,16 @@ class AmpCount:
         self.trailing_skips = self.trailing_skips + 1 if skipped else 0
 
 
-def _with_closure(args: tuple, kwargs: dict, closure: Callable[[], Any]) -> tuple[tuple, dict]:
+def closure_of(args: tuple, kwargs: dict) -> Any:
+    """The closure given to ``step()``: a step pre-hook's ``args`` start with the optimizer itself."""
+    return kwargs.get("closure", args[1] if len(args) > 1 else None)
+
+
+def with_closure(args: tuple, kwargs: dict, closure: Callable[[], Any]) -> tuple[tuple, dict]:
     """``step()``'s arguments with the closure replaced (an optimizer step pre-hook may return new ones)."""
-    if "closure" in kwargs or not args:
+    if "closure" in kwargs or len(args) < 2:
         return args, {**kwargs, "closure": closure}
-    return (closure, *args[1:]), kwargs
+    return (args[0], closure, *args[2:]), kwargs
 
 
 def _params_with_grads(optimizer: Any) -> list[Any]:
