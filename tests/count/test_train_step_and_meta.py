@@ -63,19 +63,18 @@ def test_meta_count_of_a_tiny_decoder_equals_the_real_count():
 
 # Peak RSS from VmHWM: ru_maxrss of a child would start at pytest's own RSS (kept across fork and exec).
 SEVEN_B = """
-import json, re, sys, time
-start = time.perf_counter()
+import json, re, sys
 from torchdoctor.count import count_spec
 report = count_spec(sys.argv[1], input_shapes=[(1, 128)], meta=True)
 peak_kib = int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read()).group(1))
-print(json.dumps({"seconds": time.perf_counter() - start, "params": report.result["params"]["total"],
+print(json.dumps({"params": report.result["params"]["total"],
                   "macs": report.result["macs"], "device": report.result["device"], "rss_mib": peak_kib / 1024}))
 """
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
-def test_meta_counts_a_7b_config_in_seconds_without_allocating(repo_root):
+def test_meta_counts_a_7b_config_without_allocating(repo_root):
     spec = f"{repo_root / 'fixtures' / 'count_models.py'}:llama_7b"
     done = subprocess.run([sys.executable, "-c", SEVEN_B, spec], capture_output=True, text=True, timeout=120,
                           check=True)
@@ -85,7 +84,7 @@ def test_meta_counts_a_7b_config_in_seconds_without_allocating(repo_root):
     per_block = tokens * (4 * d_model * d_model + 3 * d_model * ffn) + 2 * tokens * tokens * d_model
     assert facts["macs"] == 32 * per_block + tokens * d_model * 32000
     assert facts["rss_mib"] < 1024  # 27 GB of float32 weights were never allocated
-    assert facts["seconds"] < 10
+    # its speed goal lives in benchmarks/bench_count.py (a timed unit test only measures the machine's load)
 
 
 def test_train_step_runs_where_the_model_is_and_says_so():
