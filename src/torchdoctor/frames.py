@@ -32,14 +32,18 @@ def frame_facts(filename: str, line: int, function: str) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=1024)
 def is_library_file(filename: str) -> bool:
+    # Installed packages (transformers, accelerate, lightning...) are libraries too: a Trainer's frames sit
+    # between the user's script and the failing op, and pointing at a line inside them helps nobody.
+    return is_core_file(filename) or is_installed_package(filename)
+
+
+@functools.lru_cache(maxsize=1024)
+def is_core_file(filename: str) -> bool:
+    """torch, torchdoctor, the standard library or a pseudo-file: never the user's code nor a package they called."""
     if filename.startswith("<"):  # <frozen ...>, <string>: nothing to point a user at
         return True
     path = os.path.realpath(filename)
     if any(_is_under(path, root) for root in _library_roots()):
-        return True
-    # Installed packages (transformers, accelerate, lightning...) are libraries too: a Trainer's frames sit
-    # between the user's script and the failing op, and pointing at a line inside them helps nobody.
-    if any(part in ("site-packages", "dist-packages") for part in path.split(os.sep)):
         return True
     paths = sysconfig.get_paths()
     return any(_is_under(path, os.path.realpath(paths[key])) for key in ("stdlib", "platstdlib"))

@@ -6,7 +6,7 @@ import re
 import traceback
 from typing import Any
 
-from torchdoctor.frames import frame_facts, is_installed_package, is_library_file
+from torchdoctor.frames import frame_facts, is_core_file, is_installed_package
 from torchdoctor.frames import user_frame as traceback_user_frame
 
 _FETCH_FILE = re.compile(r"torch[\\/]utils[\\/]data[\\/]_utils[\\/]fetch\.py$")
@@ -32,7 +32,7 @@ def user_frame_from_text(text: str) -> dict[str, Any] | None:
 
 def _pick(frames: list[tuple[str, int, str]]) -> dict[str, Any] | None:
     """The innermost frame in the user's own files, else the innermost outside torch and the stdlib."""
-    outside = [frame for frame in frames if not is_library_file(frame[0])]
+    outside = [frame for frame in frames if not is_core_file(frame[0])]
     if not outside:
         return None
     own = [frame for frame in outside if not is_installed_package(frame[0])]
