@@ -168,7 +168,10 @@ def check_loss_trend(facts: WatchFacts) -> Finding | None:
         return None
     start, end = _quarters(losses)
     chance = chance_level(facts)
-    at_chance = chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance
+    # at chance only when it did not come down to it from well above: a model that learned the label
+    # frequencies from a uniform start (a language model's first steps) passes through chance on its way down
+    at_chance = (chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance
+                 and start - end <= CHANCE_TOLERANCE * chance)
     if not at_chance and (end < start - MIN_DECREASE * abs(start) or abs(start) < 1e-6):
         return None
     steps = [losses[0][0], losses[-1][0]]

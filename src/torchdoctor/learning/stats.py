@@ -42,13 +42,32 @@ def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, group
 
 
 def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[Any]) -> Any:
-    """Per parameter: True when grad == previous step's grad + what backward added since (never reset)."""
+    """Per parameter: True when grad is the previous step's grad + what backward added since (never reset).
+
+    Gradient clipping (``clip_grad_norm_``) or an AMP unscale rescales that sum in place, so a multiple of
+    it counts too, unless the grad is just as well a multiple of what backward added alone (it was reset).
+    """
     import torch
 
-    residual = torch._foreach_sub(torch._foreach_sub([head(g) for g in grads], list(added)), list(previous))
+    now = [head(g) for g in grads]
+    residual = torch._foreach_sub(torch._foreach_sub(now, list(added)), list(previous))
     rest = torch.stack([n.float() for n in torch._foreach_norm(residual)])
     base = torch.stack([n.float() for n in torch._foreach_norm(list(previous))])
-    return (base > 0) & (rest <= 1e-3 * base)
+    summed = torch._foreach_add(list(previous), list(added))
+    scaled = _multiple_of(now, summed) & ~_multiple_of(now, added)
+    return (base > 0) & ((rest <= 1e-3 * base) | scaled)
+
+
+def _multiple_of(tensors: Sequence[Any], references: Sequence[Any]) -> Any:
+    """Per pair: True when the tensor is a positive multiple of its reference (to 1e-3 of its norm)."""
+    import torch
+
+    fits = []
+    for tensor, reference in zip(tensors, references, strict=True):
+        t, r = tensor.float(), reference.float()
+        scale = (t * r).sum() / (r * r).sum().clamp_min(torch.finfo(torch.float32).tiny)
+        fits.append((scale > 0) & (torch.linalg.vector_norm(t - scale * r) <= 1e-3 * torch.linalg.vector_norm(t)))
+    return torch.stack(fits)
 
 
 def unit_dims(output: Any) -> tuple[int, ...]:
