@@ -33,7 +33,7 @@ BUGGY = {
 }
 HEALTHY = ["healthy_cnn.py", "healthy_transformer.py", "healthy_frozen_backbone.py", "healthy_accumulation.py",
            "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py",
-           "healthy_manual_accumulation.py"]
+           "healthy_manual_accumulation.py", "healthy_char_lm.py"]
 
 
 @functools.cache
