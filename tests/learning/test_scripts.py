@@ -19,6 +19,7 @@ BUGGY = {
     "double_softmax.py": ("double-softmax", "3"),
     "sigmoid_logits_loss.py": ("sigmoid-before-logits-loss", "prob"),
     "nll_on_logits.py": ("nll-on-logits", "2"),
+    "nll_diverging.py": ("nll-on-logits", "fc2"),  # and grads past float32 norms: see below
     "head_replaced.py": ("params-not-updated", "head.weight"),
     "detached_encoder.py": ("params-no-grad", "encoder.0"),
     "eval_mode.py": ("eval-mode-training", "1"),
@@ -89,6 +90,13 @@ def test_healthy_runs_have_no_warning_and_exit_0(script, validate_report):
     assert report.exit_code(strict=True) == 0
     assert report.result["exit_code"] == 0
     assert report.result["series"]["layers"]
+
+
+def test_a_diverging_run_that_zeroes_its_gradients_is_no_grad_not_zeroed():
+    """Gradients of 1e20 and more: float32 norms overflow to inf, and inf <= inf once made this fire."""
+    report = watch_script("nll_diverging.py")
+    assert min(v for v in report.result["series"]["loss"] if v is not None) < -1e20  # the run got that far
+    assert "grad-not-zeroed" not in [f.id for f in report.findings]
 
 
 def test_a_run_without_optimizer_counts_backward_calls():

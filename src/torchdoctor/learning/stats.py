@@ -49,13 +49,19 @@ def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[
     """
     import torch
 
-    now = [head(g) for g in grads]
-    residual = torch._foreach_sub(torch._foreach_sub(now, list(added)), list(previous))
-    rest = torch.stack([n.float() for n in torch._foreach_norm(residual)])
-    base = torch.stack([n.float() for n in torch._foreach_norm(list(previous))])
-    summed = torch._foreach_add(list(previous), list(added))
-    scaled = _multiple_of(now, summed) & ~_multiple_of(now, added)
-    return (base > 0) & ((rest <= 1e-3 * base) | scaled)
+    # in float64: a diverging run's gradients (1e20 and more) overflow float32 norms to inf, and inf <= inf
+    now, previous, added = ([_wide(t) for t in ts] for ts in ([head(g) for g in grads], previous, added))
+    residual = torch._foreach_sub(torch._foreach_sub(now, added), previous)
+    rest = torch.stack(torch._foreach_norm(residual))
+    base = torch.stack(torch._foreach_norm(previous))
+    scaled = _multiple_of(now, torch._foreach_add(previous, added)) & ~_multiple_of(now, added)
+    return (base > 0) & base.isfinite() & rest.isfinite() & ((rest <= 1e-3 * base) | scaled)
+
+
+def _wide(tensor: Any) -> Any:
+    import torch
+
+    return tensor.to(torch.float32 if tensor.device.type == "mps" else torch.float64)  # MPS has no float64
 
 
 def _multiple_of(tensors: Sequence[Any], references: Sequence[Any]) -> Any:
@@ -63,9 +69,8 @@ def _multiple_of(tensors: Sequence[Any], references: Sequence[Any]) -> Any:
     import torch
 
     fits = []
-    for tensor, reference in zip(tensors, references, strict=True):
-        t, r = tensor.float(), reference.float()
-        scale = (t * r).sum() / (r * r).sum().clamp_min(torch.finfo(torch.float32).tiny)
+    for t, r in zip(tensors, references, strict=True):
+        scale = (t * r).sum() / (r * r).sum().clamp_min(torch.finfo(r.dtype).tiny)
         fits.append((scale > 0) & (torch.linalg.vector_norm(t - scale * r) <= 1e-3 * torch.linalg.vector_norm(t)))
     return torch.stack(fits)
 
