@@ -769,8 +769,9 @@ _SPECS = (
         "Gradients are carried over from one optimizer step into the next: zero_grad is missing or misplaced.",
         "Every step adds the new gradient to all the old ones, so the update grows and points at stale batches. "
         "Checked on sampled steps: the gradient at the next step equals the previous step's gradient plus "
-        "everything backward added since (to 1e-3), or a positive multiple of that sum (clip_grad_norm_ or an "
-        "AMP unscale rescaled it) that is no multiple of the new gradient alone. Deliberate accumulation "
+        "everything backward added since (to 1e-3), or that sum times 0 < c <= 1 (clip_grad_norm_ or an AMP "
+        "unscale shrank it; tensors of 8 elements or more) while no multiple of the new gradient alone. "
+        "Deliberate accumulation "
         "(several backwards, step, "
         "zero_grad) resets after the step and is not this.",
         "Call optimizer.zero_grad() once per optimizer step, before the backward (or right after step()).",
@@ -846,7 +847,9 @@ _SPECS = (
         "update-ratio-high", "TD809", "warning",
         "Per layer, |Δw| / |w| per step is far above the usual band (around 1e-3).",
         "The median ratio over sampled steps (after warm-up: lr at least half its maximum) is above 1e-1: "
-        "each step rewrites a tenth of the weights, so the learning rate is too high.",
+        "each step rewrites a tenth of the weights, so the learning rate is too high. Also a layer that made "
+        "one such step after which its gradient (median of the later samples) fell 100x or more while the "
+        "loss stalled: the step switched off the ReLUs behind it, leaving too few moves for a median.",
         "Lower the learning rate (about 10x), or add warm-up.",
         commands=("watch",), section="dynamics",
     ),

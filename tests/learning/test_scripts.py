@@ -25,6 +25,7 @@ BUGGY = {
     "eval_mode.py": ("eval-mode-training", "1"),
     "shuffled_labels.py": ("loss-not-decreasing", None),
     "lr_too_high.py": ("update-ratio-high", "2"),
+    "lr_kills_relus.py": ("update-ratio-high", "fc1"),  # one huge step, then (near) zero gradients
     "lr_too_low.py": ("update-ratio-low", "0"),
     "deep_sigmoid.py": ("grad-vanishing", "0"),
     "exploding_init.py": ("grad-exploding", "0"),
@@ -97,6 +98,12 @@ def test_a_diverging_run_that_zeroes_its_gradients_is_no_grad_not_zeroed():
     report = watch_script("nll_diverging.py")
     assert min(v for v in report.result["series"]["loss"] if v is not None) < -1e20  # the run got that far
     assert "grad-not-zeroed" not in [f.id for f in report.findings]
+
+
+def test_a_step_that_kills_the_relus_is_named_as_too_high_a_learning_rate():
+    high = next(f for f in watch_script("lr_kills_relus.py").findings if f.id == "update-ratio-high")
+    assert list(high.details["no_gradient_after"]) == ["conv1", "fc1"]
+    assert high.details["lr"] == pytest.approx(100.0)
 
 
 def test_a_run_without_optimizer_counts_backward_calls():

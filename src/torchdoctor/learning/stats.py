@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ SNAPSHOT_ELEMENTS = 1 << 16
 # Loss-input shape checks (rows summing to 1, logsumexp of log-probabilities being 0).
 PROB_TOLERANCE = 1e-3
 LOGPROB_TOLERANCE = 1e-2
+# grad-not-zeroed through clipping: fewer elements than this are a multiple of nearly anything (a scalar bias)
+MIN_SCALED_ELEMENTS = 8
 
 
 def head(tensor: Any) -> Any:
@@ -54,7 +57,9 @@ def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[
     residual = torch._foreach_sub(torch._foreach_sub(now, added), previous)
     rest = torch.stack(torch._foreach_norm(residual))
     base = torch.stack(torch._foreach_norm(previous))
-    scaled = _multiple_of(now, torch._foreach_add(previous, added)) & ~_multiple_of(now, added)
+    # clipping and unscaling only shrink (0 < c <= 1); a tensor of a few elements is a multiple of anything
+    scaled = (_multiple_of(now, torch._foreach_add(previous, added), at_most=1 + 1e-3)
+              & ~_multiple_of(now, added) & torch.tensor([t.numel() >= MIN_SCALED_ELEMENTS for t in now]))
     return (base > 0) & base.isfinite() & rest.isfinite() & ((rest <= 1e-3 * base) | scaled)
 
 
@@ -64,14 +69,15 @@ def _wide(tensor: Any) -> Any:
     return tensor.to(torch.float32 if tensor.device.type == "mps" else torch.float64)  # MPS has no float64
 
 
-def _multiple_of(tensors: Sequence[Any], references: Sequence[Any]) -> Any:
-    """Per pair: True when the tensor is a positive multiple of its reference (to 1e-3 of its norm)."""
+def _multiple_of(tensors: Sequence[Any], references: Sequence[Any], at_most: float = math.inf) -> Any:
+    """Per pair: True when the tensor is c times its reference, 0 < c <= at_most (to 1e-3 of its norm)."""
     import torch
 
     fits = []
     for t, r in zip(tensors, references, strict=True):
         scale = (t * r).sum() / (r * r).sum().clamp_min(torch.finfo(r.dtype).tiny)
-        fits.append((scale > 0) & (torch.linalg.vector_norm(t - scale * r) <= 1e-3 * torch.linalg.vector_norm(t)))
+        close = torch.linalg.vector_norm(t - scale * r) <= 1e-3 * torch.linalg.vector_norm(t)
+        fits.append((scale > 0) & (scale <= at_most) & close)
     return torch.stack(fits)
 
 
