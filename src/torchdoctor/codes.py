@@ -769,7 +769,10 @@ _SPECS = (
         "Gradients are carried over from one optimizer step into the next: zero_grad is missing or misplaced.",
         "Every step adds the new gradient to all the old ones, so the update grows and points at stale batches. "
         "Checked on sampled steps: the gradient at the next step equals the previous step's gradient plus "
-        "everything backward added since (to 1e-3). Deliberate accumulation (several backwards, step, "
+        "everything backward added since (to 1e-3), or that sum times 0 < c <= 1 (clip_grad_norm_ or an AMP "
+        "unscale shrank it; tensors of 8 elements or more) while no multiple of the new gradient alone. "
+        "Deliberate accumulation "
+        "(several backwards, step, "
         "zero_grad) resets after the step and is not this.",
         "Call optimizer.zero_grad() once per optimizer step, before the backward (or right after step()).",
         commands=("watch",), section="bugs",
@@ -832,7 +835,9 @@ _SPECS = (
         "The loss shows no downward trend over the watched window.",
         "With at least 20 steps, the median loss of the last quarter is not 1% below that of the first "
         "quarter, or it sits at the chance level (within 5% of the entropy of the labels seen: ln C for C "
-        "balanced classes), where the labels look unrelated to the inputs. Runs with several optimizers "
+        "balanced classes), where the labels look unrelated to the inputs. A loss that came down to the "
+        "chance level from more than 5% above it is not this (a language model in its first steps learns "
+        "the label frequencies first). Runs with several optimizers "
         "(GANs) are not judged.",
         "Check that inputs and labels match (shuffle them together), then the learning rate; "
         "overfit one small batch first.",
@@ -842,7 +847,9 @@ _SPECS = (
         "update-ratio-high", "TD809", "warning",
         "Per layer, |Δw| / |w| per step is far above the usual band (around 1e-3).",
         "The median ratio over sampled steps (after warm-up: lr at least half its maximum) is above 1e-1: "
-        "each step rewrites a tenth of the weights, so the learning rate is too high.",
+        "each step rewrites a tenth of the weights, so the learning rate is too high. Also a layer that made "
+        "one such step after which its gradient (median of the later samples) fell 100x or more while the "
+        "loss stalled: the step switched off the ReLUs behind it, leaving too few moves for a median.",
         "Lower the learning rate (about 10x), or add warm-up.",
         commands=("watch",), section="dynamics",
     ),

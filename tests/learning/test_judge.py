@@ -112,3 +112,13 @@ def test_program_bug_findings_carry_the_module_and_step_range():
     assert found["params-no-grad"].location == "encoder.0"
     assert (found["eval-mode-training"].location, found["eval-mode-training"].details["steps"]) == ("drop", [10, 20])
     assert all(f.severity.value == "error" for f in found.values())
+
+
+def test_a_loss_that_came_down_to_chance_level_is_learning():
+    """A language model's first steps: from ln V (uniform) down to the entropy of the labels, still falling."""
+    chance = -(0.7 * math.log(0.7) + 0.3 * math.log(0.3))
+    falling = [math.log(2) - (math.log(2) - chance) * i / 30 for i in range(31)] + [chance * 0.99] * 9
+    facts = WatchFacts(optimizers=1, losses=losses(falling), label_counts=[70, 30])
+    assert judge.check_loss_trend(facts) is None
+    stuck = WatchFacts(optimizers=1, losses=losses([chance * 1.01] * 40), label_counts=[70, 30])
+    assert judge.check_loss_trend(stuck).details["at_chance"] is True

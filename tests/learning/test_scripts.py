@@ -15,14 +15,17 @@ SCRIPTS = Path(__file__).resolve().parents[2] / "fixtures" / "watch_scripts"
 BUGGY = {
     "grad_not_zeroed.py": ("grad-not-zeroed", "0.weight"),
     "manual_sgd_no_zero.py": ("grad-not-zeroed", "0.weight"),  # no optimizer: a step is a backward call
+    "clipped_no_zero.py": ("grad-not-zeroed", "wte.weight"),  # clip_grad_norm_ rescales the piled-up grads
     "double_softmax.py": ("double-softmax", "3"),
     "sigmoid_logits_loss.py": ("sigmoid-before-logits-loss", "prob"),
     "nll_on_logits.py": ("nll-on-logits", "2"),
+    "nll_diverging.py": ("nll-on-logits", "fc2"),  # and grads past float32 norms: see below
     "head_replaced.py": ("params-not-updated", "head.weight"),
     "detached_encoder.py": ("params-no-grad", "encoder.0"),
     "eval_mode.py": ("eval-mode-training", "1"),
     "shuffled_labels.py": ("loss-not-decreasing", None),
     "lr_too_high.py": ("update-ratio-high", "2"),
+    "lr_kills_relus.py": ("update-ratio-high", "fc1"),  # one huge step, then (near) zero gradients
     "lr_too_low.py": ("update-ratio-low", "0"),
     "deep_sigmoid.py": ("grad-vanishing", "0"),
     "exploding_init.py": ("grad-exploding", "0"),
@@ -32,7 +35,7 @@ BUGGY = {
 }
 HEALTHY = ["healthy_cnn.py", "healthy_transformer.py", "healthy_frozen_backbone.py", "healthy_accumulation.py",
            "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py",
-           "healthy_manual_accumulation.py"]
+           "healthy_manual_accumulation.py", "healthy_char_lm.py"]
 
 
 @functools.cache
@@ -88,6 +91,19 @@ def test_healthy_runs_have_no_warning_and_exit_0(script, validate_report):
     assert report.exit_code(strict=True) == 0
     assert report.result["exit_code"] == 0
     assert report.result["series"]["layers"]
+
+
+def test_a_diverging_run_that_zeroes_its_gradients_is_no_grad_not_zeroed():
+    """Gradients of 1e20 and more: float32 norms overflow to inf, and inf <= inf once made this fire."""
+    report = watch_script("nll_diverging.py")
+    assert min(v for v in report.result["series"]["loss"] if v is not None) < -1e20  # the run got that far
+    assert "grad-not-zeroed" not in [f.id for f in report.findings]
+
+
+def test_a_step_that_kills_the_relus_is_named_as_too_high_a_learning_rate():
+    high = next(f for f in watch_script("lr_kills_relus.py").findings if f.id == "update-ratio-high")
+    assert list(high.details["no_gradient_after"]) == ["conv1", "fc1"]
+    assert high.details["lr"] == pytest.approx(100.0)
 
 
 def test_a_run_without_optimizer_counts_backward_calls():

@@ -24,6 +24,7 @@ RATIO_HIGH = 1e-1
 RATIO_LOW = 1e-6
 WARMED_UP = 0.5  # a sampled step counts for update ratios once lr >= this share of its maximum
 MIN_RATIO_SAMPLES = 3
+COLLAPSE = 1e-2  # a layer's gradient after a too-large step, vs at it: the step killed the layer
 DEPTH_RATIO = 1e3  # first layer's gradient RMS vs the last layer's
 DEAD_SHARE = 0.9
 SATURATED_SHARE = 0.5
@@ -168,7 +169,10 @@ def check_loss_trend(facts: WatchFacts) -> Finding | None:
         return None
     start, end = _quarters(losses)
     chance = chance_level(facts)
-    at_chance = chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance
+    # at chance only when it did not come down to it from well above: a model that learned the label
+    # frequencies from a uniform start (a language model's first steps) passes through chance on its way down
+    at_chance = (chance is not None and abs(end - chance) <= CHANCE_TOLERANCE * chance
+                 and start - end <= CHANCE_TOLERANCE * chance)
     if not at_chance and (end < start - MIN_DECREASE * abs(start) or abs(start) < 1e-6):
         return None
     steps = [losses[0][0], losses[-1][0]]
@@ -217,18 +221,32 @@ def check_oscillation(facts: WatchFacts) -> Finding | None:
 
 def check_update_ratios(facts: WatchFacts) -> list[Finding]:
     warm = _warm_samples(facts)
-    medians = {}
-    for layer, row in zip(facts.layers, facts.update_ratio, strict=False):
-        values = [row[i] for i in warm if row[i] is not None and math.isfinite(row[i]) and row[i] > 0]
-        if len(values) >= MIN_RATIO_SAMPLES:
-            medians[layer] = statistics.median(values)
+    medians, killed = {}, {}
+    stalled = check_loss_trend(facts) is not None
+    for layer, row, grads in zip(facts.layers, facts.update_ratio, facts.grad_norm, strict=False):
+        moved = [i for i in warm if row[i] is not None and math.isfinite(row[i]) and row[i] > 0]
+        big = next((i for i in moved if row[i] > RATIO_HIGH), None)
+        if stalled and big is not None and _gradient_collapsed(grads, warm, big):
+            medians[layer], killed[layer] = row[big], facts.sample_steps[big]
+        elif len(moved) >= MIN_RATIO_SAMPLES:
+            medians[layer] = statistics.median(row[i] for i in moved)
     findings = []
     for finding_id, test, word in (("update-ratio-high", lambda r: r > RATIO_HIGH, "above 1e-1"),
                                    ("update-ratio-low", lambda r: r < RATIO_LOW, "below 1e-6")):
         flagged = {layer: r for layer, r in medians.items() if test(r)}
         if flagged:
-            findings.append(_ratio_finding(finding_id, flagged, word, facts, warm))
+            findings.append(_ratio_finding(finding_id, flagged, word, facts, warm, killed))
     return findings
+
+
+def _gradient_collapsed(grads: Sequence[float | None], warm: list[int], big: int) -> bool:
+    """After a too-large step, the layer's gradient (median of at least two later samples) fell 100x or more:
+    the step switched off the ReLUs behind it. Its few remaining tiny moves would otherwise hide that step
+    (too few for a median, or a median of near-zero moves); only judged while the loss is stalled."""
+    after = [g for i in warm if i > big and (g := grads[i]) is not None and math.isfinite(g)]
+    at_step = grads[big]
+    return (len(after) >= MIN_RATIO_SAMPLES - 1 and at_step is not None and at_step > 0
+            and statistics.median(after) <= COLLAPSE * at_step)
 
 
 def _warm_samples(facts: WatchFacts) -> list[int]:
@@ -238,7 +256,7 @@ def _warm_samples(facts: WatchFacts) -> list[int]:
 
 
 def _ratio_finding(finding_id: str, flagged: dict[str, float], word: str, facts: WatchFacts,
-                   warm: list[int]) -> Finding:
+                   warm: list[int], killed: dict[str, int]) -> Finding:
     worst = max(flagged, key=lambda k: abs(math.log10(flagged[k]) + 3))
     lr = next((facts.lrs[i] for i in reversed(warm) if facts.lrs[i] is not None), None)
     at_lr = f" at lr {lr:g}" if lr is not None else ""
@@ -247,8 +265,14 @@ def _ratio_finding(finding_id: str, flagged: dict[str, float], word: str, facts:
     message = (f"|Δw|/|w| per step is {word} in {len(flagged)} layer(s){at_lr}: '{worst}' moves {flagged[worst]:.3g} "
                f"of its weights per step (median of steps {steps[0]}-{steps[1]}; the usual band is around 1e-3). "
                f"The learning rate is too {too}" + (" (or the layer's gradients vanish)." if too == "low" else "."))
-    return make_finding(finding_id, message, location=worst,
-                        details={"steps": steps, "lr": lr, "layers": flagged})
+    details = {"steps": steps, "lr": lr, "layers": flagged}
+    if killed and too == "high":
+        first = min(killed, key=killed.get)
+        message += (f" After step {killed[first]}, the gradient of {len(killed)} layer(s), starting with '{first}', "
+                    "collapsed 100x or more and the loss stopped falling: the large steps switched off the units "
+                    "behind them.")
+        details["no_gradient_after"] = killed
+    return make_finding(finding_id, message, location=worst, details=details)
 
 
 def check_depth(facts: WatchFacts) -> list[Finding]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +14,8 @@ SNAPSHOT_ELEMENTS = 1 << 16
 # Loss-input shape checks (rows summing to 1, logsumexp of log-probabilities being 0).
 PROB_TOLERANCE = 1e-3
 LOGPROB_TOLERANCE = 1e-2
+# grad-not-zeroed through clipping: fewer elements than this are a multiple of nearly anything (a scalar bias)
+MIN_SCALED_ELEMENTS = 8
 
 
 def head(tensor: Any) -> Any:
@@ -42,13 +45,40 @@ def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, group
 
 
 def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[Any]) -> Any:
-    """Per parameter: True when grad == previous step's grad + what backward added since (never reset)."""
+    """Per parameter: True when grad is the previous step's grad + what backward added since (never reset).
+
+    Gradient clipping (``clip_grad_norm_``) or an AMP unscale rescales that sum in place, so a multiple of
+    it counts too, unless the grad is just as well a multiple of what backward added alone (it was reset).
+    """
     import torch
 
-    residual = torch._foreach_sub(torch._foreach_sub([head(g) for g in grads], list(added)), list(previous))
-    rest = torch.stack([n.float() for n in torch._foreach_norm(residual)])
-    base = torch.stack([n.float() for n in torch._foreach_norm(list(previous))])
-    return (base > 0) & (rest <= 1e-3 * base)
+    # in float64: a diverging run's gradients (1e20 and more) overflow float32 norms to inf, and inf <= inf
+    now, previous, added = ([_wide(t) for t in ts] for ts in ([head(g) for g in grads], previous, added))
+    residual = torch._foreach_sub(torch._foreach_sub(now, added), previous)
+    rest = torch.stack(torch._foreach_norm(residual))
+    base = torch.stack(torch._foreach_norm(previous))
+    # clipping and unscaling only shrink (0 < c <= 1); a tensor of a few elements is a multiple of anything
+    scaled = (_multiple_of(now, torch._foreach_add(previous, added), at_most=1 + 1e-3)
+              & ~_multiple_of(now, added) & torch.tensor([t.numel() >= MIN_SCALED_ELEMENTS for t in now]))
+    return (base > 0) & base.isfinite() & rest.isfinite() & ((rest <= 1e-3 * base) | scaled)
+
+
+def _wide(tensor: Any) -> Any:
+    import torch
+
+    return tensor.to(torch.float32 if tensor.device.type == "mps" else torch.float64)  # MPS has no float64
+
+
+def _multiple_of(tensors: Sequence[Any], references: Sequence[Any], at_most: float = math.inf) -> Any:
+    """Per pair: True when the tensor is c times its reference, 0 < c <= at_most (to 1e-3 of its norm)."""
+    import torch
+
+    fits = []
+    for t, r in zip(tensors, references, strict=True):
+        scale = (t * r).sum() / (r * r).sum().clamp_min(torch.finfo(r.dtype).tiny)
+        close = torch.linalg.vector_norm(t - scale * r) <= 1e-3 * torch.linalg.vector_norm(t)
+        fits.append((scale > 0) & (scale <= at_most) & close)
+    return torch.stack(fits)
 
 
 def unit_dims(output: Any) -> tuple[int, ...]:
