@@ -111,6 +111,17 @@ def test_a_nan_is_reported_exactly_as_nan_hunt_reports_it():
         f for f in hunted["findings"] if f["id"] in hunt_ids]
 
 
+
+def test_after_an_early_nan_the_dynamics_headline_says_how_few_steps_were_judged():
+    from torchdoctor.learning.runner import run_watch_script
+
+    report = run_watch_script(str(NAN_SCRIPTS / "norm_no_eps.py"))
+    step = report.result["first_nonfinite"]["step"]
+    (dynamics,) = [section for section in report.sections if section.name == "dynamics"]
+    assert step < 20 and "no sign of a run that does not learn" not in dynamics.headline
+    assert f"too few to judge how it learns ({step} before the first NaN/inf at step {step})" in dynamics.headline
+
+
 def test_series_are_downsampled_evenly_to_at_most_500_points():
     assert evenly(5, 500) == [0, 1, 2, 3, 4]
     picked = evenly(2001, 500)

@@ -95,7 +95,8 @@ class Watch:
             "series": result_series(facts),
             **dict(extra_result or {}),
         }
-        return Report(COMMAND, findings, result, sections(facts, findings, hunt.sections[0].headline))
+        sections_ = sections(facts, findings, hunt.sections[0].headline, first["step"] if first else None)
+        return Report(COMMAND, findings, result, sections_)
 
     def _stop_hunt(self) -> None:
         """``steps`` reached: the hunt stops watching too (its callbacks return early once ``stopped``)."""
@@ -131,22 +132,34 @@ def install(collector: Collector, patches: Patches) -> None:
 SECTIONS = (("run", "Run and NaN/inf"), ("bugs", "Program bugs"), ("dynamics", "Training dynamics"))
 
 
-def sections(facts: WatchFacts, findings: tuple[Finding, ...], run_headline: str) -> tuple[Section, ...]:
+def sections(facts: WatchFacts, findings: tuple[Finding, ...], run_headline: str,
+             first_nonfinite_step: int | None = None) -> tuple[Section, ...]:
     """The three groups of the human report, each finding in the one the registry names for ``watch``."""
     placed = {name: tuple(f for f in findings if section_of(f.id, COMMAND) == name) for name, _ in SECTIONS}
     bugs = len(placed["bugs"])
     headlines = {
         "run": run_headline,
         "bugs": f"{bugs} program bug(s) found" if bugs else "no program bug found",
-        "dynamics": headline(facts, placed["dynamics"]),
+        "dynamics": headline(facts, placed["dynamics"], first_nonfinite_step),
     }
     return tuple(Section(name, title, headlines[name], placed[name]) for name, title in SECTIONS)
 
 
-def headline(facts: WatchFacts, findings: Iterable[Finding]) -> str:
+# Fewer steps than this before the first NaN/inf leave the loss and update-ratio judges nothing to go on.
+FEW_STEPS_TO_JUDGE = 20
+
+
+def headline(facts: WatchFacts, findings: Iterable[Finding], first_nonfinite_step: int | None = None) -> str:
     unit = "optimizer step(s)" if facts.step_counting == "optimizer" else "backward call(s) (no optimizer)"
     problems = sum(1 for f in findings if f.severity.value != "info")
     verdict = f"{problems} warning(s)" if problems else "no sign of a run that does not learn"
+    if first_nonfinite_step is not None:  # after a NaN every statistic is NaN: only the steps before it count
+        judged = min(first_nonfinite_step, facts.steps_watched)
+        if not problems and judged < FEW_STEPS_TO_JUDGE:
+            verdict = (f"too few to judge how it learns ({judged} before the first NaN/inf at step "
+                       f"{first_nonfinite_step})")
+        else:
+            verdict += f" in the {judged} step(s) before the first NaN/inf (step {first_nonfinite_step})"
     if facts.failure:
         verdict += f" (torchdoctor stopped watching early: {facts.failure})"
     return f"watched {facts.steps_watched} {unit}: {verdict}"
