@@ -233,3 +233,12 @@ def test_a_step_with_a_closure_is_measured_after_the_closure_ran(zero_grad):
     assert ("grad-not-zeroed" in ids) is not zero_grad, ids
     assert w.report.result["steps_watched"] == 12
     assert all(v is not None and v > 0 for v in w.report.result["series"]["grad_norm"][0])
+
+
+def test_a_layers_gradient_norm_is_summed_without_overflow():
+    from torchdoctor.learning.stats import group_norms
+
+    # each tensor's norm (1.5e19) is finite in float32, but the layer's sum of their squares (4.5e38) is not
+    grads = [torch.full((1,), 1.5e19), torch.full((1,), 1.5e19), torch.full((2,), 1.0)]
+    norms = group_norms(grads, torch.tensor([0, 0, 1]), 2).tolist()
+    assert norms[0] == pytest.approx(1.5e19 * 2 ** 0.5, rel=1e-6) and norms[1] == pytest.approx(2 ** 0.5)

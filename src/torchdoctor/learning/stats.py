@@ -24,13 +24,18 @@ def head(tensor: Any) -> Any:
 
 
 def group_norms(tensors: Sequence[Any], index: Any, groups: int) -> Any:
-    """The L2 norm of each group of ``tensors`` (``index[i]`` = group of tensor i), as one float32 vector."""
+    """The L2 norm of each group of ``tensors`` (``index[i]`` = group of tensor i), as one vector.
+
+    A layer's squares are summed in float64 (float32 on MPS, which has none): the norms of a diverging run's
+    tensors pass 1.8e19, whose float32 square is inf, long before any value is non-finite. (A single tensor
+    whose own norm passes that still reads inf: torch's float32 norm overflows, and a float64 one costs ~30x.)"""
     import torch
 
     norms = torch._foreach_norm(list(tensors))
     device = norms[0].device
-    squares = torch.stack([n.detach().float().to(device) for n in norms]) ** 2
-    return torch.zeros(groups, device=device).index_add_(0, index.to(device), squares).sqrt()
+    wide = torch.float32 if device.type == "mps" else torch.float64
+    squares = torch.stack([n.detach().to(device, wide) for n in norms]) ** 2
+    return torch.zeros(groups, device=device, dtype=wide).index_add_(0, index.to(device), squares).sqrt()
 
 
 def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, groups: int) -> Any:
