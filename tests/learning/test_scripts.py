@@ -117,3 +117,8 @@ def test_a_run_without_optimizer_counts_backward_calls():
 def test_a_gan_names_both_models_layers():
     layers = watch_script("healthy_gan.py").result["series"]["layers"]
     assert len(layers) == 4 and layers[0].startswith("Sequential#1.") and layers[-1].startswith("Sequential#2.")
+
+
+def test_a_loss_input_finding_names_the_class_of_a_module_known_only_by_its_index():
+    (finding,) = [f for f in watch_script("double_softmax.py").findings if f.id == "double-softmax"]
+    assert finding.location == "3" and "It comes out of '3' (Softmax)." in finding.message

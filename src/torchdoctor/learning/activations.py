@@ -22,6 +22,7 @@ class LossInput:
     steps: list[int] = field(default_factory=list)
     producers: list[str | None] = field(default_factory=list)
     flags: list[bool] = field(default_factory=list)
+    producer_types: dict[str, str] = field(default_factory=dict)  # producer name -> its class ('3' -> 'Softmax')
 
 
 @dataclass

@@ -140,7 +140,10 @@ class Collector:
         record = self.acts.loss_inputs.setdefault(kind, LossInput())
         producer = self.acts.producer(scores)
         record.steps.append(self.step)
-        record.producers.append(self.names.display(producer) if producer is not None else None)
+        name = self.names.display(producer) if producer is not None else None
+        record.producers.append(name)
+        if name is not None:
+            record.producer_types.setdefault(name, type(producer).__name__)
         self._queue(lambda values: record.flags.append(bool(values[0])), flag.reshape(1))
 
     # --- backward --------------------------------------------------------------------------------

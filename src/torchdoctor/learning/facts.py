@@ -16,6 +16,7 @@ class LossInputFacts:
     steps: Sequence[int]
     producers: Sequence[str | None]
     flags: Sequence[bool]  # per call: the input had the shape of what this loss must NOT get (or must get)
+    producer_types: Mapping[str, str] = field(default_factory=dict)  # '3' -> 'Softmax': names alone can be indices
 
 
 @dataclass(frozen=True)

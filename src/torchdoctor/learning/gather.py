@@ -37,7 +37,7 @@ def gather_facts(collector: Collector, names: Names) -> WatchFacts:
                        if kind == "relu" and names.module(m)},
         saturated_fraction={names.display(m): v for m, (kind, v) in fractions.items()
                             if kind != "relu" and m not in collector.acts.output_modules and names.module(m)},
-        loss_inputs=[LossInputFacts(kind, list(r.steps), list(r.producers), list(r.flags))
+        loss_inputs=[LossInputFacts(kind, list(r.steps), list(r.producers), list(r.flags), dict(r.producer_types))
                      for kind, r in collector.acts.loss_inputs.items()],
         label_counts=collector.acts.label_counts(),
         carried=[(step, [_param_name(names, p, collector) for p in params])

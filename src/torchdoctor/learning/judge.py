@@ -91,7 +91,8 @@ def check_loss_inputs(facts: WatchFacts) -> list[Finding]:
             continue
         finding_id, why = _LOSS_INPUT_IDS[record.kind]
         producer = next((p for p in record.producers if p), None)
-        source = f" It comes out of '{producer}'." if producer else ""
+        kind = record.producer_types.get(producer) if producer else None
+        source = f" It comes out of '{producer}'" + (f" ({kind})." if kind else ".") if producer else ""
         message = (f"The input of {record.kind} {why}, in all {len(wrong)} sampled call(s) "
                    f"(steps {wrong[0]}-{wrong[-1]}).{source}")
         findings.append(make_finding(finding_id, message, location=producer,
