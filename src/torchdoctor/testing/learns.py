@@ -1,8 +1,8 @@
 """``assert_learns``: the classic "overfit one batch" test, strengthened with the reason when it does not.
 
 The rule, in numbers: after ``steps`` optimizer steps on the same batch, the mean of the last
-``LAST_LOSSES`` losses is at most ``max_loss_ratio`` (default 0.5) times the first loss — the loss at
-least halves. Besides the loss: every trainable parameter receives a gradient (``params-no-grad``) and
+``LAST_LOSSES`` losses is at most ``max_loss_ratio`` (default 0.75) times the first loss — the loss
+falls by a quarter at least. Besides the loss: every trainable parameter receives a gradient (``params-no-grad``) and
 changes (``params-not-updated``), every value stays finite (the nan-hunt finding, with the user's line),
 and the watch's checks that a single batch can show hold (a softmax before cross_entropy...).
 """
@@ -19,9 +19,13 @@ from torchdoctor.testing.failures import raise_for
 
 __all__ = ["DEFAULT_LR", "LAST_LOSSES", "MAX_LOSS_RATIO", "assert_learns"]
 
-MAX_LOSS_RATIO = 0.5  # the loss must at least halve: a model that can learn overfits one batch easily
+# Measured on healthy small models given random labels, as unit tests are written (MLPs, a 32-channel CNN with
+# BatchNorm and global pooling, a tanh regressor, a TransformerEncoder): after 50 Adam steps at 1e-2 their losses
+# were 0.02-0.69x the first; at 3e-3 and 0.5x most failed. A model whose output ignores its input stays near 1.0x.
+# Tiny pooled CNNs on pure-noise images learn slower (8 channels: ~0.8x): give them more steps.
+MAX_LOSS_RATIO = 0.75
 LAST_LOSSES = 5  # averaged at the end, so one noisy step (dropout) neither passes nor fails the check
-DEFAULT_LR = 3e-3  # Adam: fast enough to overfit one small batch in 50 steps, slow enough to stay stable
+DEFAULT_LR = 1e-2  # Adam: overfits one small batch in 50 steps, and stays stable on those models
 SAMPLES = 10  # steps the watch samples: enough for its single-batch checks, cheap enough for a unit test
 _NAMES_SHOWN = 5
 
@@ -43,7 +47,7 @@ def assert_learns(model: Any, batch: Any, *, loss_fn: Callable[[Any, Any], Any] 
 
     ``batch`` and ``loss_fn`` are as in ``torchdoctor.run_training_step`` (``(inputs, targets)`` or a dict;
     the loss is inferred when omitted). ``optimizer``: one built on ``model``'s parameters (copied with the
-    model, so neither is changed); default Adam(lr=3e-3) on every trainable parameter.
+    model, so neither is changed); default Adam(lr=1e-2) on every trainable parameter.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 2:
         raise ValueError(f"steps must be an int >= 2, got {steps!r}")
