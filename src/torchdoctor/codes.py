@@ -883,7 +883,8 @@ _SPECS = (
         "dead-relu", "TD813", "warning",
         "A ReLU layer where (nearly) every unit is inactive for every sample watched.",
         "At least 90% of its units (features, or channels of a convolution) output 0 for every sample "
-        "of every sampled training step: no gradient flows through them.",
+        "of every sampled training step: no gradient flows through them. An nn.ReLU module is named by its "
+        "name; an F.relu call inside a forward by the module and the line ('Net (F.relu, line 18)').",
         "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
         "LeakyReLU/GELU.",
         commands=("watch",), section="dynamics",

@@ -30,6 +30,7 @@ BUGGY = {
     "deep_sigmoid.py": ("grad-vanishing", "0"),
     "exploding_init.py": ("grad-exploding", "0"),
     "dead_relu.py": ("dead-relu", "3"),
+    "dead_functional_relu.py": ("dead-relu", "Net (F.relu, line 18)"),  # F.relu in forward: no module to hook
     "saturated_tanh.py": ("saturated-activation", "1"),
     "oscillating.py": ("loss-oscillating", None),
 }
@@ -64,7 +65,7 @@ def test_each_bug_names_its_finding_and_the_module(script, validate_report):
 
 
 @pytest.mark.parametrize("script", ["lr_too_high.py", "lr_too_low.py", "deep_sigmoid.py", "exploding_init.py",
-                                    "dead_relu.py", "saturated_tanh.py"])
+                                    "dead_relu.py", "dead_functional_relu.py", "saturated_tanh.py"])
 def test_layer_findings_name_a_layer_or_activation_of_the_series(script):
     report = watch_script(script)
     series = report.result["series"]

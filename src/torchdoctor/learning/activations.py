@@ -25,6 +25,15 @@ class LossInput:
     producer_types: dict[str, str] = field(default_factory=dict)  # producer name -> its class ('3' -> 'Softmax')
 
 
+@dataclass(frozen=True)
+class FunctionalSite:
+    """``F.relu(...)`` called inside a module's forward (no module of its own): its units are judged per call line."""
+
+    module: Any  # the module whose forward called it (compared by identity, as modules are)
+    function: str
+    line: int
+
+
 @dataclass
 class ModeCall:
     """A train/eval-dependent module that ran in eval mode inside a training forward."""

@@ -127,6 +127,7 @@ def install(collector: Collector, patches: Patches) -> None:
     patches.attribute(torch.autograd, "backward", collector.wrap_backward)
     for name in LOSS_FUNCTIONS:
         patches.attribute(functional, name, collector.wrap_loss(name))
+    patches.attribute(functional, "relu", collector.wrap_activation("relu"))
 
 
 SECTIONS = (("run", "Run and NaN/inf"), ("bugs", "Program bugs"), ("dynamics", "Training dynamics"))

@@ -9,13 +9,14 @@ host together when the step ends. Losses of every step are kept as tensors and r
 from __future__ import annotations
 
 import functools
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from torchdoctor.learning import stats
-from torchdoctor.learning.activations import Activations, LossInput
+from torchdoctor.learning.activations import Activations, FunctionalSite, LossInput
 from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
 from torchdoctor.nan.watch import closure_of, with_closure
@@ -131,6 +132,33 @@ class Collector:
             return loss
 
         return make
+
+    def wrap_activation(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """``F.relu`` called in a forward: real code (pytorch/examples' mnist) has no nn.ReLU for the hook to see."""
+
+        def make(original: Callable[..., Any]) -> Callable[..., Any]:
+            @functools.wraps(original)
+            def activation(*args: Any, **kwargs: Any) -> Any:
+                output = original(*args, **kwargs)
+                if self.sampling and threading.get_ident() == self._thread:
+                    self._functional_activation(kind, sys._getframe(1), output)
+                return output
+
+            return activation
+
+        return make
+
+    @_guarded
+    def _functional_activation(self, kind: str, caller: Any, output: Any) -> None:
+        import torch
+
+        module = caller.f_locals.get("self")
+        if not isinstance(module, torch.nn.Module) or _activation_kind(module) is not None:
+            return  # not inside a forward, or nn.ReLU's own forward: the module hook sees that one
+        if self.names.module(module) is None or not torch.is_grad_enabled():
+            return
+        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
+            self.acts.unit_stats(FunctionalSite(module, f"F.{kind}", caller.f_lineno), kind, output)
 
     @_guarded
     def _loss_input(self, kind: str, scores: Any, target: Any) -> None:

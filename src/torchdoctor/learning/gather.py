@@ -7,6 +7,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
 
+from torchdoctor.learning.activations import FunctionalSite
 from torchdoctor.learning.collect import Collector
 from torchdoctor.learning.facts import Grouped, LossInputFacts, WatchFacts
 from torchdoctor.learning.names import Names
@@ -33,10 +34,10 @@ def gather_facts(collector: Collector, names: Names) -> WatchFacts:
         layer_sizes=[sum(p.numel() for p in m.parameters(recurse=False)) for m in layers],
         grad_norm=[[collector.samples[s].grad_norm.get(m) for s in steps] for m in layers],
         update_ratio=[[collector.samples[s].update_ratio.get(m) for s in steps] for m in layers],
-        dead_fraction={names.display(m): v for m, (kind, v) in fractions.items()
-                       if kind == "relu" and names.module(m)},
-        saturated_fraction={names.display(m): v for m, (kind, v) in fractions.items()
-                            if kind != "relu" and m not in collector.acts.output_modules and names.module(m)},
+        dead_fraction={_unit_name(names, m): v for m, (kind, v) in fractions.items()
+                       if kind == "relu" and names.module(_owner(m))},
+        saturated_fraction={_unit_name(names, m): v for m, (kind, v) in fractions.items()
+                            if kind != "relu" and m not in collector.acts.output_modules and names.module(_owner(m))},
         loss_inputs=[LossInputFacts(kind, list(r.steps), list(r.producers), list(r.flags), dict(r.producer_types))
                      for kind, r in collector.acts.loss_inputs.items()],
         label_counts=collector.acts.label_counts(),
@@ -124,3 +125,14 @@ def _eval_modules(collector: Collector, names: Names) -> Grouped | None:
         return None
     modules = {names.display(m): [type(m).__name__] for m in names.sort_layers(calls) if names.module(m)}
     return Grouped(modules, min(c.first for c in calls.values()), max(c.last for c in calls.values()))
+
+
+def _owner(key: Any) -> Any:
+    return key.module if isinstance(key, FunctionalSite) else key
+
+
+def _unit_name(names: Names, key: Any) -> str:
+    """A module's name; for ``F.relu`` inside a forward, the module with the function and its line."""
+    if isinstance(key, FunctionalSite):
+        return f"{names.display(key.module)} ({key.function}, line {key.line})"
+    return names.display(key)
