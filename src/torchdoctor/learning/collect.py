@@ -242,11 +242,12 @@ class Collector:
             loss = closure()
             if not measured:  # LBFGS calls it several times per step: the first call's gradients are the step's
                 measured = True
-                _guarded(Collector._before_update)(self, optimizer)
+                self._before_update(optimizer)
             return loss
 
         return measuring
 
+    @_guarded  # also called from the user's closure, outside step_pre's guard
     def _before_update(self, optimizer: Any) -> None:
         params = [p for group in optimizer.param_groups for p in group["params"]]
         self.got_grad.update(id(p) for p in params if p.grad is not None)
