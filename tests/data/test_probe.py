@@ -11,6 +11,11 @@ from torch.utils.data import DataLoader
 from torchdoctor.data.api import probe_loader
 from torchdoctor.report import Severity
 
+# Whether loading outpaces a step is a measurement of this machine at this moment: on a busy 2-core CI box two
+# worker processes really do fall behind a tiny model. It is judged with pure facts (test_checks.py) and a
+# loader that is slow everywhere (slow_loader); the healthy loaders must be clean of everything else.
+TIMING_IDS = {"dataloader-bottleneck"}
+
 BNModel = loaders.BatchNormClassifier
 
 
@@ -68,8 +73,8 @@ def test_fixture_triggers_its_finding(fixture, model, kwargs, finding_id, severi
                                                 ("healthy_tensor_loader", TinyClassifier)])
 def test_healthy_loaders_with_a_matching_model_are_clean(fixture, model):
     report = probe_loader(getattr(loaders, fixture)(), model())
-    assert [f for f in report.findings if f.severity is not Severity.INFO] == []
-    assert report.exit_code(strict=True) == 0
+    assert [f for f in report.findings if f.severity is not Severity.INFO and f.id not in TIMING_IDS] == []
+    assert report.exit_code(strict=True) == 0 or {f.id for f in report.findings} & TIMING_IDS
     step = report.result["step"]
     assert step["ok"] and len(step["losses"]) >= 1 and step["grad_norm"] > 0
     assert report.result["reading"]["read"] > 1
