@@ -7,8 +7,8 @@ renumber one. Hundreds digit of the code = family (``FAMILIES``): 1 env, 2 ckpt,
 7 distributed, 8 watch. The family says where an id was born, not every command that reports it:
 ``training-step-failed`` (1xx) also comes from ckpt, data and count; ``nonfinite-input`` (3xx) also from
 data; the 3xx ids of a NaN/inf and of the script's ending also from watch; ``distributed-hang`` and
-``ranks-diverged`` (7xx) also from nan-hunt, ``ddp-unused-parameters`` and
-``syncbn-missing`` (7xx) only from nan-hunt; ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
+``ranks-diverged`` (7xx) also from nan-hunt and watch, ``ddp-unused-parameters`` and
+``syncbn-missing`` (7xx) only from nan-hunt and watch (under torchrun); ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
 (6xx) from env and check; any id explain recognises from data or count when their step fails with it.
 ``commands`` on each spec is the full list (README.md has the same story as a table).
 
@@ -706,7 +706,7 @@ _SPECS = (
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",
         "Find the unused parameters (TORCH_DISTRIBUTED_DEBUG=DETAIL names them) and remove them, or pass "
         "find_unused_parameters=True to DistributedDataParallel.",
-        commands=("nan-hunt", "explain"), section="nan-hunt",
+        commands=("nan-hunt", "watch", "explain"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "distributed-unavailable", "TD702", "error",
@@ -737,7 +737,7 @@ _SPECS = (
         "One slow or stuck rank blocks every rank: the job hangs until the process-group timeout kills it.",
         "Look at what the named rank does before that collective (uneven data, a rank-only branch, I/O); "
         "py-spy dump --pid PID shows where it is stuck.",
-        commands=("env", "nan-hunt"), section={"env": "distributed", "nan-hunt": "nan-hunt"},
+        commands=("env", "nan-hunt", "watch"), section={"env": "distributed", "nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "ranks-diverged", "TD706", "error",
@@ -745,7 +745,7 @@ _SPECS = (
         "The replicas no longer train the same model; results depend on which rank saves the checkpoint.",
         "Make every rank start from the same weights (DDP broadcasts them at construction), avoid rank-dependent "
         "updates outside DDP, and keep the same seed and code path on every rank.",
-        commands=("env", "nan-hunt"), section={"env": "distributed", "nan-hunt": "nan-hunt"},
+        commands=("env", "nan-hunt", "watch"), section={"env": "distributed", "nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nccl-env", "TD707", "info",
@@ -761,7 +761,7 @@ _SPECS = (
         "with small per-rank batches this trains and evaluates differently from one large batch.",
         "model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model) before wrapping it in "
         "DistributedDataParallel (fine to keep plain BatchNorm when per-rank batches are large).",
-        commands=("nan-hunt",), section="nan-hunt",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     # --- 8xx: watch (why a training run does not learn; thresholds live in torchdoctor.learning.judge) ------
     _spec(

@@ -45,18 +45,39 @@ def watch_command(
 ) -> None:
     """Run SCRIPT as `python SCRIPT ARGS` would (its ARGS after `--`); name why the training does not learn."""
     from torchdoctor.learning.runner import run_watch_script
+    from torchdoctor.nan.ranks import rank_context, release_ranks
     from torchdoctor.nan.runner import check_report_path, write_report
 
+    rank = rank_context(command="watch")  # under torchrun: every rank watches, rank 0 alone reports
     with exit_on_tool_errors(debug):
         # absolute now, checked before the run: the script may change folders, a typo must not cost a run
         report = check_report_path(report) if report is not None else None
         html = check_report_path(html) if html is not None else None
-        result = run_watch_script(script, list(ctx.args), steps=steps, every=every, stdout_to_stderr=json)
+        result = run_watch_script(script, list(ctx.args), steps=steps, every=every, stdout_to_stderr=json,
+                                  distributed=rank is not None)
+        if rank is not None:
+            result = _gathered(rank, result)
         if report is not None:
             write_report(result, report)
         if html is not None:
             write_html(result, html)
-    _output(result, as_json=json, to_stderr=report is not None, strict=strict)
+    try:
+        _output(result, as_json=json, to_stderr=report is not None, strict=strict)
+    finally:
+        if rank is not None:
+            release_ranks(rank)  # only now: torchrun stops rank 0 as soon as another rank exits non-zero
+
+
+def _gathered(rank, result):
+    """Rank 0: the report merged from every rank's. Another rank: exits here, with its script's exit code."""
+    from torchdoctor.learning.ranks import merge_watch_reports
+    from torchdoctor.nan.ranks import gather_ranks
+
+    merged, exit_code = gather_ranks(rank, result, merge=merge_watch_reports,
+                                     script_exit_code=result.result.get("exit_code"))
+    if merged is None:
+        raise typer.Exit(exit_code)
+    return merged
 
 
 def write_html(result, path: Path) -> None:

@@ -24,7 +24,8 @@ class Names:
     def refresh(self) -> bool:
         """Walk roots not seen yet; True when any was new."""
         # a module already named under another root (model.encoder called on its own) is no new root
-        new = [root for root in self._roots() if root not in self.root_list and root not in self.modules]
+        roots = [unwrapped(root) for root in self._roots()]
+        new = [root for root in dict.fromkeys(roots) if root not in self.root_list and root not in self.modules]
         for root in new:
             self.root_list.append(root)
             for name, module in root.named_modules(remove_duplicate=False):
@@ -88,3 +89,14 @@ class Names:
             if parent in self.order:
                 return self.order[parent] - 0.5  # ancestors finish after their children
         return float(len(self.order))
+
+
+def unwrapped(root: Any) -> Any:
+    """The user's model inside DistributedDataParallel / DataParallel: its layers are named as the user named
+    them (``0.weight``), not with the wrapper's ``module.`` prefix, and the wrapper's own forward is no layer."""
+    from torch.nn import DataParallel
+    from torch.nn.parallel import DistributedDataParallel
+
+    while isinstance(root, (DistributedDataParallel, DataParallel)):
+        root = root.module
+    return root

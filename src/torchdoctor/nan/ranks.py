@@ -1,4 +1,4 @@
-"""nan-hunt under torchrun: each rank writes its report to a shared folder; rank 0 merges them into one.
+"""nan-hunt (and watch) under torchrun: each rank writes its report to a shared folder; rank 0 merges them.
 
 Files, not ``torch.distributed``: the script may never have initialised a process group, or destroyed
 it, or a rank may have crashed — a file written after the run survives all three.
@@ -21,7 +21,8 @@ from torchdoctor.codes import make_finding
 from torchdoctor.nan.ddp import checksums_differ
 from torchdoctor.report import Finding, Report, Section, Severity
 
-__all__ = ["RankContext", "gather_ranks", "merge_reports", "rank_context", "release_ranks"]
+__all__ = ["RankContext", "check_ranks", "earliest_nonfinite", "gather_ranks", "merge_reports", "rank_context",
+           "rank_findings", "release_ranks"]
 
 WAIT_SECONDS = 30.0  # how long rank 0 waits for the other ranks' files once its own run is over
 _POLL_SECONDS = 0.05
@@ -49,8 +50,12 @@ class RankContext:
         return self.folder / "merged"
 
 
-def rank_context(environ: Mapping[str, str] = os.environ, temp_dir: str | None = None) -> RankContext | None:
-    """The rank context when torchrun (or a launcher setting RANK, WORLD_SIZE, LOCAL_RANK) started us, else None."""
+def rank_context(environ: Mapping[str, str] = os.environ, temp_dir: str | None = None, *,
+                 command: str = "nan-hunt") -> RankContext | None:
+    """The rank context when torchrun (or a launcher setting RANK, WORLD_SIZE, LOCAL_RANK) started us, else None.
+
+    ``command`` names the shared folder, so two commands of one job never read each other's files.
+    """
     try:
         rank, world_size = int(environ["RANK"]), int(environ["WORLD_SIZE"])
         int(environ["LOCAL_RANK"])
@@ -61,23 +66,29 @@ def rank_context(environ: Mapping[str, str] = os.environ, temp_dir: str | None =
     job = "-".join(environ.get(key, "") for key in ("TORCHELASTIC_RUN_ID", "MASTER_ADDR", "MASTER_PORT",
                                                     "TORCHELASTIC_RESTART_COUNT"))
     safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in job)
-    return RankContext(rank, world_size, Path(temp_dir or tempfile.gettempdir()) / f"torchdoctor-nan-hunt-{safe}")
+    return RankContext(rank, world_size, Path(temp_dir or tempfile.gettempdir()) / f"torchdoctor-{command}-{safe}")
 
 
-def gather_ranks(context: RankContext, report: Report) -> tuple[Report | None, int]:
+def gather_ranks(context: RankContext, report: Report, *,
+                 merge: Callable[[Mapping[int, Mapping[str, Any] | None]], Report] | None = None,
+                 script_exit_code: int | None = None) -> tuple[Report | None, int]:
     """Rank 0: (the merged report, its exit code). Another rank: (None, its exit code) once rank 0 has merged.
 
-    A rank other than 0 exits 0 unless its script failed: the hunt's verdict is rank 0's to give.
+    A rank other than 0 exits 0 unless its script failed: the verdict is rank 0's to give. ``merge`` makes the
+    one report (default: nan-hunt's); ``script_exit_code`` is what the rank's script exited with (default:
+    nan-hunt's ``result.script.exit_code``).
     """
     if context.rank != 0:
-        exit_code = report.result.get("script", {}).get("exit_code") or 0
+        if script_exit_code is None:
+            script_exit_code = (report.result.get("script") or {}).get("exit_code")
+        exit_code = script_exit_code or 0
         write_rank_report(context, report)
         if exit_code:
             _close_process_group()  # ranks blocked in a collective with us get an error now, not at our exit
             wait_for_merge(context)
         return None, exit_code
     others = collect_rank_reports(context)
-    merged = merge_reports({0: report.to_dict(), **others})
+    merged = (merge or merge_reports)({0: report.to_dict(), **others})
     return merged, merged.exit_code()
 
 
@@ -156,17 +167,18 @@ def merge_reports(reports: Mapping[int, Mapping[str, Any] | None]) -> Report:
     stopped = [rank for rank, report in present.items()
                if report.get("result", {}).get("stopped") == "first-nonfinite"]
     findings = _deduplicated([_as_consequence(f, stopped) for rank, report in present.items()
-                              for f in _rank_findings(rank, report)])
-    findings += _check_ranks(reports)
+                              for f in rank_findings(rank, report)])
+    findings += check_ranks(reports)
     result = dict(present[min(present)]["result"]) if present else {}
     result["ranks"] = [_rank_summary(rank, reports[rank]) for rank in sorted(reports)]
-    result["first_nonfinite"] = _earliest(present)
+    result["first_nonfinite"] = earliest_nonfinite(present)
     result["world_size"] = len(reports)
     headline = _headline(result["first_nonfinite"], len(reports))
     return Report("nan-hunt", tuple(findings), result, (Section("nan-hunt", "NaN hunt", headline, tuple(findings)),))
 
 
-def _rank_findings(rank: int, report: Mapping[str, Any]) -> list[Finding]:
+def rank_findings(rank: int, report: Mapping[str, Any]) -> list[Finding]:
+    """A rank's findings from its report dict, the message prefixed with ``rank N: `` and ``details.rank`` set."""
     return [
         Finding(id=f["id"], code=f["code"], severity=Severity(f["severity"]), message=f"rank {rank}: {f['message']}",
                 fix=f.get("fix"), location=f.get("location"), details={**(f.get("details") or {}), "rank": rank})
@@ -208,12 +220,13 @@ def _with_ranks(finding: Finding, ranks: list[int]) -> Finding:
     return replace(finding, message=f"{label}: {text}", details={**finding.details, "ranks": ranks})
 
 
-def _check_ranks(reports: Mapping[int, Mapping[str, Any] | None]) -> list[Finding]:
+def check_ranks(reports: Mapping[int, Mapping[str, Any] | None], command: str = "nan-hunt") -> list[Finding]:
+    """Across ranks: a rank that wrote no report (``distributed-hang``), DDP weights that differ (``ranks-diverged``)."""
     findings = []
     silent = [rank for rank, report in reports.items() if report is None]
     if silent:
         findings.append(make_finding(
-            "distributed-hang", f"rank(s) {', '.join(map(str, silent))} wrote no nan-hunt report within "
+            "distributed-hang", f"rank(s) {', '.join(map(str, silent))} wrote no {command} report within "
             f"{WAIT_SECONDS:.0f} s of rank 0's end", severity=Severity.WARNING, details={"ranks": silent}))
     sums = {rank: (r["result"].get("ddp") or {}) for rank, r in reports.items() if r is not None}
     steps = {s.get("checksum_step") for s in sums.values() if s.get("checksum") is not None}
@@ -240,7 +253,8 @@ def _rank_summary(rank: int, report: Mapping[str, Any] | None) -> dict[str, Any]
     }
 
 
-def _earliest(present: Mapping[int, Mapping[str, Any]]) -> dict[str, Any] | None:
+def earliest_nonfinite(present: Mapping[int, Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The first NaN/inf of all ranks (earliest step, then lowest rank), with its ``rank``; None when none had one."""
     events = [(r["result"]["first_nonfinite"]["step"], rank, r["result"]["first_nonfinite"])
               for rank, r in present.items() if r["result"].get("first_nonfinite")]
     if not events:
