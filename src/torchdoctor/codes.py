@@ -8,9 +8,9 @@ renumber one. Hundreds digit of the code = family (``FAMILIES``): 1 env, 2 ckpt,
 ``training-step-failed`` (1xx) also comes from ckpt, data and count; ``nonfinite-input`` (3xx) also from
 data; the 3xx ids of a NaN/inf and of the script's ending also from watch; ``distributed-hang`` and
 ``ranks-diverged`` (7xx) also from nan-hunt and watch, ``ddp-unused-parameters`` and
-``syncbn-missing`` (7xx) only from nan-hunt and watch (under torchrun); ``layer-shape-mismatch`` (6xx) from count; ``check-crashed``
-(6xx) from env and check; any id explain recognises from data or count when their step fails with it.
-``commands`` on each spec is the full list (README.md has the same story as a table).
+``syncbn-missing`` (7xx) only from nan-hunt and watch (under torchrun); ``layer-shape-mismatch`` (6xx) from
+count; ``check-crashed`` (6xx) from env and check; any id explain recognises from data or count when their
+step fails with it. ``commands`` on each spec is the full list (README.md has the same story as a table).
 
 Each spec also says which human-report section shows the id for each command (``section``); the
 commands' section tables are built from it and the human renderer refuses a finding without one.

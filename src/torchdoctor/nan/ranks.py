@@ -221,7 +221,7 @@ def _with_ranks(finding: Finding, ranks: list[int]) -> Finding:
 
 
 def check_ranks(reports: Mapping[int, Mapping[str, Any] | None], command: str = "nan-hunt") -> list[Finding]:
-    """Across ranks: a rank that wrote no report (``distributed-hang``), DDP weights that differ (``ranks-diverged``)."""
+    """Across ranks: a rank without a report (``distributed-hang``), DDP weights that differ (``ranks-diverged``)."""
     findings = []
     silent = [rank for rank, report in reports.items() if report is None]
     if silent:
