@@ -47,12 +47,17 @@ def test_labels_broken_on_rank_1_are_named_with_that_rank(validate_report):
     done = torchrun_watch("ddp_rank1_labels.py", "--json", "--strict")
     assert done.returncode == 1, done.stderr  # --strict: a warning fails the job, and rank 0 still reported
     report = validate_report(json.loads(done.stdout))  # exactly one JSON document: rank 0's
-    [finding] = report["findings"]
-    assert finding["id"] == "loss-not-decreasing" and finding["details"]["at_chance"] is True
+    by_id = {f["id"]: f for f in report["findings"]}
+    assert sorted(by_id) == ["loss-not-decreasing", "syncbn-missing"]
+    finding = by_id["loss-not-decreasing"]
+    assert finding["details"]["at_chance"] is True
     assert (finding["details"]["ranks"], finding["details"]["quiet_ranks"]) == ([1], [0])
     assert finding["message"].startswith("rank 1 only: ") and "data (or the code path) of rank 1" in finding["message"]
+    # DDP's own facts, as nan-hunt gathers them, on every rank: said once, for both ranks
+    batchnorm = by_id["syncbn-missing"]
+    assert batchnorm["message"].startswith("ranks 0, 1: ") and batchnorm["details"]["layers"] == ["1 (BatchNorm1d)"]
     ranks = report["result"]["ranks"]
-    assert ranks[0]["findings"] == [] and ranks[1]["findings"] == ["loss-not-decreasing"]
+    assert ranks[0]["findings"] == ["syncbn-missing"] and "loss-not-decreasing" in ranks[1]["findings"]
     assert ranks[0]["loss"][-1] < ranks[0]["loss"][0] and len(ranks[1]["loss"]) == len(ranks[0]["loss"])
 
 
