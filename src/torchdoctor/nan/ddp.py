@@ -42,6 +42,7 @@ class DdpWatch:
         self._models: dict[int, Any] = {}
         self._patches = Patches()
         self._steps = 0
+        self._checksum: tuple[int, Any] | None = None  # (step, a device tensor): read back once, on exit
 
     def __enter__(self) -> DdpWatch:
         from torch.nn.modules import module as nn_module
@@ -54,6 +55,9 @@ class DdpWatch:
 
     def __exit__(self, *exc_info: Any) -> bool:
         self._patches.undo()
+        if self._checksum is not None:
+            self.facts.checksum_step, self.facts.checksum = self._checksum[0], _read_back(self._checksum[1])
+        self._checksum = None
         self._models.clear()  # keep only plain facts, never the user's model
         return False
 
@@ -77,7 +81,7 @@ class DdpWatch:
     def _step_post(self, optimizer: Any, args: Any, kwargs: Any) -> None:
         self._steps += 1
         if self._models:
-            self.facts.checksum_step, self.facts.checksum = self._steps, _checksum(self._models.values())
+            self._checksum = (self._steps, _checksum(self._models.values()))
 
 
 def _plain_batchnorms(module: Any) -> list[str]:
@@ -88,11 +92,24 @@ def _plain_batchnorms(module: Any) -> list[str]:
             if isinstance(layer, _BatchNorm) and not isinstance(layer, SyncBatchNorm)]
 
 
-def _checksum(models: Any) -> float:
+def _checksum(models: Any) -> Any:
+    """The sum of every parameter in float64, as a tensor on the first parameter's device: computed at every step
+    but read back only once, so that watching never makes the host wait for the device during training."""
     import torch
 
+    params = [p for model in models for p in model.module.parameters()]
+    if not params:
+        return None
     with torch.no_grad():
-        return float(sum(p.detach().double().sum().item() for model in models for p in model.module.parameters()))
+        device = params[0].device
+        return torch.stack([p.detach().double().sum().to(device) for p in params]).sum()
+
+
+def _read_back(checksum: Any) -> float | None:
+    try:
+        return None if checksum is None else float(checksum.item())
+    except Exception:  # noqa: BLE001 - a device lost with the script's crash: no checksum, not a second failure
+        return None
 
 
 # --- judging one rank's facts (pure) ------------------------------------------------------------------------
