@@ -128,6 +128,15 @@ def test_a_rank_without_a_report_is_named_and_the_report_renders(healthy):
     assert "distributed-hang" in console.file.getvalue()
 
 
+def test_ddp_weights_that_differ_across_ranks_are_ranks_diverged(healthy):
+    first, drifted = json.loads(json.dumps(healthy)), json.loads(json.dumps(healthy))
+    for report, checksum in ((first, 1.0), (drifted, 1.5)):  # as DdpWatch records them after step 30
+        report["result"]["ddp"] = {**report["result"]["ddp"], "checksum_step": 30, "checksum": checksum}
+    merged = merge_watch_reports({0: first, 1: drifted})
+    assert [f.id for f in merged.findings] == ["ranks-diverged"] and merged.exit_code() == 1
+    assert [f.id for f in merge_watch_reports({0: first, 1: first}).findings] == []
+
+
 def test_wrapped_models_are_named_as_the_user_named_them():
     report = watched(True, nn.DataParallel(nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))))
     assert report["result"]["series"]["layers"] == ["0", "2"]
