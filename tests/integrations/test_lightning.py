@@ -153,3 +153,23 @@ def test_callback_writes_the_report_of_a_run_that_raises_and_removes_its_hooks(p
     assert failed["location"].endswith(f"{SCRIPT}:{forward_line}")  # the user's last frame, not torch's
     rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
     assert any(row.get("torchdoctor/script-failed") == "1.0" for row in rows)  # before Lightning finalized them
+
+
+def test_a_report_that_cannot_be_written_never_replaces_the_users_exception(pl_script, tmp_path, caplog):
+    from torch.nn.modules import module as nn_module
+
+    from torchdoctor.integrations.lightning import TorchdoctorCallback
+
+    class BreaksAtBatch1(pl_script.Regressor):
+        def training_step(self, batch, batch_idx):
+            return super().training_step((batch[0][:, :5], batch[1]) if batch_idx == 1 else batch, batch_idx)
+
+    (tmp_path / "blocker").write_text("a file where the report's folder should be")
+    hooks = len(nn_module._global_forward_pre_hooks)
+    trainer = pl_script.build_trainer(STEPS, root=str(tmp_path),
+                                      callbacks=[TorchdoctorCallback(watch=False, report="blocker/run.json")])
+    with caplog.at_level("WARNING", logger="torchdoctor.integrations"), pytest.raises(RuntimeError) as raised:
+        trainer.fit(BreaksAtBatch1(), pl_script.build_data())
+    assert "mat1 and mat2" in str(raised.value)  # torch's own error reached the user, not ours
+    assert len(nn_module._global_forward_pre_hooks) == hooks
+    assert "the report of the run could not be written" in caplog.text

@@ -87,7 +87,8 @@ class Session:
         """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary.
 
         ``exception``: what ended the run (a ``script-failed`` finding, as ``nan-hunt`` gives a script that
-        raises); ``ended`` says how the run ended when no exception is known (``result.callback.ended``).
+        raises). ``result.callback.ended``: completed, failed, interrupted (KeyboardInterrupt), exited
+        (SystemExit), or ``ended`` when no exception is known (unfinished: finished by close() or at exit).
         """
         engine = self._exit()
         if engine is None:
@@ -116,14 +117,7 @@ class Session:
 
         Never raises: the user must see their own exception, not a report that could not be written.
         """
-        if not self.running:
-            return None
-        try:
-            return self.finish(base_folder, extra, exception=exception)
-        except Exception as error:  # any error of ours here would replace the user's exception
-            self.close()
-            logger.warning("torchdoctor: the report of the failed run could not be written: %s", error)
-            return None
+        return self._finish_quietly(base_folder, extra, exception) if self.running else None
 
     def finish_left_open(self, owner: object, base_folder: str | os.PathLike[str] | None,
                          extra: Callable[[], Mapping[str, Any]], exception: Callable[[], BaseException | None]
@@ -158,15 +152,17 @@ class Session:
     def _finish_at_exit(self, base_folder: str | os.PathLike[str] | None, extra: Callable[[], Mapping[str, Any]],
                         exception: Callable[[], BaseException | None]) -> None:
         self._last_resort = None  # weakref.finalize runs a callback once: nothing to detach
-        error = exception()
-        if error is not None:
-            self.finish_after(error, base_folder, extra())
-        elif self.running:
-            try:
-                self.finish(base_folder, extra(), ended="unfinished")
-            except Exception as failure:  # at exit or inside the garbage collector: log, never raise
-                self.close()
-                logger.warning("torchdoctor: the report of the unfinished run could not be written: %s", failure)
+        if self.running:
+            self._finish_quietly(base_folder, extra(), exception(), ended="unfinished")
+
+    def _finish_quietly(self, base_folder: str | os.PathLike[str] | None, extra: Mapping[str, Any] | None,
+                        exception: BaseException | None, ended: str = "completed") -> Report | None:
+        try:
+            return self.finish(base_folder, extra, exception=exception, ended=ended)
+        except Exception as error:  # while the user's error propagates, in the garbage collector or at exit: ours
+            self.close()  # must not replace theirs, nor raise where nobody catches it
+            logger.warning("torchdoctor: the report of the run could not be written: %s", error)
+            return None
 
     def _with_extra(self, report: Report, extra: Mapping[str, Any]) -> Report:
         """``result.callback`` added; with ``nan_hunt=False`` the nan-hunt family's NaN/inf findings are left out."""
