@@ -161,3 +161,42 @@ def test_a_watch_item_runs_the_real_watch_on_a_healthy_script(project):
     assert (item["kind"], item["error"], item["report"]["command"]) == ("watch", None, "watch"), item
     assert item["report"]["result"]["steps_watched"] == 4
     assert report.sections[0].headline.startswith("4 steps watched")
+
+
+# --- ckpt items scan values like `ckpt inspect` does ------------------------------------------------------------
+
+
+def test_a_ckpt_item_above_the_limit_reads_headers_only_by_default_and_says_so(project):
+    from fixtures.sharded_builders import sparse_sharded_dir
+
+    from torchdoctor.ckpt.inspect import SCAN_LIMIT_BYTES
+
+    sparse_sharded_dir(project, shards=4, shard_bytes=(SCAN_LIMIT_BYTES // 4) + (1 << 20))  # sparse: no GBs written
+    report = _only(project, '[[tool.torchdoctor.ckpt]]\npath = "sparse_4"\n')
+    item = report.result["items"][0]
+    scan = item["report"]["result"]["values_scan"]
+    assert scan["mode"] == "headers-only" and scan["data_bytes"] > SCAN_LIMIT_BYTES
+    assert item["report"]["result"]["values_scanned"] is False
+    shown = io.StringIO()
+    render_human(report, Console(file=shown, width=200, color_system=None))
+    assert "values not scanned for NaN/inf above 4.0 GiB (scan-values = true scans them)" in shown.getvalue()
+
+
+@pytest.mark.parametrize("key, mode, found", [
+    ("", "headers-only", []),
+    ("scan-values = true\n", "full", ["nonfinite-weights"]),
+    ("scan-values = false\n", "off", []),
+], ids=["default", "true", "false"])
+def test_scan_values_forces_or_skips_the_scan_of_a_ckpt_item(project, monkeypatch, key, mode, found):
+    import torch
+
+    from torchdoctor.ckpt import inspect
+
+    # the limit lowered, so that a 64-byte checkpoint with a NaN stands for one above 4 GiB
+    monkeypatch.setattr(inspect, "SCAN_LIMIT_BYTES", 32)
+    torch.save({"w": torch.tensor([1.0, float("nan"), 2.0, 3.0] * 4)}, project / "nan.pt")
+    report = _only(project, f'[[tool.torchdoctor.ckpt]]\npath = "nan.pt"\n{key}')
+    assert report.result["items"][0]["report"]["result"]["values_scan"]["mode"] == mode
+    assert [f.id for f in report.findings] == found
+    headline = report.sections[0].headline
+    assert ("values not scanned" in headline) == (mode != "full"), headline

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from tests.integrations._scripts import PRODUCER, hunt, load_script, marker_line, source_of, watch
+from tests.integrations._scripts import PRODUCER, SCRIPTS, hunt, load_script, marker_line, source_of, watch
 
 pytest.importorskip("lightning", reason="lightning is not installed (pip install 'torchdoctor[lightning]')")
 
@@ -75,7 +75,8 @@ def test_callback_on_a_healthy_run_writes_a_clean_report_and_logs_nothing(pl_scr
     trainer, rows = _fit(pl_script, tmp_path, callback)
     written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))  # default_root_dir
     assert written["status"] == "ok" and written["result"]["steps"] == STEPS == trainer.global_step
-    assert written["result"]["callback"] == {"library": "lightning", "global_step": STEPS, "stopped_early": False}
+    assert written["result"]["callback"] == {"library": "lightning", "global_step": STEPS, "stopped_early": False,
+                                             "ended": "completed"}
     assert rows and not any(key.startswith("torchdoctor/") for row in rows for key in row)  # the loss is logged
 
 
@@ -112,3 +113,63 @@ def test_callback_with_watch_finds_a_softmax_before_cross_entropy(pl_script, tmp
     # the nn.Softmax module, named inside the outermost module called (training_step calls self.body)
     assert double["location"] == "3"
     assert any(row.get("torchdoctor/double-softmax") == "1.0" for row in rows)
+
+
+@pytest.mark.parametrize("options, ids, steps_key", [
+    ({"watch": False}, ["nonfinite-forward", "script-failed"], "steps"),  # what was seen, then the crash
+    ({"nan_hunt": False}, ["script-failed"], "steps_watched"),  # the NaN is left out, how the run ended is not
+], ids=["nan-hunt", "watch"])
+def test_callback_writes_the_report_of_a_run_that_raises_and_removes_its_hooks(pl_script, tmp_path, validate_report,
+                                                                               options, ids, steps_key):
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as optim
+
+    from torchdoctor.integrations.lightning import TorchdoctorCallback
+
+    class BreaksAtBatch3(pl_script.Regressor):
+        def training_step(self, batch, batch_idx):
+            if batch_idx == 3:  # a real shape error, raised by torch inside the user's forward
+                batch = (batch[0][:, :5], batch[1])
+            return super().training_step(batch, batch_idx)
+
+    hooks = (len(nn_module._global_forward_pre_hooks), len(optim._global_optimizer_pre_hooks))
+    callback = TorchdoctorCallback(**options)
+    trainer = pl_script.build_trainer(STEPS, callbacks=[callback], root=str(tmp_path),
+                                      logger=CSVLogger(str(tmp_path), name="logs", version=0))
+    with pytest.raises(RuntimeError) as raised:
+        trainer.fit(BreaksAtBatch3(nan=True), pl_script.build_data())
+    assert (len(nn_module._global_forward_pre_hooks), len(optim._global_optimizer_pre_hooks)) == hooks
+    written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
+    assert callback.report is not None and callback.report.findings[-1].id == "script-failed"
+    assert [f["id"] for f in written["findings"]] == ids
+    assert written["result"][steps_key] == 3 == trainer.global_step
+    assert written["result"]["callback"] == {"library": "lightning", "global_step": 3, "stopped_early": False,
+                                             "ended": "failed"}
+    failed = written["findings"][-1]
+    assert failed["details"]["exc_type"] == "RuntimeError" and failed["details"]["message"] == str(raised.value)
+    forward_line = next(n for n, text in enumerate((SCRIPTS / SCRIPT).read_text().splitlines(), 1)
+                        if "out = self.body(x)" in text)
+    assert failed["location"].endswith(f"{SCRIPT}:{forward_line}")  # the user's last frame, not torch's
+    rows = list(csv.DictReader((tmp_path / "logs" / "version_0" / "metrics.csv").open()))
+    assert any(row.get("torchdoctor/script-failed") == "1.0" for row in rows)  # before Lightning finalized them
+
+
+def test_a_report_that_cannot_be_written_never_replaces_the_users_exception(pl_script, tmp_path, caplog):
+    from torch.nn.modules import module as nn_module
+
+    from torchdoctor.integrations.lightning import TorchdoctorCallback
+
+    class BreaksAtBatch1(pl_script.Regressor):
+        def training_step(self, batch, batch_idx):
+            return super().training_step((batch[0][:, :5], batch[1]) if batch_idx == 1 else batch, batch_idx)
+
+    (tmp_path / "blocker").write_text("a file where the report's folder should be")
+    hooks = len(nn_module._global_forward_pre_hooks)
+    trainer = pl_script.build_trainer(STEPS, root=str(tmp_path),
+                                      callbacks=[TorchdoctorCallback(watch=False, report="blocker/run.json")])
+    with caplog.at_level("WARNING", logger="torchdoctor.integrations"), pytest.raises(RuntimeError) as raised:
+        trainer.fit(BreaksAtBatch1(), pl_script.build_data())
+    assert "mat1 and mat2" in str(raised.value)  # torch's own error reached the user, not ours
+    assert len(nn_module._global_forward_pre_hooks) == hooks
+    assert "the report of the run could not be written" in caplog.text

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
-from tests.integrations._scripts import PRODUCER, USER_CALL, hunt, load_script, marker_line, source_of, watch
+from tests.integrations._scripts import PRODUCER, SCRIPTS, USER_CALL, hunt, load_script, marker_line, source_of, watch
 
 pytest.importorskip("transformers", reason="transformers is not installed (pip install 'torchdoctor[transformers]')")
 pytest.importorskip("accelerate", reason="accelerate is not installed (pip install 'torchdoctor[transformers]')")
@@ -75,7 +77,8 @@ def test_callback_on_a_healthy_run_writes_a_clean_report_and_logs_nothing(hf, tm
     validate_report(written)
     assert written["status"] == "ok" and written["findings"] == []
     assert written["result"]["steps"] == STEPS and trainer.state.global_step == STEPS
-    assert written["result"]["callback"] == {"library": "transformers", "global_step": STEPS, "stopped_early": False}
+    assert written["result"]["callback"] == {"library": "transformers", "global_step": STEPS, "stopped_early": False,
+                                             "ended": "completed"}
     assert not any(key.startswith("torchdoctor/") for entry in trainer.state.log_history for key in entry)
 
 
@@ -115,3 +118,72 @@ def test_callback_with_watch_finds_a_softmax_before_cross_entropy(hf, tmp_path, 
     assert written["result"]["series"]["loss"]  # the watch's series, for `torchdoctor watch`'s pictures
     logged = {key for entry in trainer.state.log_history for key in entry}
     assert "torchdoctor/double-softmax" in logged
+
+
+# --- a run that raises: the Trainer calls no callback then -------------------------------------------------------
+
+
+def _global_hooks():
+    from torch.nn.modules import module as nn_module
+    from torch.optim import optimizer as optim
+
+    return len(nn_module._global_forward_pre_hooks), len(optim._global_optimizer_pre_hooks)
+
+
+def test_a_run_that_raises_removes_the_hooks_and_writes_the_report_as_the_error_propagates(hf, tmp_path,
+                                                                                          validate_report):
+    from torchdoctor.integrations.transformers import TorchdoctorCallback
+
+    hooks = _global_hooks()
+    callback = TorchdoctorCallback()  # the defaults: watch and nan-hunt
+    trainer = hf.build_trainer(hf.build_model(break_at=3), str(tmp_path), STEPS, callbacks=[callback])
+    with pytest.raises(IndexError) as raised:  # the user's error still reaches the user, unchanged
+        trainer.train()
+    assert _global_hooks() == hooks  # no close() needed
+    written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
+    assert written["command"] == "watch" and written["result"]["steps_watched"] == 2 == trainer.state.global_step
+    assert written["result"]["callback"] == {"library": "transformers", "global_step": 2, "stopped_early": False,
+                                             "ended": "failed"}
+    assert written["result"]["script_failed"] is True
+    failed = next(f for f in written["findings"] if f["id"] == "script-failed")
+    assert failed["details"]["exc_type"] == "IndexError" and failed["details"]["message"] == str(raised.value)
+    assert failed["location"].endswith(f"{SCRIPT}:{marker_line(SCRIPT, '# <-- the step that raises')}")
+    assert callback.close() is None and callback.close() is None  # finished already: close() does nothing, twice
+    assert callback.report.findings[-1].id == "script-failed"
+
+
+def test_close_finishes_a_run_left_open_once(hf, tmp_path):
+    from torchdoctor.integrations.transformers import TorchdoctorCallback
+
+    hooks = _global_hooks()
+    callback = TorchdoctorCallback(watch=False)
+    trainer = hf.build_trainer(hf.build_model(break_at=2), str(tmp_path), STEPS)
+    trainer.add_callback(callback)  # after __init__: train is not wrapped, the error goes by unseen
+    with pytest.raises(IndexError):
+        trainer.train()
+    assert _global_hooks() != hooks and not (tmp_path / "torchdoctor-report.json").exists()
+    report = callback.close()
+    assert _global_hooks() == hooks and report is callback.report and callback.close() is None
+    written = json.loads((tmp_path / "torchdoctor-report.json").read_text())
+    assert written["result"]["callback"] == {"library": "transformers", "global_step": 1, "stopped_early": False,
+                                             "ended": "unfinished"}
+
+
+@pytest.mark.slow
+def test_a_callback_added_later_finishes_a_run_that_raised_when_the_interpreter_exits(tmp_path):
+    """``trainer.add_callback``: no ``on_init_end``, so no wrapped ``train``; the last resort writes the report."""
+    driver = tmp_path / "driver.py"
+    driver.write_text(
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('hf_gpt2', {str(SCRIPTS / SCRIPT)!r})\n"
+        "hf = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(hf)\n"
+        "from torchdoctor.integrations.transformers import TorchdoctorCallback\n"
+        f"trainer = hf.build_trainer(hf.build_model(break_at=2), {str(tmp_path)!r}, 4)\n"
+        "trainer.add_callback(TorchdoctorCallback(watch=False, report='crash.json'))\n"
+        "trainer.train()\n")
+    done = subprocess.run([sys.executable, str(driver)], capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert done.returncode == 1 and "IndexError" in done.stderr.splitlines()[-1], done.stderr[-2000:]
+    written = json.loads((tmp_path / "crash.json").read_text())
+    assert [f["id"] for f in written["findings"]] == ["script-failed"]
+    assert written["result"]["steps"] == 1 and written["result"]["callback"]["ended"] == "failed"

@@ -138,4 +138,19 @@ def _headline(outcome: ItemOutcome, kept: list[Finding]) -> str:
         facts.append(f"{result['steps_watched']} steps watched")
     if outcome.item.kind == "count" and (result.get("params") or {}).get("total") is not None:
         facts.append(f"{result['params']['total']:,} parameters")
+    if outcome.item.kind == "ckpt":
+        facts += _values_not_scanned(result.get("values_scan") or {})
     return ", ".join(facts + (parts or ["no issues"]))
+
+
+def _values_not_scanned(scan: Mapping[str, Any]) -> list[str]:
+    """Said when a ckpt item's values were not checked for NaN/inf, in the config's words (not the CLI's)."""
+    if scan.get("mode") == "headers-only":
+        from torchdoctor.ckpt.inspect import SCAN_LIMIT_BYTES  # loaded already: the item ran ckpt inspect
+        from torchdoctor.units import format_bytes
+
+        return [f"headers only: {format_bytes(scan['data_bytes'])} of tensor data, values not scanned for NaN/inf "
+                f"above {format_bytes(SCAN_LIMIT_BYTES)} (scan-values = true scans them)"]
+    if scan.get("mode") == "off":
+        return ["values not scanned for NaN/inf (scan-values = false)"]
+    return []

@@ -9,6 +9,7 @@ Trainer accepts only callbacks of its own package). Importing this module import
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any
 
@@ -22,9 +23,11 @@ from torchdoctor.report import Report
 
 __all__ = ["TorchdoctorCallback"]
 
+_logger = logging.getLogger("torchdoctor.integrations")
+
 
 class TorchdoctorCallback(Callback):
-    """Watch a Lightning run with the CLI's engines; write the report when training ends.
+    """Watch a Lightning run with the CLI's engines; write the report when training ends, or raises.
 
     ``watch``: the learning watch (``torchdoctor watch``). ``nan_hunt``: name the first producer of NaN/inf.
     ``fail_fast``: stop training (``trainer.should_stop``) at the end of the batch that produced the first
@@ -55,18 +58,32 @@ class TorchdoctorCallback(Callback):
             trainer.should_stop = True
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        if not self.session.running:
-            return
-        extra = {"library": type(trainer).__module__.split(".")[0], "global_step": trainer.global_step}
-        report = self.session.finish(base_folder=trainer.default_root_dir, extra=extra)
+        if self.session.running:
+            self._tell_loggers(trainer, self.session.finish(trainer.default_root_dir, _extra(trainer)))
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        """A run that raised (or was interrupted): the hooks go, and the report of what was seen is written.
+
+        Lightning calls this before it finalizes the loggers ("failed"), so they still take the findings.
+        """
+        report = self.session.finish_after(exception, trainer.default_root_dir, _extra(trainer))
+        if report is not None:
+            try:
+                self._tell_loggers(trainer, report)
+            except Exception as error:  # a logger that fails now must not replace the user's exception
+                _logger.warning("torchdoctor: the findings of the failed run could not be logged: %s", error)
+
+    def _tell_loggers(self, trainer: Any, report: Report) -> None:
+        # self.log is not allowed in on_train_end nor on_exception: write to the loggers themselves.
         metrics = metrics_of(report)
-        # self.log is not allowed in on_train_end: write to the loggers themselves.
         for logger in trainer.loggers if metrics else ():
             logger.log_metrics(metrics, step=trainer.global_step)
             logger.save()
 
-    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
-        self.session.close()  # the hooks go with the run; the report of a crashed run is not written
-
     def __repr__(self) -> str:
         return f"TorchdoctorCallback({summary_of(self.report) if self.report else 'not run'})"
+
+
+def _extra(trainer: Any) -> dict[str, Any]:
+    """``result.callback``'s facts of the run (``library``: lightning or pytorch_lightning)."""
+    return {"library": type(trainer).__module__.split(".")[0], "global_step": trainer.global_step}

@@ -3,14 +3,18 @@
 A callback cannot wrap the training loop in a ``with`` block, so a ``Session`` enters the context managers
 at train begin and exits them at train end. The hunt runs with ``keep_going``: the engine's own stop is an
 exception, which would crash the user's loop; ``fail_fast`` instead asks the trainer to stop cleanly at the
-end of the step that produced the first error.
+end of the step that produced the first error. A run that raises is finished too (``finish_after``), with
+what was seen up to the exception; a run nothing finished is finished when its owner (the callback) is
+garbage-collected or the interpreter exits (``finish_left_open``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+import sys
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,10 @@ from torchdoctor.report import Finding, Report, Severity
 
 logger = logging.getLogger("torchdoctor.integrations")
 
-__all__ = ["Session", "metrics_of", "summary_of"]
+__all__ = ["ENDING_IDS", "Session", "metrics_of", "summary_of", "uncaught_exception"]
+
+# The nan-hunt family's ids of how a run ended: kept with nan_hunt=False, they are not about NaN/inf.
+ENDING_IDS = ("script-failed", "script-exit-code")
 
 
 class Session:
@@ -42,6 +49,7 @@ class Session:
         self.report: Report | None = None
         self.written: Path | None = None
         self.stopped_early = False
+        self._last_resort: weakref.finalize | None = None
 
     @property
     def running(self) -> bool:
@@ -74,13 +82,24 @@ class Session:
             return True
         return False
 
-    def finish(self, base_folder: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None
-               ) -> Report:
-        """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary."""
-        report = self.close()
-        if report is None:
+    def finish(self, base_folder: str | os.PathLike[str] | None = None, extra: Mapping[str, Any] | None = None,
+               *, exception: BaseException | None = None, ended: str = "completed") -> Report:
+        """Remove every hook, build the report, write it (relative paths under ``base_folder``), log a summary.
+
+        ``exception``: what ended the run (a ``script-failed`` finding, as ``nan-hunt`` gives a script that
+        raises). ``result.callback.ended``: completed, failed, interrupted (KeyboardInterrupt), exited
+        (SystemExit), or ``ended`` when no exception is known (unfinished: finished by close() or at exit).
+        """
+        engine = self._exit()
+        if engine is None:
             raise RuntimeError("Session.finish() called without start()")
-        self.report = self._with_extra(report, {**dict(extra or {}), "stopped_early": self.stopped_early})
+        ending, findings = _ending_of(exception, ended)
+        report = engine.report
+        if findings:  # the engine's own report plus the ending, as the script runners build theirs
+            failed = {"script_failed": True} if self.watch_on else None
+            report = engine.build_report(extra_findings=findings, extra_result=failed)
+        extra = {**dict(extra or {}), "stopped_early": self.stopped_early, "ended": ending}
+        self.report = self._with_extra(report, extra)
         if self.report_path is not None:
             from torchdoctor.nan.runner import write_report
 
@@ -92,20 +111,94 @@ class Session:
         _log_summary(self.report, self.written)
         return self.report
 
+    def finish_after(self, exception: BaseException, base_folder: str | os.PathLike[str] | None = None,
+                     extra: Mapping[str, Any] | None = None) -> Report | None:
+        """``finish`` for a run ended by ``exception``, called while it propagates; None when not running.
+
+        Never raises: the user must see their own exception, not a report that could not be written.
+        """
+        return self._finish_quietly(base_folder, extra, exception) if self.running else None
+
+    def finish_left_open(self, owner: object, base_folder: str | os.PathLike[str] | None,
+                         extra: Callable[[], Mapping[str, Any]], exception: Callable[[], BaseException | None]
+                         ) -> None:
+        """The last resort for a run nothing finished (an exception no hook saw): finish it when ``owner`` is
+        garbage-collected or, at the latest, when the interpreter exits.
+
+        ``extra`` and ``exception`` are asked then (``exception``: the error that ended the run, if known);
+        neither may hold a reference to ``owner``, or it would never be collected.
+        """
+        self._detach_last_resort()
+        self._last_resort = weakref.finalize(owner, self._finish_at_exit, base_folder, extra, exception)
+
     def close(self) -> Report | None:
-        """Exit the engine if it is still entered; its report."""
+        """Remove the hooks if they are still installed, writing nothing; the engine's report."""
+        engine = self._exit()
+        return engine.report if engine is not None else None
+
+    def _exit(self) -> Any:
+        """Exit the engine if it is still entered (and drop the last resort): the engine, or None."""
+        self._detach_last_resort()
         engine, self._engine, self._hunt = self._engine, None, None
-        if engine is None:
+        if engine is not None:
+            engine.__exit__(None, None, None)
+        return engine
+
+    def _detach_last_resort(self) -> None:
+        if self._last_resort is not None:
+            self._last_resort.detach()
+            self._last_resort = None
+
+    def _finish_at_exit(self, base_folder: str | os.PathLike[str] | None, extra: Callable[[], Mapping[str, Any]],
+                        exception: Callable[[], BaseException | None]) -> None:
+        self._last_resort = None  # weakref.finalize runs a callback once: nothing to detach
+        if self.running:
+            self._finish_quietly(base_folder, extra(), exception(), ended="unfinished")
+
+    def _finish_quietly(self, base_folder: str | os.PathLike[str] | None, extra: Mapping[str, Any] | None,
+                        exception: BaseException | None, ended: str = "completed") -> Report | None:
+        try:
+            return self.finish(base_folder, extra, exception=exception, ended=ended)
+        except Exception as error:  # while the user's error propagates, in the garbage collector or at exit: ours
+            self.close()  # must not replace theirs, nor raise where nobody catches it
+            logger.warning("torchdoctor: the report of the run could not be written: %s", error)
             return None
-        engine.__exit__(None, None, None)
-        return engine.report
 
     def _with_extra(self, report: Report, extra: Mapping[str, Any]) -> Report:
-        """``result.callback`` added; with ``nan_hunt=False`` the nan-hunt family's findings are left out."""
-        findings = report.findings if self.nan_hunt_on else tuple(f for f in report.findings if f.code[2] != "3")
+        """``result.callback`` added; with ``nan_hunt=False`` the nan-hunt family's NaN/inf findings are left out."""
+        findings = report.findings if self.nan_hunt_on else tuple(
+            f for f in report.findings if f.code[2] != "3" or f.id in ENDING_IDS)
         sections = tuple(replace(section, findings=tuple(f for f in section.findings if f in findings))
                          for section in report.sections)
         return Report(report.command, findings, {**dict(report.result), "callback": dict(extra)}, sections)
+
+
+def _ending_of(exception: BaseException | None, ended: str) -> tuple[str, tuple[Finding, ...]]:
+    """How the run ended (``result.callback.ended``) and the finding that says so, as ``nan-hunt`` judges a script.
+
+    The user's frames are looked for under the current folder first (where their training code usually is).
+    """
+    if exception is None:
+        return ended, ()
+    from torchdoctor.nan.runner import Ending, ScriptOutcome, judge_outcome
+
+    if isinstance(exception, KeyboardInterrupt):
+        ending = Ending.INTERRUPTED
+    else:
+        ending = Ending.EXITED if isinstance(exception, SystemExit) else Ending.FAILED
+    return ending.value, judge_outcome(ScriptOutcome(ending, exception), Path.cwd())
+
+
+def uncaught_exception(code: Any) -> BaseException | None:
+    """The exception that ended the interpreter (Python keeps it in ``sys.last_value`` before exiting) when its
+    traceback runs through ``code``: an error from an earlier, unrelated cell of a notebook is not the run's."""
+    error = getattr(sys, "last_value", None)
+    trace = error.__traceback__ if isinstance(error, BaseException) else None
+    while trace is not None:
+        if trace.tb_frame.f_code is code:
+            return error
+        trace = trace.tb_next
+    return None
 
 
 def summary_of(report: Report) -> str:
