@@ -109,6 +109,7 @@ def test_callback_with_watch_finds_a_softmax_before_cross_entropy(pl_script, tmp
     written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
     assert written["command"] == "watch" and written["result"]["steps_watched"] == 20
     double = next(f for f in written["findings"] if f["id"] == "double-softmax")
-    # the nn.Softmax module, named inside the outermost module called (training_step calls self.body)
-    assert double["location"] == "3"
+    # training_step calls self.body(x): the nn.Softmax is named by its path in the LightningModule the user holds
+    assert double["location"] == "body.3" and "'body.3' (Softmax)" in double["message"]
+    assert "body.3" in dict(pl_script.SoftmaxClassifier().named_modules())
     assert any(row.get("torchdoctor/double-softmax") == "1.0" for row in rows)

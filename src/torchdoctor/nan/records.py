@@ -24,6 +24,8 @@ class RootCall:
     hooks: list[Any] = field(default_factory=list)
     output_storages: frozenset[int] = frozenset()
     site: tuple[str, int] | None = None  # the user's line that called the model
+    # (weakref to an output tensor, the submodule that returned it, its version then), in the order they finished
+    seen_outputs: list[tuple[Any, Any, int]] = field(default_factory=list)
 
     def capture_grad(self, index: int, grad: Any) -> None:
         self.out_grads[index] = grad
@@ -33,6 +35,7 @@ class RootCall:
         for handle in self.hooks:
             handle.remove()
         self.hooks.clear()
+        self.seen_outputs.clear()
 
 
 @dataclass(frozen=True)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.nan.batches import BatchLog
+from torchdoctor.nan.containers import find_container, unwrap
 from torchdoctor.nan.counting import StepCounting
 from torchdoctor.nan.frames import user_site
 from torchdoctor.nan.locate import ModuleTracker, storage_of
@@ -47,6 +50,7 @@ class Watcher:
         self.clip_seen = False  # some recorded norm is clip_grad_norm_'s (result.grad_norm_source)
         self.amp = AmpCount()
         self.roots: dict[int, Any] = {}
+        self.placed: dict[int, tuple[Any, str]] = {}  # id(root) -> (outermost module holding it, its path there)
         self.batches = BatchLog()
         self.window = LossWindow(kinds)
         self.calls: deque[RootCall] = deque()
@@ -56,6 +60,7 @@ class Watcher:
         self._root: RootCall | None = None
         self._in_backward = 0
         self._thread = threading.get_ident()
+        self._tensor_type: type = type(None)  # torch.Tensor once a root call begins (torch is imported lazily)
         self.locator = Locator(self)
         self.counting = StepCounting(self)  # optimizer steps, or backward calls in hand-updated loops
 
@@ -84,13 +89,27 @@ class Watcher:
             return
         self._depth = max(self._depth - 1, 0)
         call = self._root
-        if self._depth or call is None or call.module is not module:
+        if call is None:
+            return
+        if self._depth or call.module is not module:
+            if len(rest) == 2 and call.module is not module:
+                self._note_output(call, module, rest[1])
             return
         self._root = None
         if len(rest) == 2:
             self.after_root(call, args, *rest)
         else:
             self.window.resume()
+
+    def _note_output(self, call: RootCall, module: Any, output: Any) -> None:
+        """Remember, weakly, a submodule's output tensors during a root call (a few attribute reads each).
+
+        If the root's output turns non-finite and the exact replay does not reproduce it, the first of these
+        still alive, unchanged in place and non-finite names the module, not just the model.
+        """
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, self._tensor_type):
+                call.seen_outputs.append((weakref.ref(tensor), module, tensor._version))
 
     def _is_root(self, module: Any) -> bool:
         if self.model is not None:
@@ -101,16 +120,36 @@ class Watcher:
     def _begin(self, module: Any) -> RootCall:
         import torch
 
-        self.roots.setdefault(id(module), module)
+        self._tensor_type = torch.Tensor
+        if id(module) not in self.roots:
+            self.roots[id(module)] = module
+            self.placed[id(module)] = self._place(module)
         return RootCall(
             module, self.steps, rng_state(), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
             _autocast_state(torch), site=user_site(),
         )
 
+    def _place(self, module: Any) -> tuple[Any, str]:
+        if self.model is not None:  # the user named the model to watch: names start there
+            return unwrap(module), ""
+        known = [container for container, _ in self.placed.values()]
+        return find_container(module, known, sys._getframe())
+
+    def container_of(self, module: Any) -> Any:
+        """The outermost module holding ``module`` (a root called): module names are paths from it."""
+        return self.placed.get(id(module), (unwrap(module), ""))[0]
+
+    def containers(self) -> list[Any]:
+        """Every model the names start from, the one given to ``nan_hunt(model)`` first."""
+        given = [unwrap(self.model)] if self.model is not None else []
+        return list(dict.fromkeys(given + [container for container, _ in self.placed.values()]))
+
     def after_root(self, call: RootCall, args: tuple, kwargs: dict, result: Any) -> None:
         call.args, call.kwargs = args, kwargs
         outputs = leaves(result)
         kind = worst_kind([t for t in outputs if checkable(t)], self.kinds)
+        if kind is None:
+            call.seen_outputs.clear()  # only a non-finite output needs to know which submodule made it
         training = call.grad_enabled and not call.inference
         if kind == NAN:
             self.forward_nonfinite(call, kind)
@@ -320,6 +359,7 @@ class Watcher:
         """Forget every reference to the user's objects (models, batches, loss tensors) once reported."""
         self.model = self._root = None
         self.roots.clear()
+        self.placed.clear()
         self.losses.clear()
         self.first_losses.clear()
         self.batches = BatchLog()
