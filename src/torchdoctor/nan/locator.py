@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import cmath
 from collections.abc import Callable
 from typing import Any
 
@@ -53,24 +54,23 @@ class Locator:
         if kind == INF and not missed:
             return None  # every inf came from an explicit -inf/inf argument (a mask): on purpose
         # Keep what the cheap watch saw (which module's output, in which model, called where); say the replay missed.
-        module = self._seen_module(call, kind)
-        seen = "NaN" if kind == NAN else "inf"
-        where = _short_name(extra["model"]) if module is None else f"module '{module}' ({_short_name(extra['model'])})"
-        note = (f"the output of {where} held {seen} when it ran, but the exact replay did not reproduce it (a fault "
+        seen = self._seen_module(call)
+        what = "NaN" if kind == NAN else "inf"
+        model = _short_name(extra["model"])
+        where = model if seen is None else f"module '{seen[0]}' ({type(seen[1]).__name__}, in {model})"
+        note = (f"the output of {where} held {what} when it ran, but the exact replay did not reproduce it (a fault "
                 "that fires once, a non-deterministic forward, or inputs changed in place), so the op is not known")
-        return NonFinite(kind, "forward", call.step, module=module, source=describe_site(call.site), note=note,
-                         replay="missed" if missed else None, **extra)
+        return NonFinite(kind, "forward", call.step, module=seen[0] if seen else None, source=describe_site(call.site),
+                         note=note, replay="missed" if missed else None, **extra)
 
-    def _seen_module(self, call: RootCall, kind: str) -> str | None:
-        """The first submodule (so the deepest) whose output the watch saw hold ``kind`` during ``call``.
-
-        Outputs freed since, or changed in place after the module returned them, say nothing either way.
-        """
+    def _seen_module(self, call: RootCall) -> tuple[str, Any] | None:
+        """The first submodule (so the deepest) whose output the watch saw go non-finite during ``call``."""
         paths = module_paths(self.watcher.container_of(call.module))
-        for reference, module, version in call.seen_outputs:
-            tensor = reference()
-            if tensor is not None and tensor._version == version and has_kind(tensor, kind) and paths.get(id(module)):
-                return paths[id(module)]
+        inf_counts = INF in self.watcher.kinds
+        for total, module in call.seen_outputs:
+            value = complex(total.item())
+            if (cmath.isnan(value) or (inf_counts and cmath.isinf(value))) and paths.get(id(module)):
+                return paths[id(module)], module
         return None
 
     def _outside_inflow(self, call: RootCall, inflows: list, inputs: list[Any]) -> NonFinite | None:

@@ -7,7 +7,6 @@ import functools
 import math
 import sys
 import threading
-import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any
@@ -20,7 +19,7 @@ from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.locator import Locator
 from torchdoctor.nan.records import HuntStopped, NonFinite, RootCall
 from torchdoctor.nan.replay import rng_state
-from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, total_norm, worst_kind
+from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, output_sum, total_norm, worst_kind
 from torchdoctor.nan.window import LossWindow
 
 TRAJECTORY = 64  # steps of loss / grad norm kept for the divergence judgement and the report
@@ -61,6 +60,7 @@ class Watcher:
         self._in_backward = 0
         self._thread = threading.get_ident()
         self._tensor_type: type = type(None)  # torch.Tensor once a root call begins (torch is imported lazily)
+        self._compiling: Callable[[], bool] = bool
         self.locator = Locator(self)
         self.counting = StepCounting(self)  # optimizer steps, or backward calls in hand-updated loops
 
@@ -102,14 +102,15 @@ class Watcher:
             self.window.resume()
 
     def _note_output(self, call: RootCall, module: Any, output: Any) -> None:
-        """Remember, weakly, a submodule's output tensors during a root call (a few attribute reads each).
-
-        If the root's output turns non-finite and the exact replay does not reproduce it, the first of these
-        still alive, unchanged in place and non-finite names the module, not just the model.
+        """Queue the sum of a submodule's output during a root call: one reduction, never read back unless
+        the root's output turns non-finite (then the first non-finite sum names the module, when the exact
+        replay does not reproduce the fault). A container returning its last child's tensor adds nothing.
         """
+        if self._compiling():
+            return
         for tensor in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(tensor, self._tensor_type):
-                call.seen_outputs.append((weakref.ref(tensor), module, tensor._version))
+            if isinstance(tensor, self._tensor_type) and call.new_output(tensor) and checkable(tensor):
+                call.seen_outputs.append((output_sum(tensor), module))
 
     def _is_root(self, module: Any) -> bool:
         if self.model is not None:
@@ -121,6 +122,7 @@ class Watcher:
         import torch
 
         self._tensor_type = torch.Tensor
+        self._compiling = torch.compiler.is_compiling  # inside torch.compile's tracing: add no op to its graph
         if id(module) not in self.roots:
             self.roots[id(module)] = module
             self.placed[id(module)] = self._place(module)
@@ -150,6 +152,7 @@ class Watcher:
         kind = worst_kind([t for t in outputs if checkable(t)], self.kinds)
         if kind is None:
             call.seen_outputs.clear()  # only a non-finite output needs to know which submodule made it
+            call.last_output = None
         training = call.grad_enabled and not call.inference
         if kind == NAN:
             self.forward_nonfinite(call, kind)
