@@ -42,7 +42,7 @@ class Watch:
         watcher = self._hunt._watcher  # its roots: the models the run calls, found by the hunt's hooks
         # names start from the outermost model holding what is called (the LightningModule, not its self.body)
         roots = (lambda: [model]) if model is not None else (lambda: list(watcher.roots.values()))
-        self._names = Names(roots, place=lambda root: watcher.placed.get(id(root), (watcher.container_of(root), "")))
+        self._names = Names(roots, place=watcher.place_of)
         self._collector = Collector(self._names, every=every, max_steps=steps, on_done=self._stop_hunt)
         self._patches: Patches | None = None
         self.facts: WatchFacts | None = None

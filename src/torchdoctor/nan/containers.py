@@ -9,6 +9,7 @@ modules held by the user's frames that made the call (``self`` of ``training_ste
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any
@@ -64,8 +65,6 @@ def find_container(module: Any, known: Iterable[Any], frame: FrameType | None) -
     torchdoctor, and only until one holds a container: ``f_locals`` of a function frame is a snapshot that
     stays with the frame until it returns, so this runs once per new module called, never per step.
     """
-    from torch.nn import Module
-
     target = unwrap(module)
     known = [unwrap(container) for container in known]
     found = place(target, known)
@@ -75,10 +74,24 @@ def find_container(module: Any, known: Iterable[Any], frame: FrameType | None) -
     while found[1] == "" and frame is not None and limit > 0:
         if not is_core_file(frame.f_code.co_filename):
             limit -= 1
-            held = [v for v in list(frame.f_locals.values()) if issubclass(type(v), Module)]
+            held = modules_held(frame)
             found = place(target, known + held) if held else found
         frame = frame.f_back
     return found
+
+
+def modules_held(frame: FrameType) -> list[Any]:
+    """The modules among ``frame``'s local variables, read without keeping any of them alive."""
+    from torch.nn import Module
+
+    local = frame.f_locals
+    held = [value for value in list(local.values()) if issubclass(type(value), Module)]
+    if frame.f_code.co_flags & inspect.CO_OPTIMIZED and type(local) is dict and local is not frame.f_globals:
+        # Before Python 3.13 a function frame's f_locals is a snapshot dict kept on the frame until it returns:
+        # it would hold the user's model (and batch) after they ``del`` them. The frame's real locals are not in
+        # it (any later reader, locals() or a debugger, fills it again first), so emptying it changes nothing.
+        local.clear()
+    return held
 
 
 def module_paths(container: Any) -> dict[int, str]:

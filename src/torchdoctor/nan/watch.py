@@ -137,9 +137,12 @@ class Watcher:
         known = [container for container, _ in self.placed.values()]
         return find_container(module, known, sys._getframe())
 
+    def place_of(self, module: Any) -> tuple[Any, str]:
+        """(The outermost module holding ``module``, a root called; its path there): names are paths from it."""
+        return self.placed.get(id(module)) or (unwrap(module), "")
+
     def container_of(self, module: Any) -> Any:
-        """The outermost module holding ``module`` (a root called): module names are paths from it."""
-        return self.placed.get(id(module), (unwrap(module), ""))[0]
+        return self.place_of(module)[0]
 
     def containers(self) -> list[Any]:
         """Every model the names start from, the one given to ``nan_hunt(model)`` first."""
