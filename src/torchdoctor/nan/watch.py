@@ -106,11 +106,14 @@ class Watcher:
         the root's output turns non-finite (then the first non-finite sum names the module, when the exact
         replay does not reproduce the fault). A container returning its last child's tensor adds nothing.
         """
-        if self._compiling():
+        if self.first is not None or self._compiling():  # later events are only counted, never localised
             return
         for tensor in output if isinstance(output, (tuple, list)) else (output,):
             if isinstance(tensor, self._tensor_type) and call.new_output(tensor) and checkable(tensor):
-                call.seen_outputs.append((output_sum(tensor), module))
+                try:
+                    call.seen_outputs.append((output_sum(tensor), module))
+                except Exception:  # noqa: BLE001 - a tensor subclass without sum(dtype=): left out, never fatal
+                    continue
 
     def _is_root(self, module: Any) -> bool:
         if self.model is not None:
