@@ -62,8 +62,7 @@ def find_container(module: Any, known: Iterable[Any], frame: FrameType | None) -
     """``place(module, ...)`` among the ``known`` containers, else among the modules the user's frames hold.
 
     Frames are read from ``frame`` (the call's) outwards, at most ``USER_FRAMES`` outside torch and
-    torchdoctor, and only until one holds a container: ``f_locals`` of a function frame is a snapshot that
-    stays with the frame until it returns, so this runs once per new module called, never per step.
+    torchdoctor, and only until one holds a container; the watch asks once per new module called, never per step.
     """
     target = unwrap(module)
     known = [unwrap(container) for container in known]
