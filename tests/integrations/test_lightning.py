@@ -43,6 +43,13 @@ def test_nan_in_the_users_forward_is_named_at_the_users_line():
     assert source["file"].endswith(SCRIPT) and source["line"] == marker_line(SCRIPT, PRODUCER)
 
 
+def test_a_nan_made_inside_the_body_training_step_calls_is_named_by_its_path_in_the_lightning_module():
+    report = hunt(SCRIPT, "--nan-body")
+    first = report.result["first_nonfinite"]
+    assert (first["phase"], first["op"], first["module"]) == ("forward", "aten.log", "body.3"), first  # not "3"
+    assert first["source"]["line"] == marker_line(SCRIPT, "# <-- body producer")
+
+
 def test_nan_gradient_inside_the_closure_is_named_in_the_backward_not_blamed_on_the_optimizer():
     # optimizer.step(closure) runs forward and backward inside step(): the gradients are judged after the closure
     report = hunt(SCRIPT, "--nan-backward")
