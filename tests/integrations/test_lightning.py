@@ -43,6 +43,13 @@ def test_nan_in_the_users_forward_is_named_at_the_users_line():
     assert source["file"].endswith(SCRIPT) and source["line"] == marker_line(SCRIPT, PRODUCER)
 
 
+def test_a_nan_made_inside_the_body_training_step_calls_is_named_by_its_path_in_the_lightning_module():
+    report = hunt(SCRIPT, "--nan-body")
+    first = report.result["first_nonfinite"]
+    assert (first["phase"], first["op"], first["module"]) == ("forward", "aten.log", "body.3"), first  # not "3"
+    assert first["source"]["line"] == marker_line(SCRIPT, "# <-- body producer")
+
+
 def test_nan_gradient_inside_the_closure_is_named_in_the_backward_not_blamed_on_the_optimizer():
     # optimizer.step(closure) runs forward and backward inside step(): the gradients are judged after the closure
     report = hunt(SCRIPT, "--nan-backward")
@@ -110,8 +117,9 @@ def test_callback_with_watch_finds_a_softmax_before_cross_entropy(pl_script, tmp
     written = validate_report(json.loads((tmp_path / "torchdoctor-report.json").read_text()))
     assert written["command"] == "watch" and written["result"]["steps_watched"] == 20
     double = next(f for f in written["findings"] if f["id"] == "double-softmax")
-    # the nn.Softmax module, named inside the outermost module called (training_step calls self.body)
-    assert double["location"] == "3"
+    # training_step calls self.body(x): the nn.Softmax is named by its path in the LightningModule the user holds
+    assert double["location"] == "body.3" and "'body.3' (Softmax)" in double["message"]
+    assert "body.3" in dict(pl_script.SoftmaxClassifier().named_modules())
     assert any(row.get("torchdoctor/double-softmax") == "1.0" for row in rows)
 
 

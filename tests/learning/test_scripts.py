@@ -17,6 +17,7 @@ BUGGY = {
     "manual_sgd_no_zero.py": ("grad-not-zeroed", "0.weight"),  # no optimizer: a step is a backward call
     "clipped_no_zero.py": ("grad-not-zeroed", "wte.weight"),  # clip_grad_norm_ rescales the piled-up grads
     "double_softmax.py": ("double-softmax", "3"),
+    "split_calls.py": ("double-softmax", "head.1"),  # the loop calls model.encoder, then model.head
     "sigmoid_logits_loss.py": ("sigmoid-before-logits-loss", "prob"),
     "nll_on_logits.py": ("nll-on-logits", "2"),
     "nll_diverging.py": ("nll-on-logits", "fc2"),  # and grads past float32 norms: see below
@@ -118,6 +119,13 @@ def test_a_run_without_optimizer_counts_backward_calls():
 def test_a_gan_names_both_models_layers():
     layers = watch_script("healthy_gan.py").result["series"]["layers"]
     assert len(layers) == 4 and layers[0].startswith("Sequential#1.") and layers[-1].startswith("Sequential#2.")
+
+
+def test_a_loop_calling_the_models_parts_names_layers_by_their_path_in_the_model():
+    result = watch_script("split_calls.py").result
+    # model.encoder(x) and model.head(h) are called, never model: names are still model.named_modules()'
+    assert result["series"]["layers"] == ["encoder.0", "head.0"]
+    assert list(result["series"]["dead_fraction"]) == ["encoder.1"]
 
 
 def test_a_loss_input_finding_names_the_class_of_a_module_known_only_by_its_index():

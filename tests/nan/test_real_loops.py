@@ -206,8 +206,10 @@ def test_a_fault_the_replay_does_not_reproduce_keeps_the_model_and_line_and_says
     assert (first["phase"], first["step"], first["kind"], first["replay"]) == ("forward", 2, kind, "missed"), first
     assert first["model"] == "torch.nn.modules.container.Sequential"
     assert first["source"]["line"] == THIS_LINE_OF_MODEL_CALL
-    assert "output of Sequential" in first["note"] and "did not reproduce" in first["note"]
-    assert "output of Sequential" in hunt.report.findings[0].message
+    # the cheap watch saw FiresOnce's output go non-finite (its inner linear's stayed finite): it names that module
+    assert first["module"] == "2"
+    assert "output of module '2' (FiresOnce, in Sequential)" in first["note"] and "did not reproduce" in first["note"]
+    assert "in module '2'" in hunt.report.findings[0].message
 
 
 THIS_LINE_OF_MODEL_CALL = next(n for n, text in enumerate(Path(__file__).read_text().splitlines(), 1)

@@ -40,7 +40,9 @@ class Watch:
         _check_positive("every", every, allow_none=False)
         self._hunt = NanHunt(model, keep_going=True)
         watcher = self._hunt._watcher  # its roots: the models the run calls, found by the hunt's hooks
-        self._names = Names((lambda: [model]) if model is not None else (lambda: list(watcher.roots.values())))
+        # names start from the outermost model holding what is called (the LightningModule, not its self.body)
+        roots = (lambda: [model]) if model is not None else (lambda: list(watcher.roots.values()))
+        self._names = Names(roots, place=watcher.place_of)
         self._collector = Collector(self._names, every=every, max_steps=steps, on_done=self._stop_hunt)
         self._patches: Patches | None = None
         self.facts: WatchFacts | None = None

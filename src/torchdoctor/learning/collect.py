@@ -113,7 +113,7 @@ class Collector:
             kind = _activation_kind(module)
             if kind is not None and output.is_floating_point() and output.numel():
                 self.acts.unit_stats(module, kind, output)
-            if module is named[0] and self.names.is_root(module):
+            if self.names.is_root(module):
                 self.acts.model_output(output)
         if isinstance(module, _mode_types()) and not module.training:
             self.acts.eval_mode(module, named[0])

@@ -1,4 +1,4 @@
-"""Names of the user's modules and parameters, found from the models the run calls (its root modules)."""
+"""Names of the user's modules and parameters: paths in the outermost models holding the modules the run calls."""
 
 from __future__ import annotations
 
@@ -7,15 +7,23 @@ from typing import Any
 
 
 class Names:
-    """Module -> (root, dotted name), parameter -> (layer module, parameter name); refreshed when a root appears.
+    """Module -> (container, dotted path), parameter -> (layer module, parameter name); refreshed when a root appears.
+
+    A *root* is a module the training loop calls; its *container* is the outermost module holding it that
+    ``place`` finds (the LightningModule whose ``training_step`` calls ``self.body``), so names are the ones
+    ``model.named_modules()`` gives for the object the user holds.
 
     A *layer* is a module that owns parameters directly (``recurse=False``): ``encoder.layers.0.linear1``.
     """
 
-    def __init__(self, roots: Callable[[], Iterable[Any]]) -> None:
+    def __init__(self, roots: Callable[[], Iterable[Any]],
+                 place: Callable[[Any], tuple[Any, str]] = lambda root: (root, "")) -> None:
         self._roots = roots
-        self.root_list: list[Any] = []
-        self.modules: dict[Any, tuple[Any, str]] = {}
+        self._place = place  # a root called -> (the outermost module holding it, its path there)
+        self.root_list: list[Any] = []  # the roots called, less those inside another one called before
+        self.containers: list[Any] = []  # what names start from: body.3, not 3, when training_step calls self.body
+        self.modules: dict[Any, tuple[Any, str]] = {}  # module -> (its container, its path there)
+        self._under_roots: set[Any] = set()  # every module inside a root called
         self.params: dict[int, tuple[Any, str]] = {}  # id(param) -> (layer module, "weight")
         self.param_objects: list[Any] = []  # keeps every id in ``params`` alive and unique
         self.order: dict[Any, int] = {}  # layer -> first time it finished a forward (input -> output)
@@ -23,19 +31,32 @@ class Names:
 
     def refresh(self) -> bool:
         """Walk roots not seen yet; True when any was new."""
-        # a module already named under another root (model.encoder called on its own) is no new root
+        # a module inside another root (model.encoder called on its own after model) is no new root;
+        # DDP / DataParallel roots are named as the model they wrap
         roots = [unwrapped(root) for root in self._roots()]
-        new = [root for root in dict.fromkeys(roots) if root not in self.root_list and root not in self.modules]
+        new = [root for root in dict.fromkeys(roots) if root not in self.root_list and root not in self._under_roots]
         for root in new:
             self.root_list.append(root)
-            for name, module in root.named_modules(remove_duplicate=False):
-                self.modules.setdefault(module, (root, name))
-                self._registration.setdefault(module, len(self._registration))
-                for pname, param in module.named_parameters(recurse=False):
-                    if id(param) not in self.params:
-                        self.params[id(param)] = (module, pname)
-                        self.param_objects.append(param)
+            self._under_roots.update(root.modules())
+            container, path = self._place(root)
+            if container not in self.containers:
+                self._walk(container)
+            self.modules.setdefault(root, (container, path))  # a DDP root: named as the model it wraps
         return bool(new)
+
+    def _walk(self, container: Any) -> None:
+        """Name every module in ``container``; containers found before inside it are renamed from it."""
+        inside = set(container.modules())
+        renamed = {c for c in self.containers if c in inside}
+        self.containers = [c for c in self.containers if c not in renamed] + [container]
+        for name, module in container.named_modules(remove_duplicate=False):
+            if module not in self.modules or self.modules[module][0] in renamed:
+                self.modules[module] = (container, name)
+            self._registration.setdefault(module, len(self._registration))
+            for pname, param in module.named_parameters(recurse=False):
+                if id(param) not in self.params:
+                    self.params[id(param)] = (module, pname)
+                    self.param_objects.append(param)
 
     def module(self, module: Any) -> tuple[Any, str] | None:
         found = self.modules.get(module)
@@ -59,7 +80,7 @@ class Names:
     def display(self, module: Any) -> str:
         """The dotted name; prefixed with the model's class when the run has several models (a GAN)."""
         root, name = self.modules[module]
-        roots = [r for r in self.root_list if any(True for _ in r.parameters())]
+        roots = [r for r in self.containers if any(True for _ in r.parameters())]
         if len(roots) > 1:
             prefix = type(root).__name__
             if sum(type(r) is type(root) for r in roots) > 1:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import cmath
 from collections.abc import Callable
 from typing import Any
 
+from torchdoctor.nan.containers import module_paths
 from torchdoctor.nan.counting import HAND_UPDATE
 from torchdoctor.nan.frames import describe_site, user_source
 from torchdoctor.nan.locate import ModuleTracker, storage_of
@@ -51,18 +53,31 @@ class Locator:
         missed = watch.output_kinds is not None and kind not in watch.output_kinds
         if kind == INF and not missed:
             return None  # every inf came from an explicit -inf/inf argument (a mask): on purpose
-        # Keep what the cheap watch saw (which model's output, called where) and say the replay missed.
-        seen = "NaN" if kind == NAN else "inf"
-        note = (f"the output of {_short_name(extra['model'])} held {seen} when it ran, but the exact replay did "
-                "not reproduce it (a fault that fires once, a non-deterministic forward, or inputs changed in "
-                "place), so the op is not known")
-        return NonFinite(kind, "forward", call.step, source=describe_site(call.site), note=note,
-                         replay="missed" if missed else None, **extra)
+        # Keep what the cheap watch saw (which module's output, in which model, called where); say the replay missed.
+        seen = self._seen_module(call)
+        what = "NaN" if kind == NAN else "inf"
+        model = _short_name(extra["model"])
+        where = model if seen is None else f"module '{seen[0]}' ({type(seen[1]).__name__}, in {model})"
+        note = (f"the output of {where} held {what} when it ran, but the exact replay did not reproduce it (a fault "
+                "that fires once, a non-deterministic forward, or inputs changed in place), so the op is not known")
+        return NonFinite(kind, "forward", call.step, module=seen[0] if seen else None, source=describe_site(call.site),
+                         note=note, replay="missed" if missed else None, **extra)
+
+    def _seen_module(self, call: RootCall) -> tuple[str, Any] | None:
+        """The first submodule (so the deepest) whose output the watch saw go non-finite during ``call``."""
+        paths = module_paths(self.watcher.container_of(call.module))
+        inf_counts = INF in self.watcher.kinds
+        for total, module in call.seen_outputs:
+            value = complex(total.item())
+            if (cmath.isnan(value) or (inf_counts and cmath.isinf(value))) and paths.get(id(module)):
+                return paths[id(module)], module
+        return None
 
     def _outside_inflow(self, call: RootCall, inflows: list, inputs: list[Any]) -> NonFinite | None:
         """A NaN/inf no op made: a parameter, buffer or constant already held it; named where first read."""
         batch = {storage_of(t) for t in inputs}
-        owners = {storage_of(t): name for name, t in (*call.module.named_parameters(), *call.module.named_buffers())}
+        container = self.watcher.container_of(call.module)
+        owners = {storage_of(t): name for name, t in (*container.named_parameters(), *container.named_buffers())}
         for record, tensor in inflows:
             storage = storage_of(tensor)
             if storage in batch:
@@ -163,7 +178,7 @@ class Locator:
     def _replay(self, call: RootCall, run: Callable[[ModuleTracker], Any]) -> Any:
         """Run ``run`` with the global hooks naming modules for it (and doing nothing else)."""
         watcher = self.watcher
-        tracker = ModuleTracker({id(m): name for name, m in call.module.named_modules()})
+        tracker = ModuleTracker(module_paths(watcher.container_of(call.module)))
         watcher.tracker = tracker
         try:
             return run(tracker)
@@ -176,7 +191,7 @@ class Locator:
 
     def _param_names(self) -> dict[int, str]:
         names: dict[int, str] = {}
-        for root in self._roots():
+        for root in self.watcher.containers():
             for name, param in root.named_parameters():
                 names.setdefault(id(param), name)
         return names

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,17 @@ class RootCall:
     hooks: list[Any] = field(default_factory=list)
     output_storages: frozenset[int] = frozenset()
     site: tuple[str, int] | None = None  # the user's line that called the model
+    # (sum of a submodule's output, that submodule), in the order they finished: children before their parent
+    seen_outputs: list[tuple[Any, Any]] = field(default_factory=list)
+    last_output: tuple[Any, int] | None = None  # (weak reference to the last output summed, its version then)
+
+    def new_output(self, tensor: Any) -> bool:
+        """False for the tensor summed last, unchanged since (a Sequential returns its last child's output)."""
+        last = self.last_output
+        if last is not None and last[0]() is tensor and last[1] == tensor._version:
+            return False
+        self.last_output = (weakref.ref(tensor), tensor._version)
+        return True
 
     def capture_grad(self, index: int, grad: Any) -> None:
         self.out_grads[index] = grad
@@ -33,6 +45,8 @@ class RootCall:
         for handle in self.hooks:
             handle.remove()
         self.hooks.clear()
+        self.seen_outputs.clear()
+        self.last_output = None
 
 
 @dataclass(frozen=True)

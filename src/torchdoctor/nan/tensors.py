@@ -73,6 +73,14 @@ def screened_finite(tensor: Any) -> bool:
     return cmath.isfinite(total) if isinstance(total, complex) else math.isfinite(total)
 
 
+def output_sum(tensor: Any) -> Any:
+    """``screened_finite``'s sum, left on the device (no sync): non-finite when the tensor held NaN/inf."""
+    import torch
+
+    low = tensor.dtype in (torch.float16, torch.bfloat16)
+    return tensor.detach().sum(dtype=torch.float32 if low else None)
+
+
 def worst_kind(tensors: Iterable[Any], kinds: tuple[str, ...]) -> str | None:
     """"nan" if any NaN, else "inf" if any inf (and inf counts), else None."""
     found = bad_kinds(tensors, kinds)

@@ -5,19 +5,21 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import sys
 import threading
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 from torchdoctor.nan.batches import BatchLog
+from torchdoctor.nan.containers import find_container, unwrap
 from torchdoctor.nan.counting import StepCounting
 from torchdoctor.nan.frames import user_site
 from torchdoctor.nan.locate import ModuleTracker, storage_of
 from torchdoctor.nan.locator import Locator
 from torchdoctor.nan.records import HuntStopped, NonFinite, RootCall
 from torchdoctor.nan.replay import rng_state
-from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, total_norm, worst_kind
+from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, output_sum, total_norm, worst_kind
 from torchdoctor.nan.window import LossWindow
 
 TRAJECTORY = 64  # steps of loss / grad norm kept for the divergence judgement and the report
@@ -47,6 +49,7 @@ class Watcher:
         self.clip_seen = False  # some recorded norm is clip_grad_norm_'s (result.grad_norm_source)
         self.amp = AmpCount()
         self.roots: dict[int, Any] = {}
+        self.placed: dict[int, tuple[Any, str]] = {}  # id(root) -> (outermost module holding it, its path there)
         self.batches = BatchLog()
         self.window = LossWindow(kinds)
         self.calls: deque[RootCall] = deque()
@@ -56,6 +59,8 @@ class Watcher:
         self._root: RootCall | None = None
         self._in_backward = 0
         self._thread = threading.get_ident()
+        self._tensor_type: type = type(None)  # torch.Tensor once a root call begins (torch is imported lazily)
+        self._compiling: Callable[[], bool] = bool
         self.locator = Locator(self)
         self.counting = StepCounting(self)  # optimizer steps, or backward calls in hand-updated loops
 
@@ -84,13 +89,31 @@ class Watcher:
             return
         self._depth = max(self._depth - 1, 0)
         call = self._root
-        if self._depth or call is None or call.module is not module:
+        if call is None:
+            return
+        if self._depth or call.module is not module:
+            if len(rest) == 2 and call.module is not module:
+                self._note_output(call, module, rest[1])
             return
         self._root = None
         if len(rest) == 2:
             self.after_root(call, args, *rest)
         else:
             self.window.resume()
+
+    def _note_output(self, call: RootCall, module: Any, output: Any) -> None:
+        """Queue the sum of a submodule's output during a root call: one reduction, never read back unless
+        the root's output turns non-finite (then the first non-finite sum names the module, when the exact
+        replay does not reproduce the fault). A container returning its last child's tensor adds nothing.
+        """
+        if self.first is not None or self._compiling():  # later events are only counted, never localised
+            return
+        for tensor in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(tensor, self._tensor_type) and call.new_output(tensor) and checkable(tensor):
+                try:
+                    call.seen_outputs.append((output_sum(tensor), module))
+                except Exception:  # noqa: BLE001 - a tensor subclass without sum(dtype=): left out, never fatal
+                    continue
 
     def _is_root(self, module: Any) -> bool:
         if self.model is not None:
@@ -101,16 +124,41 @@ class Watcher:
     def _begin(self, module: Any) -> RootCall:
         import torch
 
-        self.roots.setdefault(id(module), module)
+        self._tensor_type = torch.Tensor
+        self._compiling = torch.compiler.is_compiling  # inside torch.compile's tracing: add no op to its graph
+        if id(module) not in self.roots:
+            self.roots[id(module)] = module
+            self.placed[id(module)] = self._place(module)
         return RootCall(
             module, self.steps, rng_state(), torch.is_grad_enabled(), torch.is_inference_mode_enabled(),
             _autocast_state(torch), site=user_site(),
         )
 
+    def _place(self, module: Any) -> tuple[Any, str]:
+        if self.model is not None:  # the user named the model to watch: names start there
+            return unwrap(module), ""
+        known = [container for container, _ in self.placed.values()]
+        return find_container(module, known, sys._getframe())
+
+    def place_of(self, module: Any) -> tuple[Any, str]:
+        """(The outermost module holding ``module``, a root called; its path there): names are paths from it."""
+        return self.placed.get(id(module)) or (unwrap(module), "")
+
+    def container_of(self, module: Any) -> Any:
+        return self.place_of(module)[0]
+
+    def containers(self) -> list[Any]:
+        """Every model the names start from, the one given to ``nan_hunt(model)`` first."""
+        given = [unwrap(self.model)] if self.model is not None else []
+        return list(dict.fromkeys(given + [container for container, _ in self.placed.values()]))
+
     def after_root(self, call: RootCall, args: tuple, kwargs: dict, result: Any) -> None:
         call.args, call.kwargs = args, kwargs
         outputs = leaves(result)
         kind = worst_kind([t for t in outputs if checkable(t)], self.kinds)
+        if kind is None:
+            call.seen_outputs.clear()  # only a non-finite output needs to know which submodule made it
+            call.last_output = None
         training = call.grad_enabled and not call.inference
         if kind == NAN:
             self.forward_nonfinite(call, kind)
@@ -320,6 +368,7 @@ class Watcher:
         """Forget every reference to the user's objects (models, batches, loss tensors) once reported."""
         self.model = self._root = None
         self.roots.clear()
+        self.placed.clear()
         self.losses.clear()
         self.first_losses.clear()
         self.batches = BatchLog()
