@@ -22,6 +22,8 @@ from torchdoctor.report import Finding, Report, Section
 
 COMMAND = "watch"
 LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy_with_logits")
+# Each is also a function of torch.nn.functional and of torch, and a Tensor method: every spelling is watched.
+ACTIVATION_FUNCTIONS = ("relu", "sigmoid", "tanh")
 
 __all__ = ["COMMAND", "Watch", "watch"]
 
@@ -115,7 +117,8 @@ def watch(model: Any = None, *, steps: int | None = None, every: int = 10) -> Wa
 
 
 def install(collector: Collector, patches: Patches) -> None:
-    """Global forward and optimizer hooks, and wrappers of backward and the three loss functions."""
+    """Global forward and optimizer hooks, and wrappers of backward, the three loss functions and the
+    activation functions (``F.relu``, ``torch.relu``, ``Tensor.relu``, and the same for sigmoid and tanh)."""
     import torch
     from torch.nn import functional
     from torch.nn.modules import module as nn_module
@@ -127,7 +130,9 @@ def install(collector: Collector, patches: Patches) -> None:
     patches.attribute(torch.autograd, "backward", collector.wrap_backward)
     for name in LOSS_FUNCTIONS:
         patches.attribute(functional, name, collector.wrap_loss(name))
-    patches.attribute(functional, "relu", collector.wrap_activation("relu"))
+    for name in ACTIVATION_FUNCTIONS:
+        for owner, prefix in ((functional, "F"), (torch, "torch"), (torch.Tensor, "Tensor")):
+            patches.attribute(owner, name, collector.wrap_activation(name, f"{prefix}.{name}"))
 
 
 SECTIONS = (("run", "Run and NaN/inf"), ("bugs", "Program bugs"), ("dynamics", "Training dynamics"))

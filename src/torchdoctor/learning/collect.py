@@ -113,8 +113,9 @@ class Collector:
             kind = _activation_kind(module)
             if kind is not None and output.is_floating_point() and output.numel():
                 self.acts.unit_stats(module, kind, output)
-            if module is named[0] and self.names.is_root(module):
-                self.acts.model_output(output)
+        if module is named[0] and self.names.is_root(module):
+            for tensor in _tensors_of(output):  # a tuple or dict too: a VAE returns (reconstruction, mu, logvar)
+                self.acts.model_output(tensor)
         if isinstance(module, _mode_types()) and not module.training:
             self.acts.eval_mode(module, named[0])
 
@@ -133,15 +134,17 @@ class Collector:
 
         return make
 
-    def wrap_activation(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """``F.relu`` called in a forward: real code (pytorch/examples' mnist) has no nn.ReLU for the hook to see."""
+    def wrap_activation(self, kind: str, spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()`` ... in a forward: real code (pytorch/examples' mnist)
+        has no nn.ReLU for the module hook to see. Outside sampled steps the wrapper only tests a flag."""
 
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(original)
             def activation(*args: Any, **kwargs: Any) -> Any:
                 output = original(*args, **kwargs)
                 if self.sampling and threading.get_ident() == self._thread:
-                    self._functional_activation(kind, sys._getframe(1), output)
+                    tensor = args[0] if args else kwargs.get("input")
+                    self._functional_activation(kind, spelling, sys._getframe(1), tensor, output)
                 return output
 
             return activation
@@ -149,16 +152,19 @@ class Collector:
         return make
 
     @_guarded
-    def _functional_activation(self, kind: str, caller: Any, output: Any) -> None:
+    def _functional_activation(self, kind: str, spelling: str, caller: Any, tensor: Any, output: Any) -> None:
         import torch
 
-        module = caller.f_locals.get("self")
-        if not isinstance(module, torch.nn.Module) or _activation_kind(module) is not None:
-            return  # not inside a forward, or nn.ReLU's own forward: the module hook sees that one
-        if self.names.module(module) is None or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return
-        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
-            self.acts.unit_stats(FunctionalSite(module, f"F.{kind}", caller.f_lineno), kind, output)
+        code = caller.f_code  # a method's first argument is its module, whatever it is called
+        module = caller.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if not isinstance(module, torch.nn.Module) or _is_activation_module(module):
+            return  # not in a module (F.relu's own call of torch.relu), or nn.Tanh's forward: its hook sees that
+        if self.names.module(module) is None or self.acts.is_model_output(tensor):
+            return  # not the watched model's, or torch.sigmoid(model(x)) in a training_step: the loss's business
+        if output.is_floating_point() and output.numel():
+            self.acts.functional(FunctionalSite(module, spelling, caller.f_lineno), kind, output)
 
     @_guarded
     def _loss_input(self, kind: str, scores: Any, target: Any) -> None:
@@ -410,6 +416,24 @@ def _activation_types() -> tuple[tuple[Any, str], ...]:
 
 def _activation_kind(module: Any) -> str | None:
     return next((kind for cls, kind in _activation_types() if isinstance(module, cls)), None)
+
+
+# Smooth activations whose formula has a tanh or sigmoid factor (transformers' NewGELUActivation calls
+# torch.tanh, QuickGELU x * torch.sigmoid(1.702 x)): that factor at its bound means linear or 0, not stuck.
+_SMOOTH_ACTIVATIONS = ("gelu", "silu", "swish", "mish")
+
+
+def _is_activation_module(module: Any) -> bool:
+    name = type(module).__name__.lower()
+    return _activation_kind(module) is not None or any(smooth in name for smooth in _SMOOTH_ACTIVATIONS)
+
+
+def _tensors_of(output: Any) -> list[Any]:
+    """The tensors a model returned: itself, or the items of a tuple, list or dict (a ModelOutput), one level."""
+    import torch
+
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else [output]
+    return [item for item in items if isinstance(item, torch.Tensor)]
 
 
 @functools.cache
