@@ -106,6 +106,13 @@ def test_a_diverging_run_that_zeroes_its_gradients_is_no_grad_not_zeroed():
     assert "grad-not-zeroed" not in [f.id for f in report.findings]
 
 
+def test_a_diverging_runs_gradient_norms_stay_numbers_past_float32_sums_of_squares():
+    """Per-layer norms past 1.8e19 (a float32 square's limit): measured again, not left as inf (None)."""
+    rows = watch_script("nll_diverging.py").result["series"]["grad_norm"]
+    assert all(value is not None for row in rows for value in row), rows
+    assert max(max(row) for row in rows) > 1e20
+
+
 def test_a_step_that_kills_the_relus_is_named_as_too_high_a_learning_rate():
     high = next(f for f in watch_script("lr_kills_relus.py").findings if f.id == "update-ratio-high")
     assert list(high.details["no_gradient_after"]) == ["conv1", "fc1"]

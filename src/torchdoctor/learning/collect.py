@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchdoctor.learning import stats
+from torchdoctor.learning import norms, stats
 from torchdoctor.learning.activations import Activations, FunctionalSite, LossInput
 from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
@@ -37,7 +37,7 @@ class Layered:
 
     params: list[Any]
     layers: list[Any]
-    index: Any
+    index: list[int]
 
 
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -292,32 +292,44 @@ class Collector:
     # --- measurements ----------------------------------------------------------------------------
 
     def _layered(self, params: list[Any]) -> Layered | None:
-        import torch
-
         named = [(p, self.names.layer_of(p)) for p in params if not (p.grad is not None and p.grad.is_sparse)]
         named = [(p, found[0]) for p, found in named if found is not None]
         if not named:
             return None
         layers = list(dict.fromkeys(layer for _, layer in named))
         position = {layer: i for i, layer in enumerate(layers)}
-        index = torch.tensor([position[layer] for _, layer in named])
+        index = [position[layer] for _, layer in named]
         return Layered([p for p, _ in named], layers, index)
 
     def _measure_grads(self, step: int, params: list[Any]) -> None:
         layered = self._layered(params)
         if layered is None:
             return
-        norms = stats.group_norms([p.grad for p in layered.params], layered.index, len(layered.layers))
+        grads = norms.measure([p.grad for p in layered.params])
         sample = self.samples[step]
-        self._queue(lambda values: sample.grad_norm.update(zip(layered.layers, values, strict=False)), norms)
+
+        def record(values: list[float]) -> None:
+            per_layer = norms.per_layer(norms.rescued(grads, values), layered.index, len(layered.layers))
+            sample.grad_norm.update(zip(layered.layers, per_layer, strict=True))
+
+        self._queue(record, grads.values)
         self._snapshot = (step, layered, [stats.head(p).clone() for p in layered.params])
 
     def _measure_update(self) -> None:
+        import torch
+
         step, layered, before = self._snapshot
         self._snapshot = None
-        ratios = stats.update_ratios(before, layered.params, layered.index, len(layered.layers))
+        changed, weights = (norms.measure(ts) for ts in stats.updates(before, layered.params))
         sample = self.samples[step]
-        self._queue(lambda values: sample.update_ratio.update(zip(layered.layers, values, strict=False)), ratios)
+
+        def record(values: list[float]) -> None:
+            count = len(changed.tensors)
+            delta, now = (norms.per_layer(norms.rescued(n, part), layered.index, len(layered.layers))
+                          for n, part in ((changed, values[:count]), (weights, values[count:])))
+            sample.update_ratio.update(zip(layered.layers, norms.ratios(delta, now), strict=True))
+
+        self._queue(record, torch.cat([changed.values, weights.values]))
 
     def _note_gradients(self) -> None:
         """Remember every model parameter holding a gradient (judged against all optimizers at the end)."""
