@@ -156,3 +156,26 @@ def test_an_activation_module_is_judged_once_by_its_name():
         model[0].bias.fill_(30.0)
     w = watched(model)
     assert w.report.result["series"]["saturated_fraction"] == {"1": 1.0}
+
+
+class Scriptable(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x):
+        return torch.sigmoid(self.fc(x)).relu() + F.tanh(x) + F.relu(x) + torch.tanh(x).sigmoid()
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
+def test_a_model_scripted_during_the_watch_compiles_and_one_scripted_after_it_too():
+    """TorchScript compiles torch.relu by looking it up in a table by id: our wrappers are entered as their ops."""
+    from torch.jit import _builtins
+
+    x = torch.randn(2, 4)
+    with torchdoctor.watch():
+        during = torch.jit.script(Scriptable())(x)
+    after = torch.jit.script(Scriptable())(x)
+    assert during.shape == after.shape == (2, 4)
+    assert [_builtins._find_builtin(f) for f in (torch.relu, torch.sigmoid, torch.tanh)] == [
+        "aten::relu", "aten::sigmoid", "aten::tanh"]
