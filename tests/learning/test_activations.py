@@ -179,3 +179,22 @@ def test_a_model_scripted_during_the_watch_compiles_and_one_scripted_after_it_to
     assert during.shape == after.shape == (2, 4)
     assert [_builtins._find_builtin(f) for f in (torch.relu, torch.sigmoid, torch.tanh)] == [
         "aten::relu", "aten::sigmoid", "aten::tanh"]
+
+
+class SiLUGatedBlock(nn.Module):
+    """Named like a smooth activation, but a block with layers of its own: its tanh is a hidden activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 16)
+        with torch.no_grad():
+            self.fc.bias.fill_(30.0)
+
+    def forward(self, x):
+        return torch.tanh(self.fc(x))
+
+
+def test_a_block_named_like_a_smooth_activation_is_still_judged():
+    w = watched(nn.Sequential(SiLUGatedBlock(), nn.Linear(16, 2)))
+    line = inspect.getsourcelines(SiLUGatedBlock.forward)[1] + 1
+    assert [f.location for f in w.report.findings if f.id == "saturated-activation"] == [f"0 (torch.tanh, line {line})"]

@@ -305,6 +305,8 @@ class Collector:
         layered = self._layered(params)
         if layered is None:
             return
+        # held until the step is read back (in step_post; without an optimizer, at the next backward), in case
+        # a norm came out inf and must be measured again
         grads = norms.measure([p.grad for p in layered.params])
         sample = self.samples[step]
 
@@ -436,8 +438,11 @@ _SMOOTH_ACTIVATIONS = ("gelu", "silu", "swish", "mish")
 
 
 def _is_activation_module(module: Any) -> bool:
+    """nn.ReLU/Tanh/Sigmoid (their own hook judges them), or a leaf module named like a smooth activation."""
+    if _activation_kind(module) is not None:
+        return True
     name = type(module).__name__.lower()
-    return _activation_kind(module) is not None or any(smooth in name for smooth in _SMOOTH_ACTIVATIONS)
+    return any(smooth in name for smooth in _SMOOTH_ACTIVATIONS) and next(module.children(), None) is None
 
 
 def _tensors_of(output: Any) -> list[Any]:
