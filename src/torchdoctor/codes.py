@@ -884,8 +884,9 @@ _SPECS = (
         "A ReLU layer where (nearly) every unit is inactive for every sample watched.",
         "At least 90% of its units (features, or channels of a convolution) output 0 for every sample "
         "of every sampled training step: no gradient flows through them. An nn.ReLU module is named by its "
-        "name; a relu called as a function in a module's method (F.relu(x), torch.relu(x), x.relu()) by the "
-        "module, the spelling and the line ('Net (F.relu, line 18)', 'Net (Tensor.relu, line 21)').",
+        "name; a relu called as a function in a module's method (F.relu(x), torch.relu(x), x.relu(), or in "
+        "place: x.relu_()) by the module, the spelling and the line ('Net (F.relu, line 18)', "
+        "'Net (Tensor.relu, line 21)').",
         "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
         "LeakyReLU/GELU.",
         commands=("watch",), section="dynamics",

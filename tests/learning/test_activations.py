@@ -15,6 +15,8 @@ from torch.nn import functional as F
 import torchdoctor
 
 SPELLINGS = [f"{owner}.{name}" for name in ("relu", "sigmoid", "tanh") for owner in ("F", "torch", "Tensor")]
+IN_PLACE = ["F.relu_", "torch.relu_", "torch.sigmoid_", "torch.tanh_",
+            "Tensor.relu_", "Tensor.sigmoid_", "Tensor.tanh_"]
 FINDING = {"relu": "dead-relu", "sigmoid": "saturated-activation", "tanh": "saturated-activation"}
 
 
@@ -59,11 +61,11 @@ def watched(model: nn.Module, **kwargs) -> torchdoctor.learning.api.Watch:
     return w
 
 
-@pytest.mark.parametrize("spelling", SPELLINGS)
+@pytest.mark.parametrize("spelling", SPELLINGS + IN_PLACE)
 def test_every_spelling_is_judged_and_named_by_module_and_line(spelling):
     w = watched(Spelled(spelling))
     name = f"Spelled ({spelling}, line {Spelled.call_line()})"
-    finding_id = FINDING[spelling.split(".")[1]]
+    finding_id = FINDING[spelling.split(".")[1].rstrip("_")]
     assert [(f.id, f.location) for f in w.report.findings if f.id in FINDING.values()] == [(finding_id, name)]
     series = w.report.result["series"]
     fractions = series["dead_fraction" if finding_id == "dead-relu" else "saturated_fraction"]
@@ -80,11 +82,12 @@ def test_a_healthy_layer_called_the_same_way_stays_quiet(spelling):
 
 def test_the_wrappers_are_gone_after_the_watch():
     originals = {(owner, name): getattr(owner, name) for owner in (F, torch, torch.Tensor)
-                 for name in ("relu", "sigmoid", "tanh")}
+                 for name in ("relu", "sigmoid", "tanh", "relu_", "sigmoid_", "tanh_") if hasattr(owner, name)}
     with torchdoctor.watch():
         assert torch.relu is not originals[torch, "relu"] and "sigmoid" in torch.Tensor.__dict__
     assert {key: getattr(*key) for key in originals} == originals
     assert "sigmoid" not in torch.Tensor.__dict__  # inherited from TensorBase again, not a copy left behind
+    assert "tanh_" not in torch.Tensor.__dict__
 
 
 class SigmoidHead(nn.Module):

@@ -23,7 +23,8 @@ from torchdoctor.report import Finding, Report, Section
 
 COMMAND = "watch"
 LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy_with_logits")
-# Each is also a function of torch.nn.functional and of torch, and a Tensor method: every spelling is watched.
+# Each is also a function of torch.nn.functional and of torch, and a Tensor method, in place too (x.relu_(),
+# torch.relu_(x), F.relu_(x)): every spelling is watched.
 ACTIVATION_FUNCTIONS = ("relu", "sigmoid", "tanh")
 
 __all__ = ["COMMAND", "Watch", "watch"]
@@ -132,10 +133,12 @@ def install(collector: Collector, patches: Patches) -> None:
     for name in LOSS_FUNCTIONS:
         patches.attribute(functional, name, collector.wrap_loss(name))
     builtins = _torchscript_builtins()  # built from the originals before any is wrapped
-    for name in ACTIVATION_FUNCTIONS:
-        for owner, prefix in ((functional, "F"), (torch, "torch"), (torch.Tensor, "Tensor")):
-            patches.attribute(owner, name, collector.wrap_activation(name, f"{prefix}.{name}"))
-            _scripted_as(patches, builtins, getattr(owner, name), f"aten::{name}")
+    for kind in ACTIVATION_FUNCTIONS:
+        for name in (kind, f"{kind}_"):
+            for owner, prefix in ((functional, "F"), (torch, "torch"), (torch.Tensor, "Tensor")):
+                if hasattr(owner, name):  # F has relu_, not sigmoid_ or tanh_
+                    patches.attribute(owner, name, collector.wrap_activation(kind, f"{prefix}.{name}"))
+                    _scripted_as(patches, builtins, getattr(owner, name), f"aten::{name}")
 
 
 def _torchscript_builtins() -> dict[int, str]:
