@@ -120,7 +120,8 @@ def watch(model: Any = None, *, steps: int | None = None, every: int = 10) -> Wa
 
 def install(collector: Collector, patches: Patches) -> None:
     """Global forward and optimizer hooks, and wrappers of backward, the three loss functions and the
-    activation functions (``F.relu``, ``torch.relu``, ``Tensor.relu``, and the same for sigmoid and tanh)."""
+    activation functions (``F.relu``, ``torch.relu``, ``Tensor.relu``, in place too, and the same for sigmoid
+    and tanh)."""
     import torch
     from torch.nn import functional
     from torch.nn.modules import module as nn_module
