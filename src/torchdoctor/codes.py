@@ -884,7 +884,9 @@ _SPECS = (
         "A ReLU layer where (nearly) every unit is inactive for every sample watched.",
         "At least 90% of its units (features, or channels of a convolution) output 0 for every sample "
         "of every sampled training step: no gradient flows through them. An nn.ReLU module is named by its "
-        "name; an F.relu call inside a forward by the module and the line ('Net (F.relu, line 18)').",
+        "name; a relu called as a function in a module's method (F.relu(x), torch.relu(x), x.relu(), or in "
+        "place: x.relu_()) by the module, the spelling and the line ('Net (F.relu, line 18)', "
+        "'Net (Tensor.relu, line 21)').",
         "Lower the learning rate, check the initialisation and the bias of the layer before, or use "
         "LeakyReLU/GELU.",
         commands=("watch",), section="dynamics",
@@ -893,8 +895,11 @@ _SPECS = (
         "saturated-activation", "TD814", "warning",
         "tanh/sigmoid units pinned at their bounds for (nearly) every sample.",
         "At least half the units of a hidden tanh/sigmoid layer are within 1% of their bounds for every "
-        "sample of every sampled training step: their gradient is almost 0. The model's own output "
-        "activation is not judged.",
+        "sample of every sampled training step: their gradient is almost 0. An nn.Tanh/nn.Sigmoid module "
+        "is named by its name; a call in a module's method (F.tanh(x), torch.sigmoid(x), x.tanh(), ...) by "
+        "the module, the spelling and the line ('Net (torch.sigmoid, line 20)'). The model's own output "
+        "activation (what it returns, or a sigmoid of it) and the tanh/sigmoid factor inside a GELU/SiLU-style "
+        "activation module are not judged.",
         "Normalise the inputs, lower the initialisation scale or learning rate, or use ReLU/GELU.",
         commands=("watch",), section="dynamics",
     ),

@@ -142,12 +142,12 @@ def test_sparse_gradients_are_left_out_not_fatal():
 
 
 def test_a_failure_of_ours_stops_watching_not_the_training(monkeypatch, capsys):
-    from torchdoctor.learning import stats
+    from torchdoctor.learning import norms
 
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(stats, "group_norms", broken)
+    monkeypatch.setattr(norms, "measure", broken)
     with torchdoctor.watch(every=1) as w:
         train(5)
     assert "torchdoctor watch: stopped watching at step 0: RuntimeError: boom" in capsys.readouterr().err
@@ -236,9 +236,10 @@ def test_a_step_with_a_closure_is_measured_after_the_closure_ran(zero_grad):
 
 
 def test_a_layers_gradient_norm_is_summed_without_overflow():
-    from torchdoctor.learning.stats import group_norms
+    from torchdoctor.learning import norms
 
     # each tensor's norm (1.5e19) is finite in float32, but the layer's sum of their squares (4.5e38) is not
     grads = [torch.full((1,), 1.5e19), torch.full((1,), 1.5e19), torch.full((2,), 1.0)]
-    norms = group_norms(grads, torch.tensor([0, 0, 1]), 2).tolist()
-    assert norms[0] == pytest.approx(1.5e19 * 2 ** 0.5, rel=1e-6) and norms[1] == pytest.approx(2 ** 0.5)
+    measured = norms.measure(grads)
+    layers = norms.per_layer(norms.rescued(measured, measured.values.tolist()), [0, 0, 1], 2)
+    assert layers[0] == pytest.approx(1.5e19 * 2 ** 0.5, rel=1e-6) and layers[1] == pytest.approx(2 ** 0.5)

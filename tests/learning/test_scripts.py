@@ -32,12 +32,15 @@ BUGGY = {
     "exploding_init.py": ("grad-exploding", "0"),
     "dead_relu.py": ("dead-relu", "3"),
     "dead_functional_relu.py": ("dead-relu", "Net (F.relu, line 18)"),  # F.relu in forward: no module to hook
+    "dead_torch_relu.py": ("dead-relu", "Net (torch.relu, line 18)"),
+    "saturated_tensor_sigmoid.py": ("saturated-activation", "SensorNet (Tensor.sigmoid, line 16)"),
+    "saturated_functional_tanh.py": ("saturated-activation", "Net (F.tanh, line 17)"),
     "saturated_tanh.py": ("saturated-activation", "1"),
     "oscillating.py": ("loss-oscillating", None),
 }
 HEALTHY = ["healthy_cnn.py", "healthy_transformer.py", "healthy_frozen_backbone.py", "healthy_accumulation.py",
            "healthy_gan.py", "healthy_relu_mlp.py", "healthy_losses.py", "healthy_manual_sgd.py",
-           "healthy_manual_accumulation.py", "healthy_char_lm.py"]
+           "healthy_manual_accumulation.py", "healthy_char_lm.py", "healthy_functional_activations.py"]
 
 
 @functools.cache
@@ -66,7 +69,9 @@ def test_each_bug_names_its_finding_and_the_module(script, validate_report):
 
 
 @pytest.mark.parametrize("script", ["lr_too_high.py", "lr_too_low.py", "deep_sigmoid.py", "exploding_init.py",
-                                    "dead_relu.py", "dead_functional_relu.py", "saturated_tanh.py"])
+                                    "dead_relu.py", "dead_functional_relu.py", "saturated_tanh.py",
+                                    "dead_torch_relu.py", "saturated_tensor_sigmoid.py",
+                                    "saturated_functional_tanh.py"])
 def test_layer_findings_name_a_layer_or_activation_of_the_series(script):
     report = watch_script(script)
     series = report.result["series"]
@@ -100,6 +105,13 @@ def test_a_diverging_run_that_zeroes_its_gradients_is_no_grad_not_zeroed():
     report = watch_script("nll_diverging.py")
     assert min(v for v in report.result["series"]["loss"] if v is not None) < -1e20  # the run got that far
     assert "grad-not-zeroed" not in [f.id for f in report.findings]
+
+
+def test_a_diverging_runs_gradient_norms_stay_numbers_past_float32_sums_of_squares():
+    """Per-layer norms past 1.8e19 (a float32 square's limit): measured again, not left as inf (None)."""
+    rows = watch_script("nll_diverging.py").result["series"]["grad_norm"]
+    assert all(value is not None for row in rows for value in row), rows
+    assert max(max(row) for row in rows) > 1e20
 
 
 def test_a_step_that_kills_the_relus_is_named_as_too_high_a_learning_rate():

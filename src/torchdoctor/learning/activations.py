@@ -27,10 +27,11 @@ class LossInput:
 
 @dataclass(frozen=True)
 class FunctionalSite:
-    """``F.relu(...)`` called inside a module's forward (no module of its own): its units are judged per call line."""
+    """``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()`` ... called in a module's method (no module of its own to
+    hook): its units are judged per call line."""
 
-    module: Any  # the module whose forward called it (compared by identity, as modules are)
-    function: str
+    module: Any  # the module whose method called it (compared by identity, as modules are)
+    function: str  # as the user spells it: "F.relu", "torch.tanh", "Tensor.sigmoid"
     line: int
 
 
@@ -52,6 +53,8 @@ class Activations:
         self.broken: set[Any] = set()  # modules reused at different widths: no per-unit meaning
         self.output_modules: set[Any] = set()  # produce the model's output: judged by the loss, not here
         self.producers: dict[int, tuple[Any, Any]] = {}  # id(tensor) -> (tensor, innermost module)
+        self.site_outputs: dict[int, tuple[Any, FunctionalSite]] = {}  # id(tensor) -> (tensor, its call site)
+        self.model_outputs: dict[int, Any] = {}  # id(tensor) -> a tensor a model returned this step
         self.loss_inputs: dict[str, LossInput] = {}
         self.labels: list[Any] = []  # [classes, counts tensor]
         self.mode_calls: dict[Any, ModeCall] = {}
@@ -74,10 +77,20 @@ class Activations:
         # setdefault: the innermost module wins (a Sequential returns its last child's very tensor)
         self.producers.setdefault(id(output), (output, module))
 
+    def functional(self, site: FunctionalSite, kind: str, output: Any) -> None:
+        """A sampled call of a relu/sigmoid/tanh function: its units, and its output in case the model returns it."""
+        self.unit_stats(site, kind, output)
+        self.site_outputs[id(output)] = (output, site)
+
     def model_output(self, output: Any) -> None:
-        found = self.producers.get(id(output))
-        if found is not None:
-            self.output_modules.add(found[1])
+        self.model_outputs[id(output)] = output
+        for found in (self.producers.get(id(output)), self.site_outputs.get(id(output))):
+            if found is not None and found[0] is output:
+                self.output_modules.add(found[1])
+
+    def is_model_output(self, tensor: Any) -> bool:
+        """True for a tensor a model returned this step (``torch.sigmoid(model(x))`` in a training_step)."""
+        return self.model_outputs.get(id(tensor)) is tensor
 
     def producer(self, tensor: Any) -> Any | None:
         found = self.producers.get(id(tensor))
@@ -125,9 +138,11 @@ class Activations:
 
     def end_step(self) -> None:
         self.producers.clear()
+        self.site_outputs.clear()
+        self.model_outputs.clear()
 
     def forget_step(self) -> None:
-        self.producers.clear()
+        self.end_step()
         self.eval_seen.clear()
 
     def fractions(self) -> dict[Any, tuple[str, float]]:

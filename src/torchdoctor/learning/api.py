@@ -6,7 +6,8 @@ exactly as ``nan-hunt`` does, and the collector adds its own hooks next to the h
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from torchdoctor.codes import section_of
@@ -22,6 +23,9 @@ from torchdoctor.report import Finding, Report, Section
 
 COMMAND = "watch"
 LOSS_FUNCTIONS = ("cross_entropy", "nll_loss", "binary_cross_entropy_with_logits")
+# Each is also a function of torch.nn.functional and of torch, and a Tensor method, in place too (x.relu_(),
+# torch.relu_(x), F.relu_(x)): every spelling is watched.
+ACTIVATION_FUNCTIONS = ("relu", "sigmoid", "tanh")
 
 __all__ = ["COMMAND", "Watch", "watch"]
 
@@ -117,7 +121,9 @@ def watch(model: Any = None, *, steps: int | None = None, every: int = 10) -> Wa
 
 
 def install(collector: Collector, patches: Patches) -> None:
-    """Global forward and optimizer hooks, and wrappers of backward and the three loss functions."""
+    """Global forward and optimizer hooks, and wrappers of backward, the three loss functions and the
+    activation functions (``F.relu``, ``torch.relu``, ``Tensor.relu``, in place too, and the same for sigmoid
+    and tanh)."""
     import torch
     from torch.nn import functional
     from torch.nn.modules import module as nn_module
@@ -129,7 +135,35 @@ def install(collector: Collector, patches: Patches) -> None:
     patches.attribute(torch.autograd, "backward", collector.wrap_backward)
     for name in LOSS_FUNCTIONS:
         patches.attribute(functional, name, collector.wrap_loss(name))
-    patches.attribute(functional, "relu", collector.wrap_activation("relu"))
+    builtins = _torchscript_builtins()  # built from the originals before any is wrapped
+    for kind in ACTIVATION_FUNCTIONS:
+        for name in (kind, f"{kind}_"):
+            for owner, prefix in ((functional, "F"), (torch, "torch"), (torch.Tensor, "Tensor")):
+                if hasattr(owner, name):  # F has relu_, not sigmoid_ or tanh_
+                    patches.attribute(owner, name, collector.wrap_activation(kind, f"{prefix}.{name}"))
+                    _scripted_as(patches, builtins, getattr(owner, name), f"aten::{name}")
+
+
+def _torchscript_builtins() -> dict[int, str]:
+    """TorchScript's table of functions it compiles as ATen ops, keyed by id; built on its first use, from
+    whatever ``torch.relu`` is then: built during the watch, it would miss the originals for good."""
+    from torch.jit import _builtins
+
+    return _builtins._get_builtin_table()
+
+
+def _scripted_as(patches: Patches, builtins: dict[int, str], wrapper: Any, op: str) -> None:
+    """A model scripted during the watch (``torch.jit.script`` after training) compiles our wrapper as the op
+    it wraps instead of failing on its ``*args``; the entry goes when the watch ends."""
+    builtins[id(wrapper)] = op
+    patches.handle(_Removal(lambda: builtins.pop(id(wrapper), None)))
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """What ``Patches.handle`` takes back: anything with ``remove()``."""
+
+    remove: Callable[[], Any]
 
 
 SECTIONS = (("run", "Run and NaN/inf"), ("bugs", "Program bugs"), ("dynamics", "Training dynamics"))

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchdoctor.learning import stats
+from torchdoctor.learning import norms, stats
 from torchdoctor.learning.activations import Activations, FunctionalSite, LossInput
 from torchdoctor.learning.carry import CarryCheck
 from torchdoctor.learning.names import Names
@@ -37,7 +37,7 @@ class Layered:
 
     params: list[Any]
     layers: list[Any]
-    index: Any
+    index: list[int]
 
 
 def _guarded(callback: Callable[..., Any]) -> Callable[..., Any]:
@@ -113,8 +113,9 @@ class Collector:
             kind = _activation_kind(module)
             if kind is not None and output.is_floating_point() and output.numel():
                 self.acts.unit_stats(module, kind, output)
-            if self.names.is_root(module):
-                self.acts.model_output(output)
+        if self.names.is_root(module):  # the root called, not its container (training_step calls self.body)
+            for tensor in _tensors_of(output):  # a tuple or dict too: a VAE returns (reconstruction, mu, logvar)
+                self.acts.model_output(tensor)
         if isinstance(module, _mode_types()) and not module.training:
             self.acts.eval_mode(module, named[0])
 
@@ -133,15 +134,17 @@ class Collector:
 
         return make
 
-    def wrap_activation(self, kind: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """``F.relu`` called in a forward: real code (pytorch/examples' mnist) has no nn.ReLU for the hook to see."""
+    def wrap_activation(self, kind: str, spelling: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """``F.relu(x)``, ``torch.tanh(x)``, ``x.sigmoid()`` ... in a forward: real code (pytorch/examples' mnist)
+        has no nn.ReLU for the module hook to see. Outside sampled steps the wrapper only tests a flag."""
 
         def make(original: Callable[..., Any]) -> Callable[..., Any]:
             @functools.wraps(original)
             def activation(*args: Any, **kwargs: Any) -> Any:
                 output = original(*args, **kwargs)
                 if self.sampling and threading.get_ident() == self._thread:
-                    self._functional_activation(kind, sys._getframe(1), output)
+                    tensor = args[0] if args else kwargs.get("input")
+                    self._functional_activation(kind, spelling, sys._getframe(1), tensor, output)
                 return output
 
             return activation
@@ -149,16 +152,19 @@ class Collector:
         return make
 
     @_guarded
-    def _functional_activation(self, kind: str, caller: Any, output: Any) -> None:
+    def _functional_activation(self, kind: str, spelling: str, caller: Any, tensor: Any, output: Any) -> None:
         import torch
 
-        module = caller.f_locals.get("self")
-        if not isinstance(module, torch.nn.Module) or _activation_kind(module) is not None:
-            return  # not inside a forward, or nn.ReLU's own forward: the module hook sees that one
-        if self.names.module(module) is None or not torch.is_grad_enabled():
+        if not torch.is_grad_enabled() or not isinstance(output, torch.Tensor):
             return
-        if isinstance(output, torch.Tensor) and output.is_floating_point() and output.numel():
-            self.acts.unit_stats(FunctionalSite(module, f"F.{kind}", caller.f_lineno), kind, output)
+        code = caller.f_code  # a method's first argument is its module, whatever it is called
+        module = caller.f_locals.get(code.co_varnames[0]) if code.co_argcount else None
+        if not isinstance(module, torch.nn.Module) or _is_activation_module(module):
+            return  # not in a module (F.relu's own call of torch.relu), or nn.Tanh's forward: its hook sees that
+        if self.names.module(module) is None or self.acts.is_model_output(tensor):
+            return  # not the watched model's, or torch.sigmoid(model(x)) in a training_step: the loss's business
+        if output.is_floating_point() and output.numel():
+            self.acts.functional(FunctionalSite(module, spelling, caller.f_lineno), kind, output)
 
     @_guarded
     def _loss_input(self, kind: str, scores: Any, target: Any) -> None:
@@ -286,32 +292,46 @@ class Collector:
     # --- measurements ----------------------------------------------------------------------------
 
     def _layered(self, params: list[Any]) -> Layered | None:
-        import torch
-
         named = [(p, self.names.layer_of(p)) for p in params if not (p.grad is not None and p.grad.is_sparse)]
         named = [(p, found[0]) for p, found in named if found is not None]
         if not named:
             return None
         layers = list(dict.fromkeys(layer for _, layer in named))
         position = {layer: i for i, layer in enumerate(layers)}
-        index = torch.tensor([position[layer] for _, layer in named])
+        index = [position[layer] for _, layer in named]
         return Layered([p for p, _ in named], layers, index)
 
     def _measure_grads(self, step: int, params: list[Any]) -> None:
         layered = self._layered(params)
         if layered is None:
             return
-        norms = stats.group_norms([p.grad for p in layered.params], layered.index, len(layered.layers))
+        # held until the step is read back (in step_post; without an optimizer, at the next backward), in case
+        # a norm came out inf and must be measured again
+        grads = norms.measure([p.grad for p in layered.params])
         sample = self.samples[step]
-        self._queue(lambda values: sample.grad_norm.update(zip(layered.layers, values, strict=False)), norms)
+
+        def record(values: list[float]) -> None:
+            per_layer = norms.per_layer(norms.rescued(grads, values), layered.index, len(layered.layers))
+            sample.grad_norm.update(zip(layered.layers, per_layer, strict=True))
+
+        self._queue(record, grads.values)
         self._snapshot = (step, layered, [stats.head(p).clone() for p in layered.params])
 
     def _measure_update(self) -> None:
+        import torch
+
         step, layered, before = self._snapshot
         self._snapshot = None
-        ratios = stats.update_ratios(before, layered.params, layered.index, len(layered.layers))
+        changed, weights = (norms.measure(ts) for ts in stats.updates(before, layered.params))
         sample = self.samples[step]
-        self._queue(lambda values: sample.update_ratio.update(zip(layered.layers, values, strict=False)), ratios)
+
+        def record(values: list[float]) -> None:
+            count = len(changed.tensors)
+            delta, now = (norms.per_layer(norms.rescued(n, part), layered.index, len(layered.layers))
+                          for n, part in ((changed, values[:count]), (weights, values[count:])))
+            sample.update_ratio.update(zip(layered.layers, norms.ratios(delta, now), strict=True))
+
+        self._queue(record, torch.cat([changed.values, weights.values]))
 
     def _note_gradients(self) -> None:
         """Remember every model parameter holding a gradient (judged against all optimizers at the end)."""
@@ -410,6 +430,27 @@ def _activation_types() -> tuple[tuple[Any, str], ...]:
 
 def _activation_kind(module: Any) -> str | None:
     return next((kind for cls, kind in _activation_types() if isinstance(module, cls)), None)
+
+
+# Smooth activations whose formula has a tanh or sigmoid factor (transformers' NewGELUActivation calls
+# torch.tanh, QuickGELU x * torch.sigmoid(1.702 x)): that factor at its bound means linear or 0, not stuck.
+_SMOOTH_ACTIVATIONS = ("gelu", "silu", "swish", "mish")
+
+
+def _is_activation_module(module: Any) -> bool:
+    """nn.ReLU/Tanh/Sigmoid (their own hook judges them), or a leaf module named like a smooth activation."""
+    if _activation_kind(module) is not None:
+        return True
+    name = type(module).__name__.lower()
+    return any(smooth in name for smooth in _SMOOTH_ACTIVATIONS) and next(module.children(), None) is None
+
+
+def _tensors_of(output: Any) -> list[Any]:
+    """The tensors a model returned: itself, or the items of a tuple, list or dict (a ModelOutput), one level."""
+    import torch
+
+    items = output.values() if isinstance(output, dict) else output if isinstance(output, (tuple, list)) else [output]
+    return [item for item in items if isinstance(item, torch.Tensor)]
 
 
 @functools.cache

@@ -23,30 +23,13 @@ def head(tensor: Any) -> Any:
     return tensor.detach().reshape(-1)[:SNAPSHOT_ELEMENTS]
 
 
-def group_norms(tensors: Sequence[Any], index: Any, groups: int) -> Any:
-    """The L2 norm of each group of ``tensors`` (``index[i]`` = group of tensor i), as one vector.
-
-    A layer's squares are summed in float64 (float32 on MPS, which has none): the norms of a diverging run's
-    tensors pass 1.8e19, whose float32 square is inf, long before any value is non-finite. (A single tensor
-    whose own norm passes that still reads inf: torch's float32 norm overflows, and a float64 one costs ~30x.)"""
-    import torch
-
-    norms = torch._foreach_norm(list(tensors))
-    device = norms[0].device
-    wide = torch.float32 if device.type == "mps" else torch.float64
-    squares = torch.stack([n.detach().to(device, wide) for n in norms]) ** 2
-    return torch.zeros(groups, device=device, dtype=wide).index_add_(0, index.to(device), squares).sqrt()
-
-
-def update_ratios(before: Sequence[Any], after: Sequence[Any], index: Any, groups: int) -> Any:
-    """|Δw| / |w| per group: the norm of what the step changed over the norm of the new weights.
-
-    ``before`` holds ``head`` snapshots, so the ratio is measured on the same slice of each parameter."""
+def updates(before: Sequence[Any], after: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+    """What a step changed, and the new weights: ``before`` holds ``head`` snapshots, so both are measured on
+    the same slice of each parameter (their norms' ratio is |Δw| / |w|)."""
     import torch
 
     now = [head(a) for a in after]
-    delta = torch._foreach_sub(now, list(before))
-    return group_norms(delta, index, groups) / group_norms(now, index, groups)
+    return torch._foreach_sub(now, list(before)), now
 
 
 def carried_over(grads: Sequence[Any], previous: Sequence[Any], added: Sequence[Any]) -> Any:
