@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torchdoctor.ckpt.formats import detect_format
+from torchdoctor.ckpt.formats import checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, read_checkpoint
 from torchdoctor.report import Finding, Report, Section
@@ -55,6 +55,7 @@ def _short(value: Any) -> str:
 
 
 def _read(path: str | os.PathLike[str], findings: list[Finding]) -> CheckpointReading | None:
+    path = checkpoint_path(path)
     detection = detect_format(path)
     problems = check_detection(detection, str(path))
     if problems or not detection.format.is_checkpoint:

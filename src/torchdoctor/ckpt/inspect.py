@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torchdoctor.ckpt.formats import Format, detect_format
+from torchdoctor.ckpt.formats import Format, checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import (
     check_detection,
     check_devices,
@@ -50,6 +50,7 @@ def inspect_checkpoint(
     larger ones (``result["values_scan"]`` says which and why). ``all_keys``: the human report lists every
     key, not a few per top-level group (the JSON has them all).
     """
+    path = checkpoint_path(path)  # a save_pretrained folder is its weights file
     shown = str(path)
     detection = detect_format(path)
     result: dict[str, Any] = {"path": shown, "format": detection.format.value, "detected": detection.reason,
