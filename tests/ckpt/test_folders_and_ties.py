@@ -1,0 +1,59 @@
+"""Checkpoints as save_pretrained and trainers leave them: a folder passed for its weights file, and tied weights
+that safetensors stores under one name (found on real GPT-2 and accelerate save_state folders)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from fixtures.models import TiedLM
+from fixtures.sharded_builders import save_pretrained_dir, several_checkpoints_dir
+
+from torchdoctor.ckpt.inspect import inspect_checkpoint
+from torchdoctor.errors import InputError
+
+
+def test_a_save_pretrained_folder_is_read_as_its_weights_file(cli, tmp_path, validate_report):
+    folder = save_pretrained_dir(tmp_path)
+    result = cli("ckpt", "inspect", str(folder), "--json")
+    assert result.exit_code == 0, result.output
+    report = validate_report(json.loads(result.stdout))
+    assert report["result"]["path"] == str(folder / "model.safetensors")
+    assert report["result"]["format"] == "safetensors" and report["findings"] == []
+
+
+def test_fix_and_diff_take_the_folder_too(cli, tmp_path):
+    folder = save_pretrained_dir(tmp_path)
+    out = tmp_path / "weights.pt"
+    fixed = cli("ckpt", "fix", str(folder), "--to", "zip", "-o", str(out))
+    assert fixed.exit_code == 0, fixed.output
+    assert out.is_file()
+    same = cli("ckpt", "diff", str(folder), str(out), "--json")
+    assert same.exit_code == 0, same.output
+    diff = json.loads(same.stdout)["result"]
+    assert (diff["only_in_a"], diff["only_in_b"], diff["equal"], diff["common"]) == ([], [], 1, 1)
+
+
+def test_a_folder_of_several_checkpoints_names_them(tmp_path):
+    folder = several_checkpoints_dir(tmp_path)
+    with pytest.raises(InputError) as caught:
+        inspect_checkpoint(folder)
+    assert "epoch=0-step=10.ckpt, epoch=1-step=20.ckpt" in caught.value.message
+
+
+def test_tied_weights_left_out_by_safetensors_are_a_warning_not_missing(tmp_path):
+    report = inspect_checkpoint(save_pretrained_dir(tmp_path), model=TiedLM())
+    [missing] = [f for f in report.findings if f.id == "missing-keys"]
+    assert missing.severity.value == "warning"
+    assert missing.details["tied"] == {"head.weight": "embed.weight"}
+    assert "strict=False" in missing.fix
+    assert report.status != "error"
+    assert report.result["model"]["training_step"]["ok"]
+
+
+def test_an_untied_key_missing_is_still_an_error(tmp_path):
+    untied = TiedLM()
+    untied.head.weight = type(untied.embed.weight)(untied.embed.weight.detach().clone())
+    report = inspect_checkpoint(save_pretrained_dir(tmp_path), model=untied)
+    [missing] = [f for f in report.findings if f.id == "missing-keys"]
+    assert missing.severity.value == "error" and missing.details["tied"] == {}
