@@ -318,14 +318,14 @@ _SPECS = (
         "The model has parameters or buffers the checkpoint does not provide.",
         "load_state_dict(strict=True) fails; with strict=False those weights silently stay randomly initialised.",
         "Check that the checkpoint belongs to this architecture; re-initialise or train the missing parts on purpose.",
-        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "unexpected-keys", "TD215", "warning",
         "The checkpoint has keys the model does not have.",
         "load_state_dict(strict=True) fails; with strict=False they are ignored, which may hide a wrong model.",
         "torchdoctor ckpt fix PATH --model SPEC  (drops or renames them), or load with strict=False on purpose.",
-        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "shape-mismatch", "TD216", "error",
@@ -549,7 +549,7 @@ _SPECS = (
         "The Dataset's __getitem__ raised for some index.",
         "The first epoch crashes when it reaches that sample.",
         "Fix the sample or the code at the named line; skip broken files in __getitem__ deliberately if needed.",
-        commands=("data",), section="batches",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "worker-failed", "TD513", "error",
@@ -698,6 +698,28 @@ _SPECS = (
         "Find which op: rerun with CUDA_LAUNCH_BLOCKING=1 (the traceback then stops at it), or run the same step "
         "on the CPU (it raises a plain IndexError there); check the labels with "
         "`torchdoctor data LOADER --num-classes C`, and token ids against the embedding's num_embeddings.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "weights-only-numpy", "TD614", "error",
+        "torch.load(weights_only=True), the default since torch 2.6, refused numpy arrays or scalars in the file.",
+        "Checkpoints that store numpy values beside the weights (a best score as np.float64, RNG states, "
+        "metrics) stop loading on torch >= 2.6 although they hold no code.",
+        "Allow the numpy globals the error names, for this load only: with torch.serialization.safe_globals("
+        "[np._core.multiarray._reconstruct, np.ndarray, np.dtype, ...]): torch.load(path) (numpy 1.x: "
+        "np.core.multiarray), or weights_only=False only for a file you trust; next time save float(x) and "
+        "tensors, not numpy values.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "embedding-index-out-of-range", "TD615", "error",
+        "An index given to an embedding (or index_select) is not below the table's size: a token id >= "
+        "vocab_size, or a position >= max_position_embeddings.",
+        "On the CPU it is 'IndexError: index out of range in self', raised from deep inside the model; on a GPU "
+        "the same input is a device-side assert that kills the CUDA context.",
+        "Compare the input's max() with the embedding's num_embeddings: a tokenizer whose vocabulary is larger "
+        "than the model's config (resize_token_embeddings(len(tokenizer))), or sequences longer than the model's "
+        "positions (truncate to max_position_embeddings / block_size).",
         commands=("explain",), explain_only=True,
     ),
     _spec(
