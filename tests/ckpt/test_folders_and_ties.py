@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from fixtures.models import TiedLM
 from fixtures.sharded_builders import save_pretrained_dir, several_checkpoints_dir
 
@@ -57,3 +58,18 @@ def test_an_untied_key_missing_is_still_an_error(tmp_path):
     report = inspect_checkpoint(save_pretrained_dir(tmp_path), model=untied)
     [missing] = [f for f in report.findings if f.id == "missing-keys"]
     assert missing.severity.value == "error" and missing.details["tied"] == {}
+
+
+def test_an_optimizer_state_dict_is_named_not_called_empty_weights(cli, tmp_path):
+    model = torch.nn.Linear(4, 2)
+    optimizer = torch.optim.AdamW(model.parameters())
+    model(torch.randn(3, 4)).sum().backward()
+    optimizer.step()
+    torch.save(optimizer.state_dict(), tmp_path / "optimizer.bin")  # accelerate's save_state name
+    torch.save(torch.optim.lr_scheduler.StepLR(optimizer, 5).state_dict(), tmp_path / "scheduler.bin")
+    optim = cli("ckpt", "inspect", str(tmp_path / "optimizer.bin"))
+    assert optim.exit_code == 0, optim.output
+    assert "no model weights: the file is an optimizer state dict: state for 2 of 2 parameters" in optim.stdout
+    sched = inspect_checkpoint(tmp_path / "scheduler.bin")
+    assert sched.result["state_file"] == "an LR-scheduler state dict"
+    assert inspect_checkpoint(save_pretrained_dir(tmp_path)).result["state_file"] is None

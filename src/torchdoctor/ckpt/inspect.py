@@ -98,7 +98,13 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
                   on_progress: Progress | None = None) -> tuple[list[Finding], dict[str, Any]]:
     """Findings and facts of a read checkpoint (no model): safety, format, wrappers, prefixes, devices, values."""
     from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes
-    from torchdoctor.ckpt.structure import check_structure, locate_weights, metadata_of, training_state_keys
+    from torchdoctor.ckpt.structure import (
+        check_structure,
+        locate_weights,
+        metadata_of,
+        state_file_summary,
+        training_state_keys,
+    )
 
     weights = _module_weights(reading) or locate_weights(reading.tree)
     weight_keys = list(weights.state_dict) if weights else []
@@ -121,6 +127,7 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
         "devices": dict(devices),
         "shared_storages": shared_storages(reading),
         "training_state": training_state_keys(reading.tree),
+        "state_file": state_file_summary(reading.tree),
         "metadata": _json_safe_metadata({**metadata_of(reading.tree), **reading.metadata}),
         "globals": list(reading.globals),
         "byteorder": reading.byteorder,

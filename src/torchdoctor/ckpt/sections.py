@@ -51,6 +51,8 @@ def _safety(result: Mapping[str, Any]) -> str:
 
 def _structure(result: Mapping[str, Any]) -> str:
     tensors = result["tensors"]
+    if result.get("state_file") and not tensors["count"]:  # not model weights at all: say what it is
+        return f"no model weights: the file is {result['state_file']}"
     where = f"checkpoint[{result['weights_path']!r}]" if result.get("weights_path") else "top level"
     framework = f" ({result['framework']})" if result.get("framework") else ""
     shared = f", {len(result['shared_storages'])} shared storage group(s)" if result.get("shared_storages") else ""
