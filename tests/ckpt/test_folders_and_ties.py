@@ -73,3 +73,16 @@ def test_an_optimizer_state_dict_is_named_not_called_empty_weights(cli, tmp_path
     sched = inspect_checkpoint(tmp_path / "scheduler.bin")
     assert sched.result["state_file"] == "an LR-scheduler state dict"
     assert inspect_checkpoint(save_pretrained_dir(tmp_path)).result["state_file"] is None
+
+
+def test_diff_of_a_tied_save_and_its_safetensors_is_identical(cli, tmp_path):
+    folder = save_pretrained_dir(tmp_path)
+    torch.manual_seed(0)  # the same weights save_pretrained_dir wrote, saved by torch.save with both names
+    torch.save(TiedLM().state_dict(), tmp_path / "pytorch_model.bin")
+    result = cli("ckpt", "diff", str(folder), str(tmp_path / "pytorch_model.bin"), "--json")
+    assert result.exit_code == 0, result.output
+    diff = json.loads(result.stdout)["result"]
+    assert diff["identical"] is True and diff["only_in_b"] == []
+    assert diff["tied_only_in"] == {"a": {}, "b": {"head.weight": "embed.weight"}}
+    human = cli("ckpt", "diff", str(folder), str(tmp_path / "pytorch_model.bin"))
+    assert "B also names head.weight = embed.weight (tied: one tensor)" in human.stdout
