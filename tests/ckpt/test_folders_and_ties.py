@@ -86,3 +86,11 @@ def test_diff_of_a_tied_save_and_its_safetensors_is_identical(cli, tmp_path):
     assert diff["tied_only_in"] == {"a": {}, "b": {"head.weight": "embed.weight"}}
     human = cli("ckpt", "diff", str(folder), str(tmp_path / "pytorch_model.bin"))
     assert "B also names head.weight = embed.weight (tied: one tensor)" in human.stdout
+
+
+def test_keys_headline_names_a_submodule_compiled_on_its_own(cli, tmp_path):
+    from fixtures.ckpt_builders import submodule_compiled_state_dict
+
+    result = cli("ckpt", "inspect", str(submodule_compiled_state_dict(tmp_path)))
+    headline = next(line for line in result.stdout.splitlines() if "Keys:" in line)
+    assert "no wrapper prefixes; '_orig_mod.' inside the keys of " in headline, result.stdout

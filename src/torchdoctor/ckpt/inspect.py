@@ -97,7 +97,7 @@ def with_path(finding: Finding, path: str) -> Finding:
 def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
                   on_progress: Progress | None = None) -> tuple[list[Finding], dict[str, Any]]:
     """Findings and facts of a read checkpoint (no model): safety, format, wrappers, prefixes, devices, values."""
-    from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes
+    from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes, find_infixes
     from torchdoctor.ckpt.structure import (
         check_structure,
         locate_weights,
@@ -123,6 +123,7 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
         "weights_path": _path_text(weights.path) if weights else None,
         "framework": weights.framework if weights else None,
         "prefixes": detect_prefixes(weight_keys),
+        "compiled_submodules": [owner for owner in find_infixes(weight_keys) if owner],
         "tensors": summarize_tensors(reading, weights.state_dict if weights else {}),
         "devices": dict(devices),
         "shared_storages": shared_storages(reading),

@@ -101,8 +101,10 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def _keys(result: Mapping[str, Any]) -> str:
-    prefixes = result.get("prefixes") or []
-    return f"prefixes {', '.join(prefixes)}" if prefixes else "no wrapper prefixes"
+    prefixes, compiled = result.get("prefixes") or [], result.get("compiled_submodules") or []
+    text = f"prefixes {', '.join(prefixes)}" if prefixes else "no wrapper prefixes"
+    # a submodule compiled on its own wraps only its keys: not a prefix, but not clean either
+    return text + (f"; '_orig_mod.' inside the keys of {', '.join(compiled)}" if compiled else "")
 
 
 def _values(result: Mapping[str, Any]) -> str:
