@@ -723,6 +723,37 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "meta-tensor-weights", "TD616", "error",
+        "Some of the model's weights are still on the meta device: shapes without data.",
+        "A model built under init_empty_weights / device='meta' (accelerate, from_pretrained with a device_map or "
+        "low_cpu_mem_usage) keeps every weight the checkpoint did not provide on 'meta'; the first forward or "
+        ".to(device) then fails.",
+        "Load real values into every weight: load_state_dict(state, assign=True) with a state dict that has all "
+        "the keys (check missing_keys), or model.to_empty(device=...) and initialise what the checkpoint lacks; "
+        "list the culprits with [n for n, p in model.named_parameters() if p.is_meta].",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "tokenizer-no-pad-token", "TD617", "error",
+        "A Hugging Face tokenizer was asked to pad a batch but has no padding token (GPT-2, LLaMA and most "
+        "decoder-only tokenizers ship without one).",
+        "Batching sequences of different lengths (padding=True, DataCollatorWithPadding) fails before training "
+        "starts.",
+        "tokenizer.pad_token = tokenizer.eos_token (and model.config.pad_token_id = tokenizer.pad_token_id), or "
+        "add one with tokenizer.add_special_tokens({'pad_token': '[PAD]'}) and model.resize_token_embeddings("
+        "len(tokenizer)).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "trainer-no-loss", "TD618", "error",
+        "The Hugging Face Trainer got no loss from the model: the batches carry no labels the model uses.",
+        "Trainer.compute_loss reads outputs['loss'], which a model computes only when it is given labels.",
+        "Give the batches labels: for causal LM DataCollatorForLanguageModeling(tokenizer, mlm=False); for "
+        "classification a 'labels' (or 'label') column; check the collator and remove_unused_columns did not "
+        "drop it (TrainingArguments(label_names=[...]) for other names).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

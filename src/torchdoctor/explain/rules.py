@@ -166,6 +166,19 @@ _AUTOGRAD_RULES: tuple[Rule, ...] = (
     Rule("embedding-index-out-of-range", r"^index out of range in self$",
          fixed("An index passed to an embedding (or index_select) is not below its num_embeddings: a token id >= "
                "vocab_size, or a position id >= the model's maximum sequence length."), ("IndexError",)),
+    # torch >= 2.1: a meta weight meets real input ("is not on the expected device"), or .to() copies it
+    Rule("meta-tensor-weights", r"Tensor on device meta is not on the expected device|Cannot copy out of meta "
+                                r"tensor; no data",
+         fixed("A tensor on the meta device (a weight created without data: init_empty_weights, device='meta', or "
+               "one the checkpoint did not provide) was used as if it held values."),
+         ("RuntimeError", "NotImplementedError")),
+    # transformers' tokenization_utils_base and Trainer.compute_loss (4.x-5.x)
+    Rule("tokenizer-no-pad-token", r"Asking to pad but the tokenizer does not have a padding token",
+         fixed("The tokenizer was asked to pad a batch but has no pad_token."), ("ValueError",)),
+    Rule("trainer-no-loss", r"The model did not return a loss from the inputs, only the following keys: "
+                            r"(?P<keys>[\w, ]+)\. For reference, the inputs it received are (?P<inputs>[\w, ]+)",
+         lambda m: (f"The Trainer's batches ({m['inputs']}) hold no labels, so the model returned no loss, only "
+                    f"{m['keys']}."), ("ValueError",)),
     Rule("cat-zero-dim", r"zero-dimensional tensor \(at position (?P<value>\d+)\) cannot be concatenated",
          lambda m: f"torch.cat got a 0-d tensor (position {m['value']}): use torch.stack, or unsqueeze it first.",
          ("RuntimeError",)),
