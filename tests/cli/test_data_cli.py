@@ -127,3 +127,11 @@ def test_a_user_class_is_named_as_the_user_wrote_it(cli, spec):
     result = cli("data", spec("BatchNormClassifier"))
     assert result.exit_code == 2
     assert "returned BatchNormClassifier, expected" in result.stderr and "torchdoctor_target_" not in result.stderr
+
+
+def test_unpadded_token_lists_point_at_a_padding_collator(cli, spec, validate_report):
+    result = cli("data", spec("unpadded_text_loader"))
+    assert result.exit_code == 1, result.output
+    assert "DataCollatorWithPadding" in result.stdout and "variable-size-samples" in result.stdout
+    assert "Labels: not checked: no batch was read" in result.stdout
+    assert "no target in the batches" not in result.stdout

@@ -341,7 +341,10 @@ RULES: tuple[Rule, ...] = (
          fixed("default_collate in a worker cannot stack samples of different shapes into one batch."),
          ("RuntimeError",)),
     Rule("variable-size-samples", r"each element in list of batch should be of equal size",
-         fixed("default_collate got samples whose lists have different lengths."), ("RuntimeError",)),
+         # the usual lists are token ids: a tokenizer's output without padding
+         fixed("default_collate got samples whose lists have different lengths (token ids of different lengths? "
+               "pad them in a collate_fn, such as transformers.DataCollatorWithPadding(tokenizer))."),
+         ("RuntimeError",)),
     Rule("batchnorm-single-sample-batch", rf"Expected more than 1 value per channel when training, got input size "
                                           rf"(?P<size>{_SIZE})",
          lambda m: f"BatchNorm in training mode got a batch of one sample ({m['size']}).", ("ValueError",)),
