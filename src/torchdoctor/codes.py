@@ -709,7 +709,7 @@ _SPECS = (
         "[np._core.multiarray._reconstruct, np.ndarray, np.dtype, ...]): torch.load(path) (numpy 1.x: "
         "np.core.multiarray), or weights_only=False only for a file you trust; next time save float(x) and "
         "tensors, not numpy values.",
-        commands=("explain",), explain_only=True,
+        commands=(INSPECT, FIX, DIFF, "explain"), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
     ),
     _spec(
         "embedding-index-out-of-range", "TD615", "error",

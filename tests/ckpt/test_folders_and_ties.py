@@ -94,3 +94,20 @@ def test_keys_headline_names_a_submodule_compiled_on_its_own(cli, tmp_path):
     result = cli("ckpt", "inspect", str(submodule_compiled_state_dict(tmp_path)))
     headline = next(line for line in result.stdout.splitlines() if "Keys:" in line)
     assert "no wrapper prefixes; '_orig_mod.' inside the keys of " in headline, result.stdout
+
+
+def test_numpy_values_in_a_checkpoint_are_named_as_what_weights_only_refuses(cli, tmp_path):
+    import numpy as np
+
+    path = tmp_path / "ckpt.pt"  # a score kept as np.float64 and an RNG state, as many training loops save them
+    torch.save({"model": TiedLM().state_dict(), "best_acc": np.float64(0.9), "rng": np.random.get_state()[1]}, path)
+    with pytest.raises(Exception) as refused:  # what the user met: torch's own refusal
+        torch.load(path)
+    assert "numpy" in str(refused.value)
+    report = inspect_checkpoint(path)
+    [numpy] = [f for f in report.findings if f.id == "weights-only-numpy"]
+    assert all(name.startswith("numpy.") for name in numpy.details["globals"])
+    assert "unsafe-pickle" not in [f.id for f in report.findings]
+    human = cli("ckpt", "inspect", str(path))
+    assert human.exit_code == 1 and "(numpy data: " in human.stdout
+

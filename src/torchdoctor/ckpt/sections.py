@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.ckpt.judge import is_numpy_data
 from torchdoctor.codes import section_ids
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
@@ -43,9 +44,13 @@ def _file(result: Mapping[str, Any]) -> str:
 
 
 def _safety(result: Mapping[str, Any]) -> str:
-    kinds = [row["kind"] for row in result.get("globals", [])]
+    rows = result.get("globals", [])
+    numpy = sum(row["kind"] == "unsafe" and is_numpy_data(row["name"]) for row in rows)
+    kinds = [row["kind"] for row in rows]
     if "unsafe" in kinds or "module" in kinds:
-        return f"{kinds.count('unsafe')} unsafe and {kinds.count('module')} class global(s); nothing was executed"
+        arrays = f" (numpy data: {numpy})" if numpy else ""
+        return (f"{kinds.count('unsafe')} unsafe{arrays} and {kinds.count('module')} class global(s); nothing was "
+                "executed")
     return "only tensors and plain containers (read without executing anything)"
 
 
