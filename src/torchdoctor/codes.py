@@ -356,6 +356,18 @@ _SPECS = (
         "Download the missing shards named in the finding (huggingface-cli download REPO --include 'FILE').",
         commands=(INSPECT,), section={INSPECT: "file"},
     ),
+    _spec(
+        "weights-only-numpy", "TD220", "error",
+        "The file holds numpy arrays or scalars, which torch.load(weights_only=True), the default since torch 2.6, "
+        "refuses.",
+        "Checkpoints that store numpy values beside the weights (a best score as np.float64, RNG states, "
+        "metrics) stop loading on torch >= 2.6 although they hold no code.",
+        "Allow the numpy globals the error names, for this load only: with torch.serialization.safe_globals("
+        "[np._core.multiarray._reconstruct, np.ndarray, np.dtype, ...]): torch.load(path) (numpy 1.x: "
+        "np.core.multiarray), or weights_only=False only for a file you trust; next time save float(x) and "
+        "tensors, not numpy values.",
+        commands=(INSPECT, FIX, DIFF, "explain"), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
+    ),
     # --- 3xx: nan-hunt ----------------------------------------------------------------------
     _spec(
         "nonfinite-input", "TD301", "error",
@@ -701,18 +713,7 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
-        "weights-only-numpy", "TD614", "error",
-        "torch.load(weights_only=True), the default since torch 2.6, refused numpy arrays or scalars in the file.",
-        "Checkpoints that store numpy values beside the weights (a best score as np.float64, RNG states, "
-        "metrics) stop loading on torch >= 2.6 although they hold no code.",
-        "Allow the numpy globals the error names, for this load only: with torch.serialization.safe_globals("
-        "[np._core.multiarray._reconstruct, np.ndarray, np.dtype, ...]): torch.load(path) (numpy 1.x: "
-        "np.core.multiarray), or weights_only=False only for a file you trust; next time save float(x) and "
-        "tensors, not numpy values.",
-        commands=(INSPECT, FIX, DIFF, "explain"), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
-    ),
-    _spec(
-        "embedding-index-out-of-range", "TD615", "error",
+        "embedding-index-out-of-range", "TD614", "error",
         "An index given to an embedding (or index_select) is not below the table's size: a token id >= "
         "vocab_size, or a position >= max_position_embeddings.",
         "On the CPU it is 'IndexError: index out of range in self', raised from deep inside the model; on a GPU "
@@ -723,7 +724,7 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
-        "meta-tensor-weights", "TD616", "error",
+        "meta-tensor-weights", "TD615", "error",
         "Some of the model's weights are still on the meta device: shapes without data.",
         "A model built under init_empty_weights / device='meta' (accelerate, from_pretrained with a device_map or "
         "low_cpu_mem_usage) keeps every weight the checkpoint did not provide on 'meta'; the first forward or "
@@ -734,7 +735,7 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
-        "tokenizer-no-pad-token", "TD617", "error",
+        "tokenizer-no-pad-token", "TD616", "error",
         "A Hugging Face tokenizer was asked to pad a batch but has no padding token (GPT-2, LLaMA and most "
         "decoder-only tokenizers ship without one).",
         "Batching sequences of different lengths (padding=True, DataCollatorWithPadding) fails before training "
@@ -745,7 +746,7 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
-        "trainer-no-loss", "TD618", "error",
+        "trainer-no-loss", "TD617", "error",
         "The Hugging Face Trainer got no loss from the model: the batches carry no labels the model uses.",
         "Trainer.compute_loss reads outputs['loss'], which a model computes only when it is given labels.",
         "Give the batches labels: for causal LM DataCollatorForLanguageModeling(tokenizer, mlm=False); for "
