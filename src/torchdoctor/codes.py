@@ -318,14 +318,14 @@ _SPECS = (
         "The model has parameters or buffers the checkpoint does not provide.",
         "load_state_dict(strict=True) fails; with strict=False those weights silently stay randomly initialised.",
         "Check that the checkpoint belongs to this architecture; re-initialise or train the missing parts on purpose.",
-        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "unexpected-keys", "TD215", "warning",
         "The checkpoint has keys the model does not have.",
         "load_state_dict(strict=True) fails; with strict=False they are ignored, which may hide a wrong model.",
         "torchdoctor ckpt fix PATH --model SPEC  (drops or renames them), or load with strict=False on purpose.",
-        commands=(INSPECT, FIX), section={INSPECT: "model", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "model", FIX: "output"},
     ),
     _spec(
         "shape-mismatch", "TD216", "error",
@@ -355,6 +355,18 @@ _SPECS = (
         "or a copy of only some files looks complete until then.",
         "Download the missing shards named in the finding (huggingface-cli download REPO --include 'FILE').",
         commands=(INSPECT,), section={INSPECT: "file"},
+    ),
+    _spec(
+        "weights-only-numpy", "TD220", "error",
+        "The file holds numpy arrays or scalars, which torch.load(weights_only=True), the default since torch 2.6, "
+        "refuses.",
+        "Checkpoints that store numpy values beside the weights (a best score as np.float64, RNG states, "
+        "metrics) stop loading on torch >= 2.6 although they hold no code.",
+        "Allow the numpy globals the error names, for this load only: with torch.serialization.safe_globals("
+        "[np._core.multiarray._reconstruct, np.ndarray, np.dtype, ...]): torch.load(path) (numpy 1.x: "
+        "np.core.multiarray), or weights_only=False only for a file you trust; next time save float(x) and "
+        "tensors, not numpy values.",
+        commands=(INSPECT, FIX, DIFF, "explain"), section={INSPECT: "safety", FIX: "output", DIFF: "diff"},
     ),
     # --- 3xx: nan-hunt ----------------------------------------------------------------------
     _spec(
@@ -549,7 +561,7 @@ _SPECS = (
         "The Dataset's __getitem__ raised for some index.",
         "The first epoch crashes when it reaches that sample.",
         "Fix the sample or the code at the named line; skip broken files in __getitem__ deliberately if needed.",
-        commands=("data",), section="batches",
+        commands=("data", "explain"), section="batches",
     ),
     _spec(
         "worker-failed", "TD513", "error",
@@ -698,6 +710,48 @@ _SPECS = (
         "Find which op: rerun with CUDA_LAUNCH_BLOCKING=1 (the traceback then stops at it), or run the same step "
         "on the CPU (it raises a plain IndexError there); check the labels with "
         "`torchdoctor data LOADER --num-classes C`, and token ids against the embedding's num_embeddings.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "embedding-index-out-of-range", "TD614", "error",
+        "An index given to an embedding (or index_select) is not below the table's size: a token id >= "
+        "vocab_size, or a position >= max_position_embeddings.",
+        "On the CPU it is 'IndexError: index out of range in self', raised from deep inside the model; on a GPU "
+        "the same input is a device-side assert that kills the CUDA context.",
+        "Compare the input's max() with the embedding's num_embeddings: a tokenizer whose vocabulary is larger "
+        "than the model's config (resize_token_embeddings(len(tokenizer))), or sequences longer than the model's "
+        "positions (truncate to max_position_embeddings / block_size).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "meta-tensor-weights", "TD615", "error",
+        "Some of the model's weights are still on the meta device: shapes without data.",
+        "A model built under init_empty_weights / device='meta' (accelerate, from_pretrained with a device_map or "
+        "low_cpu_mem_usage) keeps every weight the checkpoint did not provide on 'meta'; the first forward or "
+        ".to(device) then fails.",
+        "Load real values into every weight: load_state_dict(state, assign=True) with a state dict that has all "
+        "the keys (check missing_keys), or model.to_empty(device=...) and initialise what the checkpoint lacks; "
+        "list the culprits with [n for n, p in model.named_parameters() if p.is_meta].",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "tokenizer-no-pad-token", "TD616", "error",
+        "A Hugging Face tokenizer was asked to pad a batch but has no padding token (GPT-2, LLaMA and most "
+        "decoder-only tokenizers ship without one).",
+        "Batching sequences of different lengths (padding=True, DataCollatorWithPadding) fails before training "
+        "starts.",
+        "tokenizer.pad_token = tokenizer.eos_token (and model.config.pad_token_id = tokenizer.pad_token_id), or "
+        "add one with tokenizer.add_special_tokens({'pad_token': '[PAD]'}) and model.resize_token_embeddings("
+        "len(tokenizer)).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "trainer-no-loss", "TD617", "error",
+        "The Hugging Face Trainer got no loss from the model: the batches carry no labels the model uses.",
+        "Trainer.compute_loss reads outputs['loss'], which a model computes only when it is given labels.",
+        "Give the batches labels: for causal LM DataCollatorForLanguageModeling(tokenizer, mlm=False); for "
+        "classification a 'labels' (or 'label') column; check the collator and remove_unused_columns did not "
+        "drop it (TrainingArguments(label_names=[...]) for other names).",
         commands=("explain",), explain_only=True,
     ),
     _spec(

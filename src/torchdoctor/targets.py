@@ -13,6 +13,7 @@ import re
 import sys
 import sysconfig
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -39,15 +40,18 @@ def split_target_spec(spec: str) -> tuple[str, str]:
     return where, name
 
 
-def resolve_target(spec: str, *, expect: tuple[type, ...] | None = None) -> object:
+def resolve_target(spec: str, *, expect: tuple[type, ...] | None = None,
+                   unwrap: Callable[[Any, Callable[[Callable[[], Any]], Any]], Any] | None = None) -> object:
     """Import the spec's module, look up its name, build the object (class -> instance, factory -> result).
 
     With ``expect``, the result must be an instance of one of those types, else ``TargetError``.
+    ``unwrap(obj, call)`` may first turn a built object that is not one into one (a Lightning DataModule
+    into its train DataLoader); ``call(fn)`` runs the user's ``fn`` with errors reported as the user's.
     """
     where, name = split_target_spec(spec)
     module = _load_file(where) if where.endswith(".py") else _import_module(where)
     obj = _lookup(module, where, name)
-    return _materialize(obj, spec, expect, getattr(module, "__file__", None))
+    return _materialize(obj, spec, expect, getattr(module, "__file__", None), unwrap)
 
 
 # --- loading the module -------------------------------------------------------------------------------
@@ -149,11 +153,14 @@ def _close_names(owner: Any, wanted: str) -> str | None:
     return "did you mean " + " or ".join(repr(n) for n in close) + "?" if close else None
 
 
-def _materialize(obj: Any, spec: str, expect: tuple[type, ...] | None, user_file: str | None) -> Any:
+def _materialize(obj: Any, spec: str, expect: tuple[type, ...] | None, user_file: str | None,
+                 unwrap: Callable[..., Any] | None = None) -> Any:
     if expect and isinstance(obj, expect):
         return obj
     called = isinstance(obj, type) or _is_factory(obj)
     result = _call(obj, spec, user_file) if called else obj
+    if unwrap is not None and expect and not isinstance(result, expect):
+        result = unwrap(result, lambda fn: _call(fn, spec, user_file))
     if expect and not isinstance(result, expect):
         verb = "returned" if called else "is"
         hint = _NOT_A_FACTORY_HINT if called and result is None and not isinstance(obj, type) else None
@@ -225,8 +232,8 @@ def _describe(types: tuple[type, ...]) -> str:
 
 def _qualified(cls: type) -> str:
     """Shortest public dotted name: ``torch.nn.Module``, not ``torch.nn.modules.module.Module``."""
-    if cls.__module__ == "builtins":
-        return cls.__qualname__
+    if cls.__module__ == "builtins" or is_target_module(cls.__module__):
+        return cls.__qualname__  # the user's own class: the internal name of its loaded file says nothing
     parts = cls.__module__.split(".")
     for i in range(1, len(parts) + 1):
         prefix = ".".join(parts[:i])

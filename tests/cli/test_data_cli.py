@@ -114,3 +114,24 @@ def test_a_hanging_loader_ends_within_the_timeout_as_a_real_process(spec, valida
 def test_a_negative_timeout_is_refused(cli, spec):
     result = cli("data", spec("healthy_tensor_loader"), "--timeout", "-1")
     assert result.exit_code == 2 and "timeout" in result.stderr.lower()
+
+
+def test_a_datamodule_is_read_through_train_dataloader(cli, spec, validate_report):
+    result = cli("data", spec("TensorDataModule"), "--json")
+    assert result.exit_code == 0, result.output
+    loader = validate_report(json.loads(result.stdout))["result"]["loader"]
+    assert (loader["dataset_class"], loader["batch_size"], loader["shuffle"]) == ("TensorDataset", 20, True)
+
+
+def test_a_user_class_is_named_as_the_user_wrote_it(cli, spec):
+    result = cli("data", spec("BatchNormClassifier"))
+    assert result.exit_code == 2
+    assert "returned BatchNormClassifier, expected" in result.stderr and "torchdoctor_target_" not in result.stderr
+
+
+def test_unpadded_token_lists_point_at_a_padding_collator(cli, spec, validate_report):
+    result = cli("data", spec("unpadded_text_loader"))
+    assert result.exit_code == 1, result.output
+    assert "DataCollatorWithPadding" in result.stdout and "variable-size-samples" in result.stdout
+    assert "Labels: not checked: no batch was read" in result.stdout
+    assert "no target in the batches" not in result.stdout

@@ -67,3 +67,12 @@ def test_a_guessed_input_that_does_not_fit_blames_the_guess_not_the_model():
     assert "--input-shape" in caught.value.hint
     report = count(model, input_shapes=[(1, 3, 64, 64)])  # the real shape: counted, nothing to blame
     assert report.exit_code() == 0 and report.result["input_guessed"] is False and report.result["macs"] > 0
+
+
+def test_a_model_that_takes_keyword_inputs_is_pointed_at_input():
+    model = models.KeywordSeq2Seq()  # like T5: the decoder's inputs come by keyword
+    with pytest.raises(UsageError) as caught:
+        count(model)
+    assert "decoder_ids" in str(caught.value) and "--input file.py:make_inputs" in caught.value.hint
+    inputs = {"input_ids": torch.randint(0, 50, (2, 6)), "decoder_ids": torch.randint(0, 50, (2, 3))}
+    assert count(model, inputs).result["macs"] == 2 * 3 * 8 * 50

@@ -126,3 +126,15 @@ def test_frame_source_lines_are_not_errors():
     text = ('Traceback (most recent call last):\n  File "a.py", line 1, in <module>\n'
             '    ValueError: not an error, a source line\nKeyError: \'x\'\n')
     assert [e.type for e in parse_errors(text)] == ["KeyError"]
+
+
+def test_an_exception_right_under_a_frame_without_source_is_found():
+    # python -c, exec'd config files (nanoGPT's configurator) and <stdin> frames print no source line
+    try:
+        exec(compile("import torch\ntorch.cat([torch.tensor(1.0), torch.tensor(2.0)])", "<string>", "exec"))
+    except RuntimeError as exc:
+        text = "".join(traceback.format_exception(exc))
+    assert 'File "<string>", line 2, in <module>\nRuntimeError' in text
+    [error] = parse_errors(text)
+    assert error.type == "RuntimeError" and error.message.startswith("zero-dimensional tensor")
+    assert explain_text(text, "stdin").result["matched"] == ["cat-zero-dim"]

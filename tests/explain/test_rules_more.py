@@ -8,6 +8,7 @@ import os
 import tempfile
 import traceback
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -66,6 +67,14 @@ def _compiled_state_dict() -> dict:
     return {f"_orig_mod.{key}": value for key, value in nn.Linear(2, 2).state_dict().items()}
 
 
+def _load_numpy_weights_only(value):
+    path = _saved({"model": nn.Linear(2, 2).state_dict(), "best_val_loss": value})
+    try:
+        torch.load(path, weights_only=True)
+    finally:
+        os.unlink(path)
+
+
 REAL_ERRORS = {
     "label-dtype": [lambda: F.cross_entropy(torch.randn(4, 3), torch.tensor([0.0, 1.0, 2.0, 1.0]))],
     "input-dtype-mismatch": [lambda: nn.Linear(8, 3)(torch.randn(4, 8).half())],
@@ -83,6 +92,15 @@ REAL_ERRORS = {
     "layer-shape-mismatch": [lambda: nn.Linear(8, 3)(torch.randn(4, 5)),
                              lambda: nn.Conv2d(3, 4, 3)(torch.randn(2, 1, 32, 32))],
     "label-out-of-range": [lambda: F.cross_entropy(torch.randn(4, 3), torch.tensor([0, 1, 2, 5]))],
+    # found on real artifacts: a safetensors file of a tied model into plain load_state_dict, a nanoGPT-style
+    # checkpoint with a numpy score, token ids beyond the vocabulary and positions beyond block_size
+    "missing-keys": [lambda: nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2)}),
+                     lambda: nn.Linear(2, 2).load_state_dict({"weight": torch.zeros(2, 2), "extra": torch.zeros(1)})],
+    "unexpected-keys": [lambda: nn.Linear(2, 2, bias=False).load_state_dict(nn.Linear(2, 2).state_dict())],
+    "weights-only-numpy": [lambda: _load_numpy_weights_only(np.float64(1.5)),
+                           lambda: _load_numpy_weights_only(np.arange(3))],
+    "embedding-index-out-of-range": [lambda: nn.Embedding(10, 4)(torch.tensor([[1, 10]])),
+                                     lambda: F.embedding(torch.tensor([-11]), torch.zeros(10, 4))],
 }
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 CASES = [(finding_id, index) for finding_id, makers in REAL_ERRORS.items() for index in range(len(makers))]
@@ -181,3 +199,26 @@ def test_recorded_messages(text, finding_id):
 def test_device_only_input_type_message_is_not_a_dtype_mismatch():
     text = "RuntimeError: Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be the same"
     assert explain_exception(text) is None
+
+
+class _RaisesInGetitem(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.tensor([1.0, 2.0])[index : index + 1] / [1, 2][index]  # IndexError from index 2 on
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_an_error_inside_a_datasets_getitem_is_named_from_the_traceback(workers):
+    with pytest.raises(IndexError) as caught:
+        list(torch.utils.data.DataLoader(_RaisesInGetitem(), batch_size=4, num_workers=workers))
+    text = "".join(traceback.format_exception(caught.value))
+    assert explain_text(text, "stdin").result["matched"] == ["getitem-failed"]
+    assert explain_exception(caught.value) is None  # the message alone is any IndexError
+
+
+def test_an_indexerror_from_a_modulelist_is_not_a_datasets():
+    with pytest.raises(IndexError) as caught:
+        nn.ModuleList([nn.Linear(1, 1)])[3]
+    assert explain_text("".join(traceback.format_exception(caught.value)), "stdin").result["matched"] == []

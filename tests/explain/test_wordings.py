@@ -193,8 +193,6 @@ def test_the_worker_exit_wording_is_the_one_torch_2_13_ships():
 NEAR_MISSES_PRODUCED = {
     # torch.cat in user code: not necessarily a DataLoader's samples
     "cat of different widths": lambda: torch.cat([torch.zeros(2, 3), torch.zeros(2, 4)]),
-    # a token id past the table on the CPU: no finding names that yet
-    "embedding index on the CPU": lambda: nn.Embedding(10, 3)(torch.tensor([10])),
     # ragged or mixed numpy object arrays: several causes
     "numpy object array": lambda: torch.from_numpy(np.array([np.zeros(2), np.zeros(3)], dtype=object)),
     # InstanceNorm's cousin of the BatchNorm message

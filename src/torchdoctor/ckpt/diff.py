@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from torchdoctor.ckpt.formats import detect_format
+from torchdoctor.ckpt.formats import checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, read_checkpoint
 from torchdoctor.report import Finding, Report, Section
@@ -55,6 +55,7 @@ def _short(value: Any) -> str:
 
 
 def _read(path: str | os.PathLike[str], findings: list[Finding]) -> CheckpointReading | None:
+    path = checkpoint_path(path)
     detection = detect_format(path)
     problems = check_detection(detection, str(path))
     if problems or not detection.format.is_checkpoint:
@@ -87,20 +88,37 @@ def compare(reading_a: CheckpointReading, reading_b: CheckpointReading,
             on_progress(done, len(common))
     differing = {key: diff for key, diff in values.items() if diff is not None and diff != 0.0}
     unreadable = [key for key, diff in values.items() if diff is None]
-    only_a = [key for key in keys_a if key not in keys_b]
-    only_b = [key for key in keys_b if key not in keys_a]
+    # a tied tensor (lm_head.weight = wte.weight) that one side names twice and the other once (safetensors,
+    # save_pretrained) is the same weights, not a difference
+    tied = {"a": _tied_aliases(reading_a, keys_a, [k for k in keys_a if k not in keys_b], common),
+            "b": _tied_aliases(reading_b, keys_b, [k for k in keys_b if k not in keys_a], common)}
+    only_a = [key for key in keys_a if key not in keys_b and key not in tied["a"]]
+    only_b = [key for key in keys_b if key not in keys_a and key not in tied["b"]]
     return {
         "formats": [reading_a.format.value, reading_b.format.value],
         "only_in_a": only_a, "only_in_b": only_b, "changed_layout": changes,
         "common": len(common), "equal": len(values) - len(differing) - len(unreadable),
         "max_abs_diff": {key: _json_float(diff) for key, diff in differing.items()},
-        "unreadable": unreadable,
+        "unreadable": unreadable, "tied_only_in": tied,
         # keys are compared without these prefixes; A and B differing in them is worth saying even when
         # every tensor is equal (load_state_dict would not match the keys)
         "key_prefixes": prefixes, "keys_differ_by_prefix": prefixes["a"] != prefixes["b"],
         # None: no difference seen, but some tensors have no data here to compare (e.g. a dcp directory)
         "identical": False if (only_a or only_b or changes or differing) else (None if unreadable else True),
     }
+
+
+def _tied_aliases(reading: CheckpointReading, keys: Mapping[str, str], only: list[str],
+                  common: list[str]) -> dict[str, str]:
+    """Each key of ``only`` that is the very tensor (storage, offset, shape, stride) of a common key, mapped to it."""
+    def place(key: str) -> tuple[Any, ...] | None:
+        record = reading.tensors[keys[key]]
+        if record.storage_key is None:
+            return None
+        return record.storage_key, record.storage_offset, tuple(record.shape), tuple(record.stride)
+
+    by_place = {place(key): key for key in common if place(key) is not None}
+    return {key: by_place[place(key)] for key in only if place(key) in by_place}
 
 
 def _normalised_weights(reading: CheckpointReading) -> tuple[dict[str, str], list[str]]:
@@ -169,6 +187,12 @@ def headline(result: Mapping[str, Any]) -> str:
         return (f"identical tensors: {result['common']} tensors, every value equal; but the keys differ by a prefix "
                 f"(A: {a}, B: {b}): one model's load_state_dict accepts only one of them as saved")
     if result["identical"]:
-        return f"identical: {result['common']} tensors, every value equal"
+        return f"identical: {result['common']} tensors, every value equal{_tied_note(result)}"
     return (f"different: {len(result['only_in_a'])} only in A, {len(result['only_in_b'])} only in B, "
             f"{len(result['changed_layout'])} shape/dtype changes, {len(result['max_abs_diff'])} with different values")
+
+
+def _tied_note(result: Mapping[str, Any]) -> str:
+    notes = [f"{side.upper()} also names {alias} = {key} (tied: one tensor)"
+             for side, aliases in result.get("tied_only_in", {}).items() for alias, key in aliases.items()]
+    return f"; {', '.join(notes)}" if notes else ""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from torchdoctor.ckpt.fix_output import check_target, fix_report, sync_folder
-from torchdoctor.ckpt.formats import Format, detect_format
+from torchdoctor.ckpt.formats import Format, checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
 from torchdoctor.ckpt.plan import Plan, Step, build_plan, parse_options, planned_devices, remaining_findings
 from torchdoctor.ckpt.reader import CheckpointCorrupt, CheckpointReading, collect_tensors, read_checkpoint
@@ -67,7 +67,7 @@ def fix_checkpoint(
 
     ``on_progress(bytes_done, bytes_total)`` hears of each storage copied into a zip or legacy output.
     """
-    source = Path(path)
+    source = checkpoint_path(path)
     options = parse_options(to, strip_prefixes, drop_mismatched, keep_wrapper)
     result: dict[str, Any] = {"input": str(source), "output": None, "format_in": None, "format_out": None,
                               "plan": [], "written": False, "verified": {}, "bytes_in": _size(source),

@@ -415,9 +415,35 @@ def _detect_directory(directory: Path) -> Detection:
         found = _hf_index_detection(index, index.stat().st_size)
         if found is not None:
             return found
-    raise InputError(f"{directory} is a directory without a .metadata file (torch.distributed.checkpoint) or a "
-                     "*.index.json with a weight_map (sharded Hugging Face checkpoint)",
-                     hint="pass the checkpoint file itself")
+    found = sorted(p.name for p in directory.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file())
+    listed = f": it holds {', '.join(found[:6])}{', ...' if len(found) > 6 else ''}" if found else ""
+    raise InputError(f"{directory} is a directory without a .metadata file (torch.distributed.checkpoint), a "
+                     "*.index.json with a weight_map (sharded Hugging Face checkpoint) or one weights file"
+                     f"{listed}", hint="pass the checkpoint file itself")
+
+
+# save_pretrained's single-file names (transformers, diffusers, peft), in the order they are preferred: a folder
+# that holds one of them is that checkpoint, as from_pretrained reads it; safetensors first, as transformers does
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "diffusion_pytorch_model.safetensors",
+                   "diffusion_pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+_WEIGHT_SUFFIXES = {".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".pkl", ".tar"}
+
+
+def checkpoint_path(path: str | os.PathLike[str]) -> Path:
+    """``path``, or the one weights file a folder holds when it is not a checkpoint folder itself.
+
+    A ``save_pretrained`` folder (and accelerate's ``save_state`` folder, whose model is ``model.safetensors``)
+    is what people pass; a folder with a single ``*.pt``/``*.ckpt``/... file (Lightning's ``checkpoints/``)
+    names it too. Folders with a ``.metadata`` or an index stay folders (dcp, hf-sharded).
+    """
+    target = Path(path)
+    if not target.is_dir() or (target / ".metadata").is_file() or any(target.glob("*.index.json")):
+        return target
+    for name in HF_WEIGHT_FILES:
+        if (target / name).is_file():
+            return target / name
+    found = [p for p in target.iterdir() if p.suffix in _WEIGHT_SUFFIXES and p.is_file()]
+    return found[0] if len(found) == 1 else target
 
 
 def _short(error: BaseException) -> str:

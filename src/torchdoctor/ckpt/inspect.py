@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from torchdoctor.ckpt.formats import Format, detect_format
+from torchdoctor.ckpt.formats import Format, checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import (
     check_detection,
     check_devices,
@@ -50,6 +50,7 @@ def inspect_checkpoint(
     larger ones (``result["values_scan"]`` says which and why). ``all_keys``: the human report lists every
     key, not a few per top-level group (the JSON has them all).
     """
+    path = checkpoint_path(path)  # a save_pretrained folder is its weights file
     shown = str(path)
     detection = detect_format(path)
     result: dict[str, Any] = {"path": shown, "format": detection.format.value, "detected": detection.reason,
@@ -96,8 +97,14 @@ def with_path(finding: Finding, path: str) -> Finding:
 def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
                   on_progress: Progress | None = None) -> tuple[list[Finding], dict[str, Any]]:
     """Findings and facts of a read checkpoint (no model): safety, format, wrappers, prefixes, devices, values."""
-    from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes
-    from torchdoctor.ckpt.structure import check_structure, locate_weights, metadata_of, training_state_keys
+    from torchdoctor.ckpt.keys import check_prefixes, detect_prefixes, find_infixes
+    from torchdoctor.ckpt.structure import (
+        check_structure,
+        locate_weights,
+        metadata_of,
+        state_file_summary,
+        training_state_keys,
+    )
 
     weights = _module_weights(reading) or locate_weights(reading.tree)
     weight_keys = list(weights.state_dict) if weights else []
@@ -116,10 +123,12 @@ def judge_reading(reading: CheckpointReading, *, scan_values: bool = True,
         "weights_path": _path_text(weights.path) if weights else None,
         "framework": weights.framework if weights else None,
         "prefixes": detect_prefixes(weight_keys),
+        "compiled_submodules": [owner for owner in find_infixes(weight_keys) if owner],
         "tensors": summarize_tensors(reading, weights.state_dict if weights else {}),
         "devices": dict(devices),
         "shared_storages": shared_storages(reading),
         "training_state": training_state_keys(reading.tree),
+        "state_file": state_file_summary(reading.tree),
         "metadata": _json_safe_metadata({**metadata_of(reading.tree), **reading.metadata}),
         "globals": list(reading.globals),
         "byteorder": reading.byteorder,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,11 +44,31 @@ def corrupt_finding(path: str, what: str, format_name: str) -> Finding:
                         details={"format": format_name, "problem": what})
 
 
+# numpy arrays and scalars (np.float64 scores, RNG states): torch's weights_only unpickler refuses them like any
+# global outside its list, but they build data, never run code; the element types are globals of their own
+_NUMPY_DATA = re.compile(r"numpy\.(?:_?core\.multiarray\.(?:_reconstruct|scalar)|ndarray|dtype|dtypes\.\w+DType)")
+
+
+def is_numpy_data(name: str) -> bool:
+    """A numpy global that builds arrays or scalars (refused by weights_only, but no code)."""
+    return _NUMPY_DATA.fullmatch(name) is not None
+
+
 def check_globals(globals_: list[Mapping[str, Any]], format_name: str) -> list[Finding]:
-    """unsafe-pickle for every global outside the allow-list; full-module-pickle for pickled nn.Modules."""
+    """unsafe-pickle for every global outside the allow-list (numpy's data globals: weights-only-numpy);
+    full-module-pickle for pickled nn.Modules."""
     findings = []
-    unsafe = [row["name"] for row in globals_ if row["kind"] == "unsafe"]
+    refused = [row["name"] for row in globals_ if row["kind"] == "unsafe"]
+    numpy = [name for name in refused if is_numpy_data(name)]
+    unsafe = [name for name in refused if name not in numpy]
     modules = [row["name"] for row in globals_ if row["kind"] == "module"]
+    if numpy:
+        findings.append(make_finding(
+            "weights-only-numpy",
+            f"The {format_name} pickle holds numpy arrays or scalars ({_names(numpy)}): data, not code, but "
+            "torch.load(weights_only=True), the default since torch 2.6, refuses them.",
+            details={"globals": numpy},
+        ))
     if unsafe:
         findings.append(make_finding(
             "unsafe-pickle",

@@ -218,6 +218,9 @@ class KeyMatch:
     missing_num_batches_tracked: list[str] = field(default_factory=list)
     """The BatchNorm counters among ``missing``: ``load_state_dict`` fills them with 0 itself when the
     state dict carries no module versions (a plain dict), and reports them missing otherwise."""
+    missing_tied: dict[str, str] = field(default_factory=dict)
+    """Missing model key → a provided model key it shares memory with (``lm_head.weight`` → the embedding):
+    safetensors and ``save_pretrained`` keep one name per tied tensor, and loading fills the other through it."""
 
     @property
     def ok(self) -> bool:
@@ -282,7 +285,19 @@ def match_to_model(checkpoint: Mapping[str, Any], model: Mapping[str, Any]) -> K
         strip_prefix=rule.strip,
         add_prefix=rule.add if mod.prefixes == ckpt.prefixes else "".join(mod.prefixes) + rule.add,
         missing_num_batches_tracked=[key for key in missing if key.split(".")[-1] == NUM_BATCHES_TRACKED],
+        missing_tied=_tied_to_provided(missing, provided, model),
     )
+
+
+def _tied_to_provided(missing: Sequence[str], provided: Iterable[str], model: Mapping[str, Any]) -> dict[str, str]:
+    """Each missing key whose tensor is the same memory as a provided key's (tied weights), mapped to it."""
+    def where(value: Any) -> tuple[Any, ...] | None:
+        # meta and fake tensors have no address to compare: their ties stay unknown
+        pointer = value.data_ptr() if hasattr(value, "data_ptr") and value.device.type != "meta" else 0
+        return (pointer, tuple(value.shape), tuple(value.stride())) if pointer else None
+
+    by_place = {where(model[key]): key for key in provided if where(model[key]) is not None}
+    return {key: by_place[where(model[key])] for key in missing if where(model[key]) in by_place}
 
 
 def _best_rule(ckpt_names: Mapping[str, str], model_by_name: Mapping[str, str],
@@ -394,12 +409,22 @@ def _missing_finding(match: KeyMatch) -> Finding:
     count = "1 model key is" if len(missing) == 1 else f"{len(missing)} model keys are"
     message = f"{count} missing from the checkpoint: {_first(missing)}"
     severity = None
+    tied, fix = match.missing_tied, ""
     if len(counters) == len(missing):
         # Only BatchNorm step counters: load_state_dict fills them itself for a plain dict.
         message += " (only BatchNorm num_batches_tracked counters, which torch can fill with 0)"
         severity = Severity.WARNING
-    return make_finding("missing-keys", message, severity=severity,
-                        details={"keys": list(missing), "count": len(missing), "num_batches_tracked": list(counters)})
+    elif tied and set(missing) <= set(tied) | set(counters):
+        # safetensors keeps one name per tied tensor: loading the other name fills this one too
+        key = next(iter(tied))
+        message += (f" (only tied weights: {key} is the same tensor as {tied[key]}, which the checkpoint provides, "
+                    "so it loads through it; this is how safetensors and save_pretrained save tied weights)")
+        severity = Severity.WARNING
+        fix = ("Nothing is lost: load with from_pretrained, or load_state_dict(..., strict=False) and check that "
+               "missing_keys lists only the tied names (strict=True refuses them).")
+    return make_finding("missing-keys", message, severity=severity, fix=fix,
+                        details={"keys": list(missing), "count": len(missing), "num_batches_tracked": list(counters),
+                                 "tied": dict(tied)})
 
 
 def _shape_finding(mismatch: Mapping[str, Any]) -> Finding:

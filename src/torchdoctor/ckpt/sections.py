@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from torchdoctor.ckpt.judge import is_numpy_data
 from torchdoctor.codes import section_ids
 from torchdoctor.report import Finding, Section
 from torchdoctor.units import format_bytes
@@ -43,14 +44,20 @@ def _file(result: Mapping[str, Any]) -> str:
 
 
 def _safety(result: Mapping[str, Any]) -> str:
-    kinds = [row["kind"] for row in result.get("globals", [])]
+    rows = result.get("globals", [])
+    numpy = sum(row["kind"] == "unsafe" and is_numpy_data(row["name"]) for row in rows)
+    kinds = [row["kind"] for row in rows]
     if "unsafe" in kinds or "module" in kinds:
-        return f"{kinds.count('unsafe')} unsafe and {kinds.count('module')} class global(s); nothing was executed"
+        arrays = f" (numpy data: {numpy})" if numpy else ""
+        return (f"{kinds.count('unsafe')} unsafe{arrays} and {kinds.count('module')} class global(s); nothing was "
+                "executed")
     return "only tensors and plain containers (read without executing anything)"
 
 
 def _structure(result: Mapping[str, Any]) -> str:
     tensors = result["tensors"]
+    if result.get("state_file") and not tensors["count"]:  # not model weights at all: say what it is
+        return f"no model weights: the file is {result['state_file']}"
     where = f"checkpoint[{result['weights_path']!r}]" if result.get("weights_path") else "top level"
     framework = f" ({result['framework']})" if result.get("framework") else ""
     shared = f", {len(result['shared_storages'])} shared storage group(s)" if result.get("shared_storages") else ""
@@ -99,8 +106,10 @@ def _numel(shape: Sequence[int]) -> int:
 
 
 def _keys(result: Mapping[str, Any]) -> str:
-    prefixes = result.get("prefixes") or []
-    return f"prefixes {', '.join(prefixes)}" if prefixes else "no wrapper prefixes"
+    prefixes, compiled = result.get("prefixes") or [], result.get("compiled_submodules") or []
+    text = f"prefixes {', '.join(prefixes)}" if prefixes else "no wrapper prefixes"
+    # a submodule compiled on its own wraps only its keys: not a prefix, but not clean either
+    return text + (f"; '_orig_mod.' inside the keys of {', '.join(compiled)}" if compiled else "")
 
 
 def _values(result: Mapping[str, Any]) -> str:

@@ -181,6 +181,20 @@ def _kind_by_content(value: Any) -> TrainingStateKind | None:
     return None
 
 
+def state_file_summary(tree: Any) -> str | None:
+    """What a file that is itself training state holds (``torch.save(optimizer.state_dict())``, accelerate's
+    optimizer.bin and scheduler.bin), in words; None for anything else."""
+    kind = _kind_by_content(tree) if isinstance(tree, Mapping) else None
+    if kind is TrainingStateKind.OPTIMIZER:
+        groups = tree["param_groups"] if isinstance(tree["param_groups"], list) else []
+        return (f"an optimizer state dict: state for {len(tree['state'])} of "
+                f"{sum(len(g.get('params', ())) for g in groups if isinstance(g, Mapping))} parameters, "
+                f"{len(groups)} param group(s), for optimizer.load_state_dict")
+    if kind is not None:
+        return f"{'an' if kind.label[0] in 'ALS' else 'a'} {kind.label} state dict"  # an LR-, a GradScaler
+    return None
+
+
 def training_state_kinds(tree: Any) -> dict[str, TrainingStateKind]:
     """Top-level keys holding training state, with what each holds."""
     if not isinstance(tree, Mapping):

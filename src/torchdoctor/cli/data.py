@@ -49,9 +49,10 @@ def data_command(
 def _load_loader(spec: str):
     from torch.utils.data import DataLoader, Dataset
 
+    from torchdoctor.data.loader import datamodule_loader
     from torchdoctor.targets import resolve_target
 
-    return resolve_target(spec, expect=(DataLoader, Dataset))
+    return resolve_target(spec, expect=(DataLoader, Dataset), unwrap=datamodule_loader)
 
 
 def _key(value: str | None) -> str | int | None:

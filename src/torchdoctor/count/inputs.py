@@ -14,7 +14,9 @@ DTYPE_ALIASES = {
     "float64": "float64", "fp64": "float64", "double": "float64",
 }
 
-GUESSED_HINT = "pass --input-shape with the shape the model expects (e.g. --input-shape 1,3,64,64)"
+# models that take keyword inputs (an encoder-decoder's decoder_input_ids) cannot be fed by shapes alone
+GUESSED_HINT = ("pass --input-shape with the shape the model expects (e.g. --input-shape 1,3,64,64), or --input "
+                "file.py:make_inputs returning the inputs (a dict for keyword inputs such as decoder_input_ids)")
 _NO_SHAPE_HINT = "pass --input-shape, e.g. --input-shape 1,3,224,224 (repeat it for each input), or --input SPEC"
 
 

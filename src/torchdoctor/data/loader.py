@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
 from typing import Any
 
 # A Dataset given alone is read in batches of this size: DataLoader's own default (1) would make every
@@ -11,14 +12,33 @@ DEFAULT_BATCH_SIZE = 32
 
 
 def as_loader(obj: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> tuple[Any, bool]:
-    """``(loader, wrapped)``: a DataLoader as it is, a Dataset inside ``DataLoader(obj, batch_size)``."""
+    """``(loader, wrapped)``: a DataLoader as it is, a Dataset inside ``DataLoader(obj, batch_size)``, a
+    Lightning DataModule's ``train_dataloader()``."""
     from torch.utils.data import DataLoader, Dataset
 
+    obj = datamodule_loader(obj)
     if isinstance(obj, DataLoader):
         return obj, False
     if isinstance(obj, Dataset):
         return DataLoader(obj, batch_size=batch_size), True
     raise TypeError(f"expected a torch DataLoader or Dataset, got {type(obj).__name__}")
+
+
+def datamodule_loader(obj: Any, call: Callable[[Callable[[], Any]], Any] = lambda fn: fn()) -> Any:
+    """A LightningDataModule's train DataLoader, prepared as ``trainer.fit`` prepares it; anything else as it is.
+
+    Told apart by its methods (``train_dataloader`` and ``setup``), not by class: importing lightning costs
+    seconds, and a DataModule-like class without lightning works the same. ``call`` runs the user's methods.
+    """
+    from torch.utils.data import DataLoader, Dataset
+
+    if isinstance(obj, DataLoader | Dataset) or not all(callable(getattr(obj, name, None))
+                                                         for name in ("train_dataloader", "setup")):
+        return obj
+    if callable(getattr(obj, "prepare_data", None)):
+        call(obj.prepare_data)
+    call(lambda: obj.setup("fit"))
+    return call(obj.train_dataloader)
 
 
 def collect_loader_facts(loader: Any, *, wrapped: bool) -> dict[str, Any]:

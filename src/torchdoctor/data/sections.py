@@ -65,6 +65,8 @@ def _batches(result: Mapping[str, Any]) -> str:
 def _labels(result: Mapping[str, Any]) -> str:
     reading, task = result["reading"], result["task"]
     target = reading["target"]
+    if reading["read"] == 0:  # nothing to say about labels no batch delivered
+        return "not checked: no batch was read"
     if target is None:
         return "no target in the batches"
     text = f"{reading['target_field']} {target['dtype']} {target['shape']}"
@@ -83,6 +85,8 @@ def _labels(result: Mapping[str, Any]) -> str:
 def _inputs(result: Mapping[str, Any]) -> str:
     reading = result["reading"]
     name = reading["input"]
+    if reading["read"] == 0:
+        return "not checked: no batch was read"
     if name is None:
         return "inputs: " + (", ".join(reading["fields"]) or "no tensors")
     field = reading["fields"][name]

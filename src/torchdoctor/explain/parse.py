@@ -32,6 +32,7 @@ _WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+")
 _PROGRESS = re.compile(r"\d+%\|")
 _TOOL_LINE = re.compile(r"^[a-z][\w-]*: ")  # "wandb: ...", "warnings: ..." after a traceback
 _FRAME = re.compile(r'^\s*File ["\u201c\u201d]')  # curly after copy-paste too
+_SOURCELESS_FRAME = re.compile(r'^\s*File ["\u201c\u201d]<[^>]*>["\u201c\u201d]')
 _STOP = ("Traceback (most recent call last):", "Original Traceback (most recent call last):",
          "During handling of the above exception", "The above exception was the direct cause")
 
@@ -108,7 +109,9 @@ def _frames_before(lines: list[str], line_in_input: int) -> str:
 
 
 def _exception_at(lines: list[str], index: int) -> re.Match[str] | None:
-    if index > 0 and _FRAME.match(lines[index - 1]):  # the source line of a frame
+    # the line under a frame is its source, except under code with no file (python -c, exec, <stdin>, frozen
+    # modules), where Python prints none and the exception follows at once
+    if index > 0 and _FRAME.match(lines[index - 1]) and not _SOURCELESS_FRAME.match(lines[index - 1]):
         return None
     return _EXCEPTION_LINE.match(lines[index].strip())
 

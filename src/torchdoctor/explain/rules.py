@@ -95,6 +95,13 @@ def _worker_pids(match: Match) -> str:
     return f"A DataLoader worker process (pid {match['pids']}) {how}."
 
 
+def _few(quoted: str, shown: int = 3) -> str:
+    """``"a", "b", "c", "d"`` → ``a, b, c and 1 more``."""
+    keys = re.findall(r'"([^"]+)"', quoted)
+    more = f" and {len(keys) - shown} more" if len(keys) > shown else ""
+    return ", ".join(keys[:shown]) + more
+
+
 # --- the table ----------------------------------------------------------------------------------------
 
 _NUM = r"(?P<value>-?\d+)"
@@ -113,6 +120,21 @@ _CHECKPOINT_RULES: tuple[Rule, ...] = (
                            rf"checkpoint, the shape in current model is (?P<b>{_SIZE})",
          lambda m: (f"The checkpoint's {m['key']} has shape {m['a']} but the model's has {m['b']}: a different "
                     "architecture or configuration."), ()),
+    # a strict load_state_dict with only missing or only unexpected keys (no prefix, no size to blame): tied
+    # weights left out by safetensors, or a different architecture
+    Rule("missing-keys", r"Error\(s\) in loading state_dict for (?P<cls>\w+):? Missing key\(s\) in state_dict: "
+                         r"(?P<keys>\"[^\n]*?\")\.(?: Unexpected key\(s\) in state_dict: (?P<extra>\"[^\n]*?\")\.)?",
+         lambda m: (f"{m['cls']}.load_state_dict(strict=True) found model keys the state dict lacks ({_few(m['keys'])})"
+                    + (f" and keys the model lacks ({_few(m['extra'])})" if m["extra"] else "")
+                    + ": a different architecture or config, or tied weights that safetensors stores once (then "
+                      "`torchdoctor ckpt inspect FILE --model SPEC` says so)."), ()),
+    Rule("unexpected-keys", r"Error\(s\) in loading state_dict for (?P<cls>\w+):? Unexpected key\(s\) in "
+                            r"state_dict: (?P<keys>\"[^\n]*?\")\.",
+         lambda m: f"{m['cls']}.load_state_dict(strict=True) got keys the model lacks ({_few(m['keys'])}).", ()),
+    # numpy values (np.float64 scores, RNG states) are refused by weights_only=True like a class is, but hold no code
+    Rule("weights-only-numpy", r"Weights only load failed.*?Unsupported global: GLOBAL (?P<name>numpy\.[\w.]+)",
+         lambda m: (f"torch.load(weights_only=True) refused {m['name']}: the file holds numpy arrays or "
+                    "scalars (a score, an RNG state), not code."), ()),
     # torch >= 2.6 loads with weights_only=True by default; a pickled nn.Module names its class as a GLOBAL
     Rule("full-module-pickle", r"Weights only load failed.*?Unsupported global: GLOBAL (?P<name>[\w.]+)",
          lambda m: f"The file pickles a whole object ({m['name']}), not a state dict, so weights_only=True refuses it.",
@@ -139,6 +161,24 @@ _AUTOGRAD_RULES: tuple[Rule, ...] = (
     Rule("backward-twice", r"Trying to backward through the graph a second time",
          fixed("backward ran twice through one graph, whose saved tensors the first backward freed."),
          ("RuntimeError",)),
+    # nn.Embedding / index_select on the CPU (aten/src/ATen/native/TensorAdvancedIndexing.cpp); on CUDA it is
+    # the srcIndex device-side assert
+    Rule("embedding-index-out-of-range", r"^index out of range in self$",
+         fixed("An index passed to an embedding (or index_select) is not below its num_embeddings: a token id >= "
+               "vocab_size, or a position id >= the model's maximum sequence length."), ("IndexError",)),
+    # torch >= 2.1: a meta weight meets real input ("is not on the expected device"), or .to() copies it
+    Rule("meta-tensor-weights", r"Tensor on device meta is not on the expected device|Cannot copy out of meta "
+                                r"tensor; no data",
+         fixed("A tensor on the meta device (a weight created without data: init_empty_weights, device='meta', or "
+               "one the checkpoint did not provide) was used as if it held values."),
+         ("RuntimeError", "NotImplementedError")),
+    # transformers' tokenization_utils_base and Trainer.compute_loss (4.x-5.x)
+    Rule("tokenizer-no-pad-token", r"Asking to pad but the tokenizer does not have a padding token",
+         fixed("The tokenizer was asked to pad a batch but has no pad_token."), ("ValueError",)),
+    Rule("trainer-no-loss", r"The model did not return a loss from the inputs, only the following keys: "
+                            r"(?P<keys>[\w, ]+)\. For reference, the inputs it received are (?P<inputs>[\w, ]+)",
+         lambda m: (f"The Trainer's batches ({m['inputs']}) hold no labels, so the model returned no loss, only "
+                    f"{m['keys']}."), ("ValueError",)),
     Rule("cat-zero-dim", r"zero-dimensional tensor \(at position (?P<value>\d+)\) cannot be concatenated",
          lambda m: f"torch.cat got a 0-d tensor (position {m['value']}): use torch.stack, or unsqueeze it first.",
          ("RuntimeError",)),
@@ -301,7 +341,10 @@ RULES: tuple[Rule, ...] = (
          fixed("default_collate in a worker cannot stack samples of different shapes into one batch."),
          ("RuntimeError",)),
     Rule("variable-size-samples", r"each element in list of batch should be of equal size",
-         fixed("default_collate got samples whose lists have different lengths."), ("RuntimeError",)),
+         # the usual lists are token ids: a tokenizer's output without padding
+         fixed("default_collate got samples whose lists have different lengths (token ids of different lengths? "
+               "pad them in a collate_fn, such as transformers.DataCollatorWithPadding(tokenizer))."),
+         ("RuntimeError",)),
     Rule("batchnorm-single-sample-batch", rf"Expected more than 1 value per channel when training, got input size "
                                           rf"(?P<size>{_SIZE})",
          lambda m: f"BatchNorm in training mode got a batch of one sample ({m['size']}).", ("ValueError",)),
@@ -331,6 +374,13 @@ RULES: tuple[Rule, ...] = (
     *_CHECKPOINT_RULES,
     *_AUTOGRAD_RULES,
     *_CUDA_RULES,
+    # last: any other error raised inside a Dataset's __getitem__ as the DataLoader fetched it (in a worker's
+    # "Original Traceback" or in the main process); the frames must show the fetch, since a ModuleList's or a
+    # dict's __getitem__ raises too
+    Rule("getitem-failed", r".", fixed("The Dataset's __getitem__ raised while the DataLoader fetched a sample: "
+                                       "the last frames above the error name the line and the sample's index."),
+         ("Exception",), context=r'fetch\.py", line \d+, in (?:fetch|<listcomp>|__getitem__)[\s\S]*, in '
+                                 r'__getitem__(?:\s|$)'),
 )
 
 
