@@ -14,6 +14,7 @@ from typing import Any
 from torchdoctor.batch import as_call
 from torchdoctor.count.checks import check_failure, check_uncounted, where_failed
 from torchdoctor.count.compare import collect_comparisons, parse_tools
+from torchdoctor.count.compiled import eager_compiled, is_compiled
 from torchdoctor.count.flops import ComputeFacts, collect_forward, collect_training_step, substitute_tensors
 from torchdoctor.count.inputs import GUESSED_HINT, build_inputs, describe_inputs, parse_dtype, prepare_inputs
 from torchdoctor.count.layers import layer_rows
@@ -77,10 +78,15 @@ def count_spec(spec: str, *, input_shapes: Sequence[Sequence[int]] | None = None
                   meta=meta, compare=compare, owned=True, spec=spec, device=device, memory=memory_options)
 
 
-def _count(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_step: bool, meta: bool,
-           compare, owned: bool, spec: str | None = None, device: str | None = None,
-           memory: MemoryOptions | None = None) -> Report:
+def _count(model: Any, inputs: Any, **options: Any) -> Report:
     model = _original_module(model)
+    with eager_compiled(model):
+        return _count_model(model, inputs, **options)
+
+
+def _count_model(model: Any, inputs: Any, *, input_shapes, dtype, depth: int, train_step: bool, meta: bool,
+                 compare, owned: bool, spec: str | None = None, device: str | None = None,
+                 memory: MemoryOptions | None = None) -> Report:
     dtype, tools = parse_dtype(dtype), parse_tools(compare)
     meta = _check_options(model, depth, train_step, meta, device)
     if not meta and device is not None and _usable_device(device) != _device_of(model):
@@ -159,11 +165,8 @@ def _guess_failed(failure: Any, model: Any, inputs: list[dict[str, Any]]) -> Usa
 
 
 def _original_module(model: Any) -> Any:
-    """A ``torch.compile``d module is counted through the module it wraps (``_orig_mod``).
-
-    Told apart by class name: ``isinstance(model, torch._dynamo.OptimizedModule)`` would import dynamo (~1 s).
-    """
-    if type(model).__name__ == "OptimizedModule" and hasattr(model, "_orig_mod"):
+    """A ``torch.compile``d module is counted through the module it wraps (``_orig_mod``)."""
+    if is_compiled(model):
         return model._orig_mod
     return model
 

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor.count.compiled import user_name
 from torchdoctor.count.formulas import CONTRACTION_OPS, extra_formulas
 from torchdoctor.count.layers import FailedLayer, ModuleWatch
 from torchdoctor.count.ops import OpKind, classify_op
@@ -220,12 +221,14 @@ def _macs(counts: Mapping[Any, int], names: Mapping[Any, str]) -> int:
 
 def _module_counts(flop_counts: Mapping[str, Mapping[Any, int]], root: Any,
                    names: Mapping[Any, str]) -> dict[str, dict[str, int]]:
-    """ModuleTracker names (``ResNet.layer1.0``) -> ``named_modules`` names (``layer1.0``)."""
+    """ModuleTracker names (``ResNet.layer1.0``) -> ``named_modules`` names (``layer1.0``); a compiled part
+    and its wrapper (``Net.body``, ``Net.body._orig_mod``) ran the same ops and share the user's name."""
     root_name = type(root).__name__
     counts = {}
     for tracker_name, per_op in flop_counts.items():
         if tracker_name == "Global":
             continue
+        tracker_name = user_name(tracker_name)
         name = "" if tracker_name == root_name else tracker_name.removeprefix(root_name + ".")
         counts[name] = {"macs": _macs(per_op, names), "flops": sum(per_op.values())}
     return counts

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from torchdoctor.count.compiled import user_modules
 from torchdoctor.count.params import module_params
 
 
@@ -64,7 +65,7 @@ class ModuleWatch:
         if not self.stack:
             return None
         module, args = self.stack[-1]
-        names = {id(m): name for name, m in root.named_modules()}
+        names = {id(m): name for name, m in user_modules(root)}
         return FailedLayer(
             name=names.get(id(module), type(module).__name__) or type(root).__name__,
             type=type(module).__name__,
@@ -97,9 +98,10 @@ def shape_of(value: Any) -> Any:
 
 def layer_rows(root: Any, output_shapes: Mapping[int, Any], module_counts: Mapping[str, Mapping[str, int]],
                total_macs: int, depth: int) -> list[dict[str, Any]]:
-    """One row per module down to ``depth`` (children of the model are depth 1), in definition order."""
+    """One row per module down to ``depth`` (children of the model are depth 1), in definition order; a
+    ``torch.compile``d submodule is one row under its own name (``count.compiled``)."""
     rows = []
-    for name, module in root.named_modules():
+    for name, module in user_modules(root):
         level = name.count(".") + 1 if name else 0
         if not name or level > depth:
             continue

@@ -9,6 +9,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from torchdoctor.count.compiled import user_modules
+
 
 @dataclass(frozen=True)
 class ModuleMemory:
@@ -40,8 +42,9 @@ class SavedActivations:
     excluded), counted once and attributed to the innermost module running when it was first saved."""
 
     def __init__(self, model: Any, model_tensors: set[Any]) -> None:
-        self.names = {id(module): name for name, module in model.named_modules()}
-        self.types = {name: type(module).__name__ for name, module in model.named_modules()}
+        modules = user_modules(model)  # a compiled part's wrapper is no row: its id is not named here
+        self.names = {id(module): name for name, module in modules}
+        self.types = {name: type(module).__name__ for name, module in modules}
         self.excluded = {tensor.untyped_storage()._cdata for tensor in model_tensors}
         self.saved: dict[int, tuple[int, str]] = {}  # storage -> (bytes, module)
         self.inputs: dict[str, int] = {}
