@@ -380,8 +380,7 @@ def test_not_checkpoints_get_inspects_findings(tmp_path, name, finding):
     assert not report.result["written"] and not (tmp_path / "out.pt").exists()
 
 
-@pytest.mark.parametrize("name, words", [("torchscript_file", "TorchScript"),
-                                         ("hf_sharded_dir", "shard")])
+@pytest.mark.parametrize("name, words", [("torchscript_file", "TorchScript")])  # shards: test_fix_sharded.py
 def test_out_of_scope_formats_raise_input_error(tmp_path, name, words):
     source = build(name, tmp_path)
     with pytest.raises(InputError, match=words):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from torchdoctor.ckpt import shards
 from torchdoctor.ckpt.fix_output import check_target, fix_report, sync_folder
 from torchdoctor.ckpt.formats import Format, checkpoint_path, detect_format
 from torchdoctor.ckpt.judge import check_detection, check_globals, corrupt_finding
@@ -31,8 +32,6 @@ __all__ = ["VerificationFailed", "WriteFailed", "fix_checkpoint"]  # the errors 
 OUT_OF_SCOPE = {
     Format.TORCHSCRIPT: "is a TorchScript archive (torch.jit.save), not a torch.save checkpoint: save "
                         "torch.jit.load(PATH).state_dict() with torch.save and fix that file",
-    Format.HF_SHARDED: "is a sharded Hugging Face checkpoint: fix its shard files one at a time, or load and "
-                       "re-save it with transformers (from_pretrained, save_pretrained)",
     Format.PICKLE: "is a plain pickle without torch.save's tensor storages: there are no weights to fix",
 }
 
@@ -82,12 +81,18 @@ def fix_checkpoint(
                        output=output, to=options.to, dry_run=dry_run, force=force, model=model,
                        strip_prefixes=strip_prefixes, drop_mismatched=drop_mismatched, keep_wrapper=keep_wrapper,
                        input_shapes=input_shapes, on_progress=on_progress)
+    sharded = reading.format is Format.HF_SHARDED  # merged into one file (ckpt/shards.py)
+    if sharded:
+        options, result["bytes_in"] = shards.merge_options(reading, options), shards.shards_bytes(reading)
     plan = build_plan(reading, options, model.state_dict() if model is not None else None)
     if result.pop("module_extracted", None):
         plan = _with_extraction(plan, reading)
+    plan = shards.with_merge_step(plan, reading) if sharded else plan
     target = _output_path(source, output, plan)
     fixed = plan.apply(reading.tree)
     writer, why = _choose_writer(reading, plan, fixed)
+    if sharded:
+        shards.check_writer(writer, why, reading)
     job = _Job(reading, plan, fixed, writer, model, input_shapes, on_progress)
     result.update(output=str(target), format_out=plan.format_out.value, plan=plan.to_dicts(),
                   notes=list(plan.notes) + ([f"written through torch.load: {why}"] if why else []),
@@ -101,7 +106,8 @@ def fix_checkpoint(
         result["notes"] += _target_notes(target, force)
     else:
         check_target(target, force)
-        result["writer"], result["verified"] = _write_atomically(source, target, job)
+        mode_of = shards.index_of(reading) if sharded else source  # the output gets the input's permissions
+        result["writer"], result["verified"] = _write_atomically(mode_of, target, job)
         result.update(written=True, bytes_out=_size(target))
     return fix_report(findings, result)
 
@@ -113,6 +119,10 @@ def _read_or_refuse(source: Path, result: dict[str, Any]) -> CheckpointReading |
     early = check_detection(detection, str(source))
     if early or not detection.format.is_checkpoint:
         return _refused(result, early, "the input is not a readable checkpoint")
+    incomplete = shards.incomplete_findings(detection, str(source))
+    if incomplete:
+        return _refused(result, incomplete, "shards are missing or git-lfs pointers: a merge would leave their "
+                        "tensors out")
     # a 1.0-1.2 TorchScript archive is a plain table of tensors that no torch today loads: rewriting it is a fix
     if detection.format in OUT_OF_SCOPE and detection.details.get("layout") != "model.json":
         raise InputError(f"{source} {OUT_OF_SCOPE[detection.format]}")
@@ -201,6 +211,8 @@ def _choose_writer(reading: CheckpointReading, plan: Plan, fixed: Any) -> tuple[
 def _output_path(source: Path, output: str | os.PathLike[str] | None, plan: Plan) -> Path:
     if output is not None:
         target = Path(output)
+    elif plan.format_in is Format.HF_SHARDED:
+        target = shards.default_target(source, plan.format_out)
     elif plan.format_out is Format.SAFETENSORS:
         target = source.with_name(f"{source.stem}.fixed.safetensors")
     else:

@@ -71,11 +71,27 @@ def set_crc(fd: int, data_end: int, central: int, crc: int) -> None:
 
 
 def zip_spans(reading: CheckpointReading) -> dict[str, zipfile.ZipInfo]:
-    """The source's zip entries by full record name (empty for a file that is not a zip)."""
+    """The source's zip entries by full record name (empty for a file that is not a zip); for torch.save shards
+    of a Hugging Face checkpoint, every shard's (their archive folders are named after the shard files)."""
+    if reading.format is Format.HF_SHARDED:
+        return _shard_spans(reading)
     if reading.format not in (Format.ZIP, Format.TORCHSCRIPT):  # TorchScript: a 1.0-1.2 model.json archive
         return {}
     with zipfile.ZipFile(reading.path) as archive:
         return {info.filename: info for info in archive.infolist()}
+
+
+def _shard_spans(reading: CheckpointReading) -> dict[str, zipfile.ZipInfo]:
+    spans: dict[str, zipfile.ZipInfo] = {}
+    owners: dict[str, Any] = {}
+    for path in sorted({info.path for info in reading.storages.values() if info.record is not None}):
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if owners.setdefault(info.filename, path) != path:  # shards renamed after saving
+                    raise CheckpointCorrupt(f"shards {owners[info.filename].name} and {path.name} both hold a "
+                                            f"zip record {info.filename}: fix them one at a time")
+                spans[info.filename] = info
+    return spans
 
 
 def source_crc(reading: CheckpointReading, source: str, info: StorageInfo, spans: Mapping[str, Any]) -> int:

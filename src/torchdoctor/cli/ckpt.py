@@ -70,7 +70,7 @@ def _scan_choice(no_values: bool, scan_values: bool) -> bool | None:
 @app.command("fix", cls=ConventionalCommand)
 def fix_command(
     path: PathArg,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: <stem>.fixed<suffix>; for a DCP directory DIRNAME.pt beside it).")] = None,  # noqa: UP045,E501
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write (default: <stem>.fixed<suffix>; for a DCP directory DIRNAME.pt beside it; for a sharded folder DIRNAME.fixed.safetensors|.pt beside it).")] = None,  # noqa: UP045,E501
     model: ModelOpt = None,
     to: Annotated[Optional[TargetFormat], typer.Option("--to", help="Convert to this format.")] = None,  # noqa: UP045
     strip_prefix: Annotated[Optional[list[str]], typer.Option("--strip-prefix", help="Strip this key prefix (repeatable).")] = None,  # noqa: UP045,E501
