@@ -42,11 +42,14 @@ def user_modules(root: Any) -> list[tuple[str, Any]]:
 @contextlib.contextmanager
 def eager_compiled(model: Any) -> Iterator[None]:
     """Compiled submodules of ``model`` run eagerly, without torch's warning about our global hooks."""
-    if not any(is_compiled(module) for module in model.modules()):
+    modules = getattr(model, "modules", None)  # not a module at all: count's own checks say so
+    if not callable(modules) or not any(is_compiled(module) for module in modules()):
         yield
         return
     import torch
 
-    with warnings.catch_warnings(), torch.compiler.set_stance("force_eager"):
+    set_stance = getattr(torch.compiler, "set_stance", None)  # torch >= 2.6 (older: compiled as torch decides)
+    eager = set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
+    with warnings.catch_warnings(), eager:
         warnings.filterwarnings("ignore", message=_HOOKS_WARNING, category=UserWarning)
         yield
