@@ -132,8 +132,9 @@ def test_a_real_save_pretrained_round_trip(tmp_path):
     merged = tmp_path / "merged"
     merged.mkdir()
     (merged / "config.json").write_bytes((folder / "config.json").read_bytes())
-    report = fix(folder, output=merged / "model.safetensors")
+    report = fix(folder, output=merged / "model.safetensors", model=model)  # verified by loading it and a step
     assert report.exit_code() == 0 and report.result["verified"]["bit_identical"]
+    assert report.result["verified"]["model"]["training_step"]["ok"]
     assert_bit_identical(read_safetensors(merged / "model.safetensors"), shard_tensors(folder))
     loaded = GPT2LMHeadModel.from_pretrained(merged)
     state, original = loaded.state_dict(), model.state_dict()
