@@ -346,7 +346,7 @@ _SPECS = (
         "Tensors were saved from a CUDA device.",
         "On a machine without that GPU, torch.load fails unless it is told where to put them.",
         "torch.load(PATH, map_location='cpu')",
-        commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "structure", FIX: "output"},
     ),
     _spec(
         "shard-missing", "TD219", "error",
@@ -752,6 +752,138 @@ _SPECS = (
         "Give the batches labels: for causal LM DataCollatorForLanguageModeling(tokenizer, mlm=False); for "
         "classification a 'labels' (or 'label') column; check the collator and remove_unused_columns did not "
         "drop it (TrainingArguments(label_names=[...]) for other names).",
+        commands=("explain",), explain_only=True,
+    ),
+    # pitfalls catalogs A and B: the common errors of a training script, each produced by explain's tests
+    _spec(
+        "view-non-contiguous", "TD618", "error",
+        "view() was called on a non-contiguous tensor (the result of transpose, permute, .t() or expand).",
+        "view only reinterprets the existing memory; after a permute the elements are no longer laid out in the "
+        "order the new shape needs, so PyTorch refuses instead of copying.",
+        "Use .reshape(...) (copies only when it must) or .contiguous().view(...); to flatten features, "
+        "torch.flatten(x, 1).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "backward-non-scalar", "TD619", "error",
+        "backward() was called on a tensor with more than one element.",
+        "backward() without an argument needs a scalar loss: a per-sample loss (reduction='none'), a loss of "
+        "shape [1, ...] or the model's output was passed instead.",
+        "Reduce it first (loss.mean().backward() or loss.sum()), or pass the gradient explicitly: "
+        "out.backward(torch.ones_like(out)).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "leaf-inplace", "TD620", "error",
+        "An in-place op changed a leaf tensor that requires grad (a parameter, or a tensor made with "
+        "requires_grad=True) while autograd was recording.",
+        "A hand-written update (w -= lr * w.grad, w.sub_(...)) or initialisation (w.fill_, w[...] = v) outside "
+        "torch.no_grad() would be recorded as part of the graph, so autograd refuses it.",
+        "Wrap manual updates and initialisation in `with torch.no_grad():`, or use nn.init.* and an optimizer.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "overlapping-inplace-write", "TD621", "error",
+        "An in-place op wrote into a tensor whose elements share memory (an expand()ed or broadcast view).",
+        "expand() returns a view with stride 0: one memory location stands for many elements, so an in-place "
+        "write to it is ambiguous.",
+        "Clone the view before writing (x = x.expand(n, -1).clone()), or use the out-of-place op and reassign.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "index-dtype", "TD622", "error",
+        "A tensor used as indices (x[idx], gather, scatter, index_select) has a floating-point dtype.",
+        "Indices must be integers (int64, or int32 for these ops; bool for masks): float indices come from labels "
+        "read as float, or from a division.",
+        "Convert the index: idx.long() (and use // instead of / to compute it).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "too-many-indices", "TD623", "error",
+        "A tensor (or numpy array) was indexed with more indices than it has dimensions.",
+        "Its shape is not what the code assumes: labels of shape [B] indexed as [B, 1], a batch of one squeezed "
+        "away, or a 1-D output indexed per class. .long() does not fix this (it fixes 'tensors used as indices "
+        "must be long ...').",
+        "Print x.shape before that line and index with as many indices as it has dimensions; squeeze(dim) with "
+        "an explicit dim keeps a batch of one.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "device-mismatch", "TD624", "error",
+        "One op got tensors on different devices (a GPU and the CPU): the model, its input, the labels or a "
+        "loss module's weight are not all moved.",
+        "Tensor.to(device) returns a copy that must be assigned (x = x.to(device)); Module.to moves in place; "
+        "modules kept in a plain list, and tensors created in forward without device=, stay behind.",
+        "Move everything the step uses: model.to(device), x, y = x.to(device), y.to(device), criterion.to(device); "
+        "register sub-modules in nn.ModuleList / ModuleDict and create new tensors with device=x.device.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "optimizer-state-mismatch", "TD625", "error",
+        "optimizer.load_state_dict got a state saved for other parameter groups (a different number of groups, "
+        "or groups of another size).",
+        "The optimizer state stores parameters by position, so it only fits an optimizer built over the same "
+        "parameters in the same order and groups: a changed model, frozen layers left out, or another param-"
+        "group split breaks a resume.",
+        "Build the model and the optimizer exactly as when saving before optimizer.load_state_dict; if the model "
+        "changed on purpose, start with a fresh optimizer state.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "scaler-unscale-twice", "TD626", "error",
+        "GradScaler.unscale_(optimizer) was called twice for one optimizer step.",
+        "unscale_ divides the gradients by the scale once per step; with gradient accumulation calling it every "
+        "micro-batch, or clipping code calling it again, the second call is refused.",
+        "Per optimizer step: scaler.scale(loss).backward() for each micro-batch, then once scaler.unscale_(opt), "
+        "clip_grad_norm_, scaler.step(opt), scaler.update().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-init-missing", "TD627", "error",
+        "A Module subclass assigned a layer or parameter before nn.Module.__init__ ran.",
+        "super().__init__() is missing, comes after the first self.layer = ..., or never runs (a misspelt "
+        "__init, or the class does not inherit nn.Module).",
+        "Call super().__init__() as the first line of the subclass's __init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-forward-missing", "TD628", "error",
+        "A Module subclass has no forward method, so calling it raised nn.Module's placeholder.",
+        "forward is misspelt (foward, forword), nested inside __init__, or indented outside the class.",
+        "Define forward(self, ...) as a method of the class, at the same indentation as __init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "dataset-getitem-missing", "TD629", "error",
+        "A Dataset subclass has no __getitem__, so indexing it raised torch.utils.data.Dataset's placeholder.",
+        "__getitem__ is misspelt (__getitem, __get_item__) or indented outside the class.",
+        "Define __getitem__(self, index) and __len__(self) (returning an int) on the Dataset subclass.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-option-conflict", "TD630", "error",
+        "The DataLoader got options that exclude each other (shuffle with a sampler, batch_size with a "
+        "batch_sampler, or shuffle/sampler with an IterableDataset).",
+        "A sampler already decides the order and a batch_sampler the batches; an IterableDataset yields its own "
+        "order, so the DataLoader refuses to build.",
+        "Keep one: shuffle=True or a sampler (RandomSampler, DistributedSampler(shuffle=True)); batch_sampler "
+        "alone; for an IterableDataset shuffle inside __iter__ (a buffer) and shard with get_worker_info().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "random-split-lengths", "TD631", "error",
+        "random_split got lengths that do not add up to the data set's length.",
+        "int(0.8 * n) + int(0.2 * n) rounds down and loses a sample; lengths must sum to len(dataset) exactly.",
+        "Compute the last length as the rest (n_val = len(ds) - n_train), or pass fractions that sum to 1 "
+        "(random_split(ds, [0.8, 0.2]), torch >= 1.13).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-iter-next", "TD632", "error",
+        "The DataLoader's iterator was called with .next(), which it does not have.",
+        "Python 3 iterators have __next__, not a next() method; the dataiter.next() of old tutorials no longer "
+        "exists.",
+        "next(iter(loader)), or it = iter(loader) then next(it).",
         commands=("explain",), explain_only=True,
     ),
     _spec(

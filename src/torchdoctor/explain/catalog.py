@@ -1,0 +1,114 @@
+"""Rows for the common errors of a training script that the pitfalls catalogs list (view after permute,
+backward of a non-scalar, a leaf changed in place, float indices, devices, optimizer resumes, DataLoader
+options...).
+
+Each row's pattern is torch 2.13's wording, produced by ``tests/explain/test_catalog_errors.py``; the one
+CUDA-only wording (device-mismatch) is the text the catalog quotes. They sit after the table's own rows and
+before its last, catch-all row (``getitem-failed``), so an error raised inside a Dataset names its cause.
+No torch import.
+"""
+
+from __future__ import annotations
+
+from torchdoctor.explain.rule import Match, Rule, fixed
+from torchdoctor.report import Severity
+
+__all__ = ["CATALOG_RULES"]
+
+
+def _index_dtype(match: Match) -> str:
+    where = f"{match['op']}()" if match["op"] else "Indexing (x[idx])"
+    return f"{where} got indices of a floating-point dtype: indices must be integers (idx.long())."
+
+
+def _too_many_indices(match: Match) -> str:
+    dims = match["dim"] or match["adim"]
+    extra = f" with {match['n']} indices" if match["n"] else " with more indices than that"
+    return (f"A {dims}-D tensor was indexed{extra}: its shape is not the one the code assumes (print x.shape "
+            "before that line).")
+
+
+def _devices(match: Match) -> str:
+    found = f" ({match['a']} and {match['b']})" if match["a"] else ""
+    return f"One op got tensors on different devices{found}: the model, the batch or the labels were not all moved."
+
+
+def _loader_conflict(match: Match) -> str:
+    if match["iterable"]:
+        return (f"A DataLoader over an IterableDataset got {match['iterable']}=...: an IterableDataset yields its "
+                "own order, so shuffle and samplers do not apply.")
+    return f"The DataLoader got {match['opt']} together with an option it excludes ({match['others']})."
+
+
+CATALOG_RULES: tuple[Rule, ...] = (
+    # pitfalls A24 / B31; torch 1.x ended "Call .contiguous() before .view()", TH began "invalid argument 2: "
+    Rule("view-non-contiguous", r"view size is not compatible with input tensor's size and stride",
+         fixed("view() was called on a non-contiguous tensor (after transpose, permute or .t()): use .reshape(...) "
+               "or .contiguous().view(...)."), ("RuntimeError",)),
+    # B64; complex outputs say "only for real scalar outputs"
+    Rule("backward-non-scalar", r"grad can be implicitly created only for (?:real )?scalar outputs",
+         fixed("backward() was called on a tensor of more than one element: reduce the loss first "
+               "(loss.mean()), or pass a gradient."), ("RuntimeError",)),
+    # B56: 2.x says "is being used", 1.x "has been used"
+    Rule("leaf-inplace", r"a leaf Variable that requires grad (?:is being|has been) used in an in-place operation",
+         fixed("An in-place op changed a parameter (or another tensor made with requires_grad=True) while autograd "
+               "was recording: do manual updates and initialisation under torch.no_grad()."), ("RuntimeError",)),
+    # B13: expand() is a stride-0 view
+    Rule("overlapping-inplace-write", r"more than one element of the written-to tensor refers to a single memory "
+                                      r"location",
+         fixed("An in-place op wrote into an expand()ed (stride-0) view whose elements share memory: clone() it "
+               "first."), ("RuntimeError",)),
+    # A11 / B34: "scatter(): Expected dtype int32/int64 for index", "index_select(): Expected dtype int32 or
+    # int64 for index", and x[idx]'s IndexError
+    Rule("index-dtype", r"(?:(?P<op>\w+)\(\): Expected dtype int(?:32/int| or int)?64 for index|tensors used as "
+                        r"indices must be long, int, byte or bool tensors)", _index_dtype,
+         ("RuntimeError", "IndexError")),
+    # B34, and numpy's wording of the same mistake
+    Rule("too-many-indices", r"too many indices for (?:tensor of dimension (?P<dim>\d+)|array: array is "
+                             r"(?P<adim>\d+)-dimensional, but (?P<n>\d+) were indexed)", _too_many_indices,
+         ("IndexError",)),
+    # A27 / B44 / B28, CUDA only (a CPU build has one device); the catalog's 2.x text ("... found at least two
+    # devices, cuda:0 and cpu!") and torch 1.x's "Expected object of device type cuda but got device type cpu"
+    Rule("device-mismatch", r"Expected all tensors to be on the same device(?:, but found at least two devices, "
+                            r"(?P<a>[\w:]+) and (?P<b>[\w:]+)!?)?", _devices, ("RuntimeError",)),
+    Rule("device-mismatch", r"Expected object of device type (?P<a>\w+) but got device type (?P<b>\w+)", _devices,
+         ("RuntimeError",)),
+    # B65: a GPU-saved checkpoint on a machine without CUDA (torch/serialization.py validate_cuda_device)
+    Rule("cuda-saved-tensors", r"Attempting to deserialize object on a CUDA device but torch\.cuda\.is_available\(\) "
+                               r"is False",
+         fixed("The checkpoint's tensors were saved on a GPU and this machine has no CUDA: load with "
+               "map_location='cpu'."), ("RuntimeError",), severity=Severity.ERROR),
+    # B6: torch/optim/optimizer.py load_state_dict
+    Rule("optimizer-state-mismatch", r"loaded state dict (?:contains a parameter group that doesn't match the size "
+                                     r"of optimizer's group|has a different number of parameter groups)",
+         fixed("optimizer.load_state_dict got a state saved for other parameters or groups than this optimizer "
+               "holds: build the model and optimizer as when saving."), ("ValueError",)),
+    # B10: torch/amp/grad_scaler.py
+    Rule("scaler-unscale-twice", r"unscale_\(\) has already been called on this optimizer since the last "
+                                 r"update\(\)",
+         fixed("GradScaler.unscale_ ran twice for one step (every micro-batch, or once by hand and again): call "
+               "it once per optimizer step, before clipping."), ("RuntimeError",)),
+    # B61: torch/nn/modules/module.py __setattr__ and _forward_unimplemented
+    Rule("module-init-missing", r"cannot assign (?:module|parameters) before Module\.__init__\(\) call",
+         fixed("A Module subclass set a layer or parameter before super().__init__() ran."), ("AttributeError",)),
+    Rule("module-forward-missing", r"Module \[(?P<cls>\w+)\] is missing the required \"forward\" function",
+         lambda m: f"{m['cls']} has no forward() method (misspelt, or nested inside __init__).",
+         ("NotImplementedError",)),
+    # A31: torch/utils/data/dataset.py
+    Rule("dataset-getitem-missing", r"Subclasses of Dataset should implement __getitem__",
+         fixed("The Dataset subclass has no __getitem__ (misspelt, or outside the class)."),
+         ("NotImplementedError",)),
+    # A33 / B41: torch/utils/data/dataloader.py __init__
+    Rule("loader-option-conflict", r"(?P<opt>sampler|batch_sampler) option is mutually exclusive with "
+                                   r"(?P<others>[\w, ]+?)$|DataLoader with IterableDataset: expected unspecified "
+                                   r"(?P<iterable>shuffle|sampler|batch_sampler) option", _loader_conflict,
+         ("ValueError",)),
+    # B59: torch/utils/data/dataset.py random_split
+    Rule("random-split-lengths", r"Sum of input lengths does not equal the length of the input dataset",
+         fixed("random_split's lengths do not add up to len(dataset): compute the last one as the rest."),
+         ("ValueError",)),
+    # B17: the Python 2 style dataiter.next() (or loader.next())
+    Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
+                             r"attribute 'next'",
+         fixed("The DataLoader's iterator has no .next() method: use next(iter(loader))."), ("AttributeError",)),
+)

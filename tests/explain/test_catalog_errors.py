@@ -1,0 +1,227 @@
+"""The pitfalls catalogs' common errors (``explain/catalog.py``), each produced for real with torch and explained
+from the exception, from its traceback and from a copy-paste-mangled traceback; near misses stay unknown."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import traceback
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, IterableDataset, SequentialSampler, random_split
+
+from torchdoctor.codes import REGISTRY
+from torchdoctor.explain.parse import explain_text
+from torchdoctor.explain.rules import explain_exception
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+class _NoForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def foward(self, x):  # the catalog's typo (B61): nn.Module's placeholder forward runs instead
+        return self.fc(x)
+
+
+class _AssignsBeforeInit(nn.Module):
+    def __init__(self) -> None:  # no super().__init__() (B61)
+        self.fc = nn.Linear(2, 2)
+
+
+class _NoGetitem(Dataset):
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem(self, index):  # the catalog's typo (A31)  # noqa: PLW0238 - never called, on purpose
+        return index
+
+
+class _Stream(IterableDataset):
+    def __iter__(self):
+        return iter([1, 2])
+
+
+def _manual_sgd_step():
+    w = torch.ones(2, requires_grad=True)
+    (w * 3).sum().backward()
+    w -= 0.1 * w.grad  # outside torch.no_grad() (B56)
+
+
+def _leaf_item_assigned():
+    w = torch.ones(3, requires_grad=True)
+    w[0] = 0.0
+
+
+def _resume_with_other_groups(groups: bool):
+    model = nn.Linear(2, 2)
+    saved = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+    params = [{"params": [model.weight]}, {"params": [model.bias]}] if groups else [model.weight]
+    torch.optim.SGD(params, lr=0.1).load_state_dict(saved)
+
+
+def _unscale_twice():
+    model = nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scaler = torch.amp.GradScaler("cpu")
+    scaler.scale(model(torch.randn(1, 2)).sum()).backward()
+    scaler.unscale_(optimizer)
+    scaler.unscale_(optimizer)  # e.g. once per micro-batch of gradient accumulation (B10)
+
+
+def _load_gpu_checkpoint_without_cuda():
+    # a checkpoint as a GPU machine writes it: the same file, its storages' location tag "cuda:0" instead of
+    # "cpu" (the pickle's BINUNICODE string); torch.load then runs its own device check
+    handle, path = tempfile.mkstemp(suffix=".pt")
+    os.close(handle)
+    try:
+        torch.save({"weight": torch.ones(2)}, path)
+        with zipfile.ZipFile(path) as archive:
+            members = {name: archive.read(name) for name in archive.namelist()}
+        for name in members:
+            if name.endswith("/data.pkl"):
+                assert b"X\x03\x00\x00\x00cpu" in members[name]
+                members[name] = members[name].replace(b"X\x03\x00\x00\x00cpu", b"X\x06\x00\x00\x00cuda:0")
+        with zipfile.ZipFile(path, "w") as archive:
+            for name, data in members.items():
+                archive.writestr(name, data)
+        torch.load(path)
+    finally:
+        os.unlink(path)
+
+
+REAL_ERRORS = {
+    "view-non-contiguous": [lambda: torch.zeros(2, 3).t().view(6),
+                            lambda: torch.zeros(2, 3, 4, 4).permute(0, 2, 3, 1).view(2, -1)],
+    "backward-non-scalar": [lambda: (torch.ones(2, requires_grad=True) * 2).backward(),
+                            lambda: nn.functional.mse_loss(torch.ones(2, requires_grad=True), torch.zeros(2),
+                                                           reduction="none").backward()],
+    "leaf-inplace": [_manual_sgd_step, _leaf_item_assigned],
+    "overlapping-inplace-write": [lambda: torch.zeros(1, 3).expand(4, 3).add_(1)],
+    "index-dtype": [lambda: torch.zeros(3).scatter_(0, torch.tensor([0.0]), 1.0),
+                    lambda: torch.zeros(3, 2).gather(1, torch.zeros(3, 1)),
+                    lambda: torch.zeros(3)[torch.tensor([1.0])]],
+    "too-many-indices": [lambda: torch.zeros(3)[0, 1], lambda: np.zeros(3)[0, 1]],
+    "cuda-saved-tensors": [_load_gpu_checkpoint_without_cuda],
+    "optimizer-state-mismatch": [lambda: _resume_with_other_groups(False), lambda: _resume_with_other_groups(True)],
+    "scaler-unscale-twice": [_unscale_twice],
+    "module-init-missing": [_AssignsBeforeInit],
+    "module-forward-missing": [lambda: _NoForward()(torch.ones(2))],
+    "dataset-getitem-missing": [lambda: _NoGetitem()[0], lambda: next(iter(DataLoader(_NoGetitem())))],
+    "loader-option-conflict": [lambda: DataLoader(range(4), shuffle=True, sampler=SequentialSampler(range(4))),
+                               lambda: DataLoader(range(4), batch_sampler=[[0, 1]], batch_size=2),
+                               lambda: DataLoader(_Stream(), shuffle=True)],
+    "random-split-lengths": [lambda: random_split(range(10), [int(0.7 * 10), int(0.2 * 10)])],
+    "loader-iter-next": [lambda: iter(DataLoader([1, 2])).next(), lambda: DataLoader([1, 2]).next()],
+}
+CASES = [(finding_id, index) for finding_id, makers in REAL_ERRORS.items() for index in range(len(makers))]
+
+
+def produced(finding_id: str, index: int) -> tuple[BaseException, str]:
+    """The real exception and its formatted traceback."""
+    try:
+        REAL_ERRORS[finding_id][index]()
+    except Exception as exc:  # noqa: BLE001 - any real error is what we want
+        return exc, "".join(traceback.format_exception(exc))
+    pytest.fail(f"{finding_id}[{index}] raised nothing")
+
+
+def mangle(text: str) -> str:
+    """Curly quotes, the message reflowed over two lines and a log prefix on every line."""
+    lines = text.rstrip("\n").split("\n")
+    words = lines[-1].split(" ")
+    lines[-1] = " ".join(words[: len(words) // 2 + 1]) + "\n" + " ".join(words[len(words) // 2 + 1:])
+    curly = "\n".join(lines).replace("'", "\u2019").replace('"', "\u201c")
+    return "\n".join(f"[rank0]: {line}" for line in curly.split("\n"))
+
+
+@pytest.mark.parametrize(("finding_id", "index"), CASES)
+def test_the_real_error_is_explained_as_object_traceback_and_mangled_paste(finding_id, index):
+    exc, text = produced(finding_id, index)
+    finding = explain_exception(exc)
+    assert finding is not None, f"{type(exc).__name__}: {exc}"
+    assert finding.id == finding_id and finding.code == REGISTRY[finding_id].code and finding.fix
+    assert finding.severity.value == "error"
+    assert explain_text(text, "stdin").result["matched"] == [finding_id], text
+    assert explain_text(mangle(text), "stdin").result["matched"] == [finding_id], mangle(text)
+
+
+def test_the_sentences_name_what_the_message_says():
+    def sentence(finding_id, index=0):
+        return explain_exception(produced(finding_id, index)[0]).message
+
+    assert "gather()" in sentence("index-dtype", 1) and "x[idx]" in sentence("index-dtype", 2)
+    assert "1-D tensor was indexed with more indices" in sentence("too-many-indices")
+    assert "1-D tensor was indexed with 2 indices" in sentence("too-many-indices", 1)  # numpy's wording
+    assert sentence("module-forward-missing").startswith("_NoForward has no forward()")
+    assert "(batch_size, shuffle, sampler, and drop_last)" in sentence("loader-option-conflict", 1)
+    assert "IterableDataset got shuffle=" in sentence("loader-option-conflict", 2)
+    assert "map_location='cpu'" in sentence("cuda-saved-tensors")
+
+
+@pytest.mark.parametrize(("text", "sentence"), [
+    # CUDA only (a CPU build has one device): the catalog's 2.x text (pitfalls A27, B44) and torch 1.x's
+    ("RuntimeError: Expected all tensors to be on the same device, but found at least two devices, cuda:0 and cpu!",
+     "(cuda:0 and cpu)"),
+    ("RuntimeError: Expected all tensors to be on the same device, but got mat1 is on cpu, different from other "
+     "tensors on cuda:0 (when checking argument in method wrapper_CUDA_addmm)", "different devices:"),
+    ("RuntimeError: Expected object of device type cuda but got device type cpu for argument #1 'self' in call to "
+     "_th_mm", "(cuda and cpu)"),
+])
+def test_device_mismatch_from_recorded_text(text, sentence):
+    finding = explain_exception(text)
+    assert finding.id == "device-mismatch" and sentence in finding.message
+    assert explain_text(text, "stdin").result["matched"] == ["device-mismatch"]
+
+
+def _overlapping_out(x: torch.Tensor) -> None:
+    torch.add(x[:2], 1, out=x[1:3])
+
+
+NEAR_MISSES = {
+    # view with the wrong number of elements: a shape bug, not a memory-layout one
+    "view to a wrong size": lambda: torch.zeros(6).view(7),
+    # backward of a tensor outside the graph: a different mistake from a non-scalar loss
+    "backward without grad_fn": lambda: torch.ones(1).sum().backward(),
+    # out= overlapping its input: not an expand()ed view
+    "out= overlapping the input": lambda: _overlapping_out(torch.zeros(4)),
+    # gather's index of the wrong rank: its dtype is right
+    "gather index rank": lambda: torch.zeros(3, 3).gather(1, torch.zeros(3, dtype=torch.long)),
+    # an index past the end: the count of indices is right
+    "index out of bounds": lambda: torch.zeros(3)[5],
+    # assigning a plain tensor to a Parameter's slot: __init__ ran
+    "plain tensor as parameter": lambda: setattr(nn.Linear(2, 2), "weight", torch.zeros(2, 2)),
+    # batch_size=None with drop_last: another exclusive pair, not a sampler's
+    "batch_size=None with drop_last": lambda: DataLoader([1, 2], batch_size=None, drop_last=True),
+    # weights on the CPU, an input on the meta device: not the device mismatch of a GPU and the CPU
+    "meta input": lambda: nn.Linear(2, 2)(torch.ones(1, 2, device="meta")),
+}
+
+
+@pytest.mark.parametrize("case", NEAR_MISSES, ids=str)
+def test_real_near_misses_stay_unknown(case):
+    try:
+        NEAR_MISSES[case]()
+    except Exception as exc:  # noqa: BLE001 - the real error is what we want
+        assert explain_exception(exc) is None, f"{type(exc).__name__}: {exc}"
+        assert explain_text("".join(traceback.format_exception(exc)), "stdin").result["matched"] == []
+        return
+    pytest.fail(f"{case} raised nothing")
+
+
+def test_explain_cli_on_a_real_view_traceback(cli, tmp_path, validate_report):
+    import json
+
+    log = tmp_path / "train.log"
+    log.write_text(produced("view-non-contiguous", 1)[1])
+    result = cli("explain", str(log), "--json")
+    assert result.exit_code == 1, result.output
+    report = validate_report(json.loads(result.stdout))
+    assert report["result"]["matched"] == ["view-non-contiguous"]
+    assert ".reshape" in report["findings"][0]["fix"]
