@@ -395,7 +395,7 @@ _SPECS = (
         "A gradient became NaN or inf in backward although the loss was finite.",
         "The optimizer step writes NaN into the weights; every later step is wasted.",
         "Fix the forward op whose derivative blows up (e.g. sqrt at 0: use sqrt(x + eps)); clip gradients.",
-        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
+        commands=("nan-hunt", "watch", "explain"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-optimizer", "TD305", "error",
@@ -884,6 +884,51 @@ _SPECS = (
         "Python 3 iterators have __next__, not a next() method; the dataiter.next() of old tutorials no longer "
         "exists.",
         "next(iter(loader)), or it = iter(loader) then next(it).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "dataparallel-attribute", "TD633", "error",
+        "An attribute of the model was read through its DataParallel / DistributedDataParallel wrapper.",
+        "The wrapper is a Module of its own: the wrapped model's layers, methods and attributes are under "
+        ".module.",
+        "model.module.NAME (or keep a reference to the unwrapped model: net = Net(); model = DDP(net); net.NAME).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "numpy-on-device", "TD634", "error",
+        "numpy() was called on a tensor that is not on the CPU (a GPU, or the meta device).",
+        "NumPy arrays live in host memory; PyTorch does not copy a device tensor implicitly.",
+        "tensor.detach().cpu().numpy()  (or .item() for a scalar, .tolist() for a small tensor)",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-unpicklable", "TD635", "error",
+        "The DataLoader's worker processes could not be started: something they need (a lambda or local "
+        "function as collate_fn / worker_init_fn, or the dataset holding one) cannot be pickled.",
+        "With the spawn start method (the default on Windows and macOS, or multiprocessing_context='spawn') "
+        "each worker receives the dataset, collate_fn and worker_init_fn pickled; lambdas and functions defined "
+        "inside another function cannot be.",
+        "Define collate_fn / worker_init_fn at module top level (functools.partial(fn, **options) for "
+        "parameters), or a top-level class with __call__; keep open files and handles out of the dataset's "
+        "__init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "inplace-broadcast", "TD636", "error",
+        "An in-place op would have to grow its tensor to the broadcast shape of its operands.",
+        "An in-place result keeps the tensor's own shape; the classic case is transforms.Normalize with 3-channel "
+        "mean/std on grayscale (1-channel) images, which subtracts in place.",
+        "Give Normalize one mean and std per channel the images have (or convert the images to RGB first); "
+        "elsewhere use the out-of-place op (x = x - y).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "amp-import-path", "TD637", "error",
+        "Mixed precision was imported from a path that does not exist: torch.cuda.amp.autocast imported as a "
+        "module, or NVIDIA apex.",
+        "autocast and GradScaler are classes, so `import torch.cuda.amp.autocast` fails; torch.cuda.amp is "
+        "deprecated since torch 2.4 and apex's amp is superseded by torch.amp.",
+        "from torch.amp import autocast, GradScaler; then `with autocast('cuda'):` and GradScaler('cuda').",
         commands=("explain",), explain_only=True,
     ),
     _spec(

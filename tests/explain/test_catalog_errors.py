@@ -4,6 +4,8 @@ from the exception, from its traceback and from a copy-paste-mangled traceback; 
 from __future__ import annotations
 
 import os
+import pickle
+import sys
 import tempfile
 import traceback
 import zipfile
@@ -96,6 +98,24 @@ def _load_gpu_checkpoint_without_cuda():
         os.unlink(path)
 
 
+def _import_autocast_as_a_module():
+    import torch.cuda.amp.autocast as autocast  # the catalog's line (B8): autocast is a class
+
+    return autocast
+
+
+def _import_apex():
+    import apex  # not installed here, as on most machines today
+
+    return apex
+
+
+def _nan_in_backward_under_anomaly_mode():
+    with torch.autograd.detect_anomaly():
+        x = torch.zeros(1, requires_grad=True)
+        torch.log(x).mul(0).sum().backward()  # LogBackward0: 0 / 0
+
+
 REAL_ERRORS = {
     "view-non-contiguous": [lambda: torch.zeros(2, 3).t().view(6),
                             lambda: torch.zeros(2, 3, 4, 4).permute(0, 2, 3, 1).view(2, -1)],
@@ -119,6 +139,12 @@ REAL_ERRORS = {
                                lambda: DataLoader(_Stream(), shuffle=True)],
     "random-split-lengths": [lambda: random_split(range(10), [int(0.7 * 10), int(0.2 * 10)])],
     "loader-iter-next": [lambda: iter(DataLoader([1, 2])).next(), lambda: DataLoader([1, 2]).next()],
+    "dataparallel-attribute": [lambda: nn.DataParallel(nn.Linear(2, 2)).in_features],
+    "numpy-on-device": [lambda: torch.ones(2, device="meta").numpy()],
+    "inplace-broadcast": [lambda: torch.zeros(1, 28, 28).sub_(torch.zeros(3, 1, 1)),  # Normalize's sub_ (B40)
+                          lambda: torch.zeros(4, 1).add_(torch.zeros(4, 3))],
+    "amp-import-path": [_import_autocast_as_a_module, _import_apex],
+    "nonfinite-backward": [_nan_in_backward_under_anomaly_mode],
 }
 CASES = [(finding_id, index) for finding_id, makers in REAL_ERRORS.items() for index in range(len(makers))]
 
@@ -163,6 +189,74 @@ def test_the_sentences_name_what_the_message_says():
     assert "(batch_size, shuffle, sampler, and drop_last)" in sentence("loader-option-conflict", 1)
     assert "IterableDataset got shuffle=" in sentence("loader-option-conflict", 2)
     assert "map_location='cpu'" in sentence("cuda-saved-tensors")
+    assert "model.module.in_features" in sentence("dataparallel-attribute")
+    assert "on meta" in sentence("numpy-on-device")
+    assert "grayscale" in sentence("inplace-broadcast") and "grayscale" not in sentence("inplace-broadcast", 1)
+    assert "torch.cuda.amp.autocast is not" in sentence("amp-import-path")
+    assert "LogBackward0" in sentence("nonfinite-backward")
+
+
+# --- errors whose message alone is ambiguous: explained from the frames of the traceback around them ------
+
+
+def _spawned_worker_with_a_lambda():
+    loader = DataLoader(range(4), num_workers=1, multiprocessing_context="spawn", collate_fn=lambda batch: batch)
+    next(iter(loader))  # the worker process is pickled in this process: it fails before starting
+
+
+_GONE = "torchdoctor_test_gone_model"
+
+
+def _load_a_whole_model_whose_class_is_gone(load):
+    module = type(sys)(_GONE)
+    exec("import torch\nclass Net(torch.nn.Module):\n    pass\n", module.__dict__)  # a model file, then renamed
+    sys.modules[_GONE] = module
+    handle, path = tempfile.mkstemp(suffix=".pt")
+    os.close(handle)
+    try:
+        torch.save(module.Net(), path)
+        del module.Net
+        load(path)
+    finally:
+        os.unlink(path)
+        del sys.modules[_GONE]
+
+
+def _plain_unpickle(path):
+    with zipfile.ZipFile(path) as archive:
+        name = next(name for name in archive.namelist() if name.endswith("/data.pkl"))
+        pickle.loads(archive.read(name))  # our own file, written just above
+
+
+def _traceback_of(make) -> tuple[BaseException, str]:
+    try:
+        make()
+    except Exception as exc:  # noqa: BLE001 - the real error is what we want
+        return exc, "".join(traceback.format_exception(exc))
+    pytest.fail("raised nothing")
+
+
+@pytest.mark.parametrize(("make", "finding_id", "words"), [
+    (_spawned_worker_with_a_lambda, "loader-unpicklable", "<lambda>"),
+    (lambda: _load_a_whole_model_whose_class_is_gone(lambda path: torch.load(path, weights_only=False)),
+     "full-module-pickle", f"{_GONE}.Net"),
+], ids=["lambda collate_fn", "whole model"])
+def test_ambiguous_messages_are_explained_by_their_frames(make, finding_id, words):
+    exc, text = _traceback_of(make)
+    for pasted in (text, mangle(text)):
+        report = explain_text(pasted, "stdin")
+        assert report.result["matched"] == [finding_id], pasted
+        assert words in report.findings[0].message and report.findings[0].severity.value == "error"
+    assert explain_exception(exc) is None  # the message alone: any pickling failure
+
+
+@pytest.mark.parametrize("make", [
+    lambda: pickle.dumps(lambda batch: batch),  # user code pickling a lambda, no DataLoader
+    lambda: _load_a_whole_model_whose_class_is_gone(_plain_unpickle),  # plain pickle, not torch.load
+], ids=["pickle.dumps", "pickle.loads"])
+def test_the_same_messages_without_those_frames_stay_unknown(make):
+    _, text = _traceback_of(make)
+    assert "Can't" in text and explain_text(text, "stdin").result["matched"] == []
 
 
 @pytest.mark.parametrize(("text", "sentence"), [
@@ -199,6 +293,12 @@ NEAR_MISSES = {
     "plain tensor as parameter": lambda: setattr(nn.Linear(2, 2), "weight", torch.zeros(2, 2)),
     # batch_size=None with drop_last: another exclusive pair, not a sampler's
     "batch_size=None with drop_last": lambda: DataLoader([1, 2], batch_size=None, drop_last=True),
+    # an attribute missing from a plain module: not read through a wrapper
+    "attribute of a plain module": lambda: nn.Linear(2, 2).in_channels,
+    # an out-of-place op of shapes that do not broadcast: not an in-place one
+    "shapes that do not broadcast": lambda: torch.zeros(2) + torch.zeros(3),
+    # a missing module that is not AMP's
+    "another missing module": lambda: __import__("torchdoctor_no_such_module"),
     # weights on the CPU, an input on the meta device: not the device mismatch of a GPU and the CPU
     "meta input": lambda: nn.Linear(2, 2)(torch.ones(1, 2, device="meta")),
 }

@@ -107,6 +107,42 @@ CATALOG_RULES: tuple[Rule, ...] = (
     Rule("random-split-lengths", r"Sum of input lengths does not equal the length of the input dataset",
          fixed("random_split's lengths do not add up to len(dataset): compute the last one as the rest."),
          ("ValueError",)),
+    # B21: nn.Module.__getattr__ of the wrapper
+    Rule("dataparallel-attribute", r"'(?P<wrapper>DataParallel|DistributedDataParallel)' object has no attribute "
+                                   r"'(?P<name>\w+)'",
+         lambda m: (f"{m['name']} was read from the {m['wrapper']} wrapper, which holds the model under .module: "
+                    f"use model.module.{m['name']}."), ("AttributeError",)),
+    # B17: torch/csrc/utils/tensor_numpy.cpp; a CUDA tensor says "cuda:0", the meta device "meta"
+    Rule("numpy-on-device", r"can't convert (?P<device>[\w:]+) device type tensor to numpy",
+         lambda m: f"numpy() was called on a tensor on {m['device']}: copy it to the CPU first (t.detach().cpu()).",
+         ("TypeError",)),
+    # A34: a worker started with spawn gets collate_fn, worker_init_fn and the dataset pickled. The message
+    # alone is any pickling failure, so only a paste whose frames show the DataLoader starting is explained.
+    Rule("loader-unpicklable", r"Can't pickle (?P<what>local object '[^']+'|<function [^>]+>)",
+         lambda m: (f"A DataLoader worker could not be started: {m['what']} cannot be pickled (a lambda or local "
+                    "function as collate_fn / worker_init_fn, or held by the dataset)."),
+         ("AttributeError", "PicklingError"), context=r"data[\\/]dataloader\.py\W+line \d+"),
+    # B40: the in-place op keeps its tensor's shape (transforms.Normalize subtracts in place)
+    Rule("inplace-broadcast", r"output with shape \[(?P<out>[\d, ]*)\] doesn't match the broadcast shape "
+                              r"\[(?P<shape>[\d, ]*)\]",
+         lambda m: (f"An in-place op would grow its tensor from [{m['out']}] to [{m['shape']}]"
+                    + (": 3-channel Normalize mean/std on 1-channel (grayscale) images?" if m["out"].startswith("1,")
+                       and m["shape"].startswith("3,") else ": use the out-of-place op.")), ("RuntimeError",)),
+    # B8: `import torch.cuda.amp.autocast as autocast` (a class, not a module), and apex
+    Rule("amp-import-path", r"No module named '(?P<name>torch\.(?:cuda\.)?amp\.\w+|apex)'",
+         lambda m: (f"{m['name']} is not an importable module: use torch.amp (from torch.amp import autocast, "
+                    "GradScaler)."), ("ModuleNotFoundError", "ImportError")),
+    # B33: anomaly mode names the backward function that produced NaN (torch/csrc/autograd/engine.cpp)
+    Rule("nonfinite-backward", r"Function '(?P<fn>\w+)' returned nan values in its (?P<index>\d+)(?:st|nd|rd|th) "
+                               r"output",
+         lambda m: (f"Anomaly mode caught {m['fn']} producing NaN in backward: its forward op has an infinite or "
+                    "undefined derivative at those inputs (log or sqrt at 0, division by 0)."), ("RuntimeError",)),
+    # B29: unpickling a whole-model file where its class is not importable (torch.load(weights_only=False));
+    # multiprocessing's unpickling says the same, so only torch.load's frames count
+    Rule("full-module-pickle", r"Can't get attribute '(?P<name>\w+)' on <module '(?P<module>[\w.]+)'",
+         lambda m: (f"The file pickles a whole object whose class {m['module']}.{m['name']} is not importable here: "
+                    "a whole-model torch.save(model), not a state dict."), ("AttributeError",),
+         severity=Severity.ERROR, context=r"torch[\\/]serialization\.py\W+line \d+"),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
