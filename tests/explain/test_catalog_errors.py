@@ -267,6 +267,10 @@ def test_the_same_messages_without_those_frames_stay_unknown(make):
      "tensors on cuda:0 (when checking argument in method wrapper_CUDA_addmm)", "different devices:"),
     ("RuntimeError: Expected object of device type cuda but got device type cpu for argument #1 'self' in call to "
      "_th_mm", "(cuda and cpu)"),
+    # pitfalls A14, torch 2.x on a GPU machine: a CPU model given a CUDA batch (cuDNN's input/weight check)
+    ("RuntimeError: Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be the same or "
+     "input should be a MKLDNN tensor and weight is a dense tensor", "input is on cuda but the layer's weights are "
+                                                                     "on cpu"),
 ])
 def test_device_mismatch_from_recorded_text(text, sentence):
     finding = explain_exception(text)

@@ -10,7 +10,7 @@ No torch import.
 
 from __future__ import annotations
 
-from torchdoctor.explain.rule import Match, Rule, fixed
+from torchdoctor.explain.rule import Match, Rule, dtype_name, fixed
 from torchdoctor.report import Severity
 
 __all__ = ["CATALOG_RULES"]
@@ -31,6 +31,22 @@ def _too_many_indices(match: Match) -> str:
 def _devices(match: Match) -> str:
     found = f" ({match['a']} and {match['b']})" if match["a"] else ""
     return f"One op got tensors on different devices{found}: the model, the batch or the labels were not all moved."
+
+
+def _device_of(tensor_type: str) -> str:
+    """``torch.cuda.FloatTensor`` → ``cuda``; ``torch.FloatTensor`` → ``cpu``."""
+    parts = tensor_type.strip().split(".")
+    return parts[1] if len(parts) == 3 else "cpu"
+
+
+def _only_device_differs(match: Match) -> bool:
+    # a dtype difference is input-dtype-mismatch's (tried first); this row is for the same dtype on two devices
+    return dtype_name(match["a"]) == dtype_name(match["b"]) and _device_of(match["a"]) != _device_of(match["b"])
+
+
+def _input_weight_devices(match: Match) -> str:
+    return (f"The input is on {_device_of(match['a'])} but the layer's weights are on {_device_of(match['b'])}: "
+            "move the batch with x = x.to(device) (Tensor.to returns a copy) and the model with model.to(device).")
 
 
 def _loader_conflict(match: Match) -> str:
@@ -71,6 +87,9 @@ CATALOG_RULES: tuple[Rule, ...] = (
     # devices, cuda:0 and cpu!") and torch 1.x's "Expected object of device type cuda but got device type cpu"
     Rule("device-mismatch", r"Expected all tensors to be on the same device(?:, but found at least two devices, "
                             r"(?P<a>[\w:]+) and (?P<b>[\w:]+)!?)?", _devices, ("RuntimeError",)),
+    # A14: a convolution's input and weight types (cuDNN / mkldnn check), same dtype on two devices
+    Rule("device-mismatch", r"Input type \((?P<a>[^)]+)\) and (?:weight|bias) type \((?P<b>[^)]+)\) should be the "
+                            r"same", _input_weight_devices, ("RuntimeError", "TypeError"), _only_device_differs),
     Rule("device-mismatch", r"Expected object of device type (?P<a>\w+) but got device type (?P<b>\w+)", _devices,
          ("RuntimeError",)),
     # B65: a GPU-saved checkpoint on a machine without CUDA (torch/serialization.py validate_cuda_device)
