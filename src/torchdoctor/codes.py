@@ -932,6 +932,60 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "scheduler-resume-initial-lr", "TD638", "error",
+        "An LR scheduler was created with last_epoch >= 0 (to resume) over an optimizer that has no "
+        "'initial_lr' in its param groups.",
+        "Resuming by passing last_epoch needs the optimizer state of the original run, which holds initial_lr; "
+        "a fresh optimizer does not.",
+        "Create the scheduler with the default last_epoch=-1, then scheduler.load_state_dict(saved_scheduler) "
+        "after optimizer.load_state_dict(saved_optimizer); save both in the checkpoint.",
+        commands=("explain",), explain_only=True,
+    ),
+    # warnings torch prints while training goes on: explained from a pasted log
+    _spec(
+        "checkpoint-no-grad-inputs", "TD639", "warning",
+        "torch.utils.checkpoint (use_reentrant=True) got no input that requires grad.",
+        "The reentrant checkpoint then records no graph: the checkpointed block's parameters get no gradients "
+        "and silently stop training (typical for the first block, fed data that never requires grad).",
+        "checkpoint(fn, x, use_reentrant=False) (the recommended form), or x.requires_grad_() before the first "
+        "checkpointed block.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "softmax-implicit-dim", "TD640", "warning",
+        "softmax / log_softmax was called without dim=.",
+        "PyTorch guesses the dimension (dim 0 for 1-D and 3-D input, 1 otherwise), which is the batch dimension "
+        "for some shapes: the probabilities then sum to 1 over the batch, not over the classes.",
+        "Give the class dimension explicitly: F.softmax(x, dim=-1), nn.Softmax(dim=1).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "kl-div-mean", "TD641", "warning",
+        "F.kl_div / nn.KLDivLoss was used with reduction='mean'.",
+        "'mean' divides by the number of elements, not the batch size, so the value is not the KL divergence "
+        "(and kl_div(input, target) expects input as log-probabilities, target as probabilities).",
+        "F.kl_div(q_logits.log_softmax(-1), p, reduction='batchmean') (log_target=True if p is a log-"
+        "probability).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "nonleaf-grad-access", "TD642", "warning",
+        "The .grad of a non-leaf tensor (the result of an op) was read; it is None.",
+        "Autograd keeps gradients only for leaves (parameters, tensors made with requires_grad=True); code that "
+        "inspects or clips such a .grad sees None.",
+        "Call t.retain_grad() before backward, or register a hook (t.register_hook(fn)); for a parameter moved "
+        "with .to(), create it on the device instead.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "scheduler-before-optimizer", "TD643", "warning",
+        "lr_scheduler.step() was called before optimizer.step().",
+        "Since torch 1.1 the scheduler must step after the optimizer, or the first value of the schedule is "
+        "skipped; with AMP it also shows when GradScaler skipped the first optimizer step (harmless then).",
+        "Call optimizer.step() then scheduler.step(); with GradScaler, ignore it if it appears only at the start.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

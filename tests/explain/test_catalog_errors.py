@@ -145,6 +145,8 @@ REAL_ERRORS = {
                           lambda: torch.zeros(4, 1).add_(torch.zeros(4, 3))],
     "amp-import-path": [_import_autocast_as_a_module, _import_apex],
     "nonfinite-backward": [_nan_in_backward_under_anomaly_mode],
+    "scheduler-resume-initial-lr": [lambda: torch.optim.lr_scheduler.StepLR(
+        torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), step_size=2, last_epoch=3)],
 }
 CASES = [(finding_id, index) for finding_id, makers in REAL_ERRORS.items() for index in range(len(makers))]
 
@@ -194,6 +196,48 @@ def test_the_sentences_name_what_the_message_says():
     assert "grayscale" in sentence("inplace-broadcast") and "grayscale" not in sentence("inplace-broadcast", 1)
     assert "torch.cuda.amp.autocast is not" in sentence("amp-import-path")
     assert "LogBackward0" in sentence("nonfinite-backward")
+
+
+# --- warnings: the run goes on; explained from the lines Python prints for them ----------------------------
+
+
+def _reentrant_checkpoint_of_data():
+    from torch.utils.checkpoint import checkpoint
+
+    checkpoint(nn.Linear(2, 2), torch.randn(1, 2), use_reentrant=True)
+
+
+def _nonleaf_grad():
+    return (torch.ones(2, requires_grad=True) * 2).grad
+
+
+def _scheduler_first():
+    optimizer = torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)
+    torch.optim.lr_scheduler.StepLR(optimizer, 1).step()
+
+
+REAL_WARNINGS = {
+    "checkpoint-no-grad-inputs": _reentrant_checkpoint_of_data,
+    "softmax-implicit-dim": lambda: torch.nn.functional.softmax(torch.randn(2, 3)),
+    "kl-div-mean": lambda: torch.nn.functional.kl_div(torch.randn(2, 3).log_softmax(-1), torch.rand(2, 3)),
+    "nonleaf-grad-access": _nonleaf_grad,
+    "scheduler-before-optimizer": _scheduler_first,
+}
+
+
+@pytest.mark.parametrize("finding_id", REAL_WARNINGS)
+def test_real_warnings_are_explained_from_the_printed_lines(finding_id):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        REAL_WARNINGS[finding_id]()
+    printed = [warnings.formatwarning(w.message, w.category, w.filename, w.lineno) for w in caught]
+    log = "epoch 1\n" + "".join(printed) + "epoch 2\n"  # as they appear in a training log (stderr)
+    for pasted in (log, mangle(log)):
+        report = explain_text(pasted, "stdin")
+        assert report.result["matched"] == [finding_id], pasted
+        assert report.findings[0].severity.value == "warning" and report.findings[0].fix
 
 
 # --- errors whose message alone is ambiguous: explained from the frames of the traceback around them ------

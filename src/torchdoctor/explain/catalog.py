@@ -162,6 +162,28 @@ CATALOG_RULES: tuple[Rule, ...] = (
          lambda m: (f"The file pickles a whole object whose class {m['module']}.{m['name']} is not importable here: "
                     "a whole-model torch.save(model), not a state dict."), ("AttributeError",),
          severity=Severity.ERROR, context=r"torch[\\/]serialization\.py\W+line \d+"),
+    # B23: torch/optim/lr_scheduler.py, a scheduler built with last_epoch >= 0 over a fresh optimizer
+    Rule("scheduler-resume-initial-lr", r"param 'initial_lr' is not specified in param_groups\[(?P<group>\d+)\] when "
+                                        r"resuming",
+         fixed("A scheduler was created with last_epoch >= 0 over an optimizer without 'initial_lr': build it with "
+               "last_epoch=-1 and load its state_dict instead."), ("KeyError",)),
+    # warnings (the run goes on): torch/utils/checkpoint.py (B24), torch/nn/functional.py (A35/B43, B46),
+    # torch/_tensor.py (A39), torch/optim/lr_scheduler.py (B23)
+    Rule("checkpoint-no-grad-inputs", r"None of the inputs have requires_grad=True\. Gradients will be None",
+         fixed("A reentrant activation checkpoint got no input requiring grad: the block's parameters get no "
+               "gradients."), (), severity=Severity.WARNING),
+    Rule("softmax-implicit-dim", r"Implicit dimension choice for (?P<op>\w+) has been deprecated",
+         lambda m: f"{m['op']} was called without dim=: give the class dimension explicitly (dim=-1).", (),
+         severity=Severity.WARNING),
+    Rule("kl-div-mean", r"reduction: 'mean' divides the total loss by both the batch size and the support size",
+         fixed("kl_div with reduction='mean' is not the KL divergence: use reduction='batchmean'."), (),
+         severity=Severity.WARNING),
+    Rule("nonleaf-grad-access", r"The \.grad attribute of a Tensor that is not a leaf Tensor is being accessed",
+         fixed("The .grad of a non-leaf tensor was read: it stays None (retain_grad() before backward)."), (),
+         severity=Severity.WARNING),
+    Rule("scheduler-before-optimizer", r"Detected call of `?lr_scheduler\.step\(\)`? before `?optimizer\.step\(\)`?",
+         fixed("lr_scheduler.step() ran before optimizer.step(): step the optimizer first."), (),
+         severity=Severity.WARNING),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
