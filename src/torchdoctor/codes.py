@@ -986,6 +986,17 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "extension-abi-mismatch", "TD644", "error",
+        "A compiled PyTorch extension (torch_scatter, apex, mmcv, a custom op) needs a C++ symbol of torch that "
+        "this torch does not have.",
+        "The extension's binary was built against another torch version (or CUDA build); torch's C++ ABI changes "
+        "between releases, so it fails to load.",
+        "Install the extension's wheel built for this torch and CUDA version (e.g. pip install torch-scatter -f "
+        "https://data.pyg.org/whl/torch-VERSION+CUDA.html), or rebuild it from source against this torch "
+        "(pip install --no-build-isolation --force-reinstall --no-cache-dir PACKAGE).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

@@ -3,8 +3,11 @@ from the exception, from its traceback and from a copy-paste-mangled traceback; 
 
 from __future__ import annotations
 
+import importlib
 import os
 import pickle
+import shutil
+import subprocess
 import sys
 import tempfile
 import traceback
@@ -196,6 +199,47 @@ def test_the_sentences_name_what_the_message_says():
     assert "grayscale" in sentence("inplace-broadcast") and "grayscale" not in sentence("inplace-broadcast", 1)
     assert "torch.cuda.amp.autocast is not" in sentence("amp-import-path")
     assert "LogBackward0" in sentence("nonfinite-backward")
+
+
+# --- an extension built against another torch (B45), as the dynamic loader reports it -----------------------
+
+
+def _extension_needing(symbol: str, tmp_path) -> str:
+    """A Python extension module (a shared library) that calls ``symbol``, which nothing loaded provides."""
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if compiler is None or sys.platform != "linux":
+        pytest.skip("needs a C compiler and the Linux loader")
+    source = tmp_path / "ext.c"
+    source.write_text(f"extern void {symbol}(int);\nvoid call(void) {{ {symbol}(0); }}\n")
+    name = f"torchdoctor_fake_ext_{abs(hash(symbol))}"
+    subprocess.run([compiler, "-shared", "-fPIC", "-o", str(tmp_path / f"{name}.so"), str(source)], check=True)
+    return name
+
+
+def _import_from(tmp_path, name: str) -> tuple[BaseException, str]:
+    sys.path.insert(0, str(tmp_path))
+    try:
+        return _traceback_of(lambda: importlib.import_module(name))
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+def test_an_extension_built_against_another_torch(tmp_path):
+    # the symbol torch_scatter asked for in the catalog (at::detail::DynamicCUDAInterface::set_device)
+    name = _extension_needing("_ZN2at6detail20DynamicCUDAInterface10set_deviceE", tmp_path)
+    exc, text = _import_from(tmp_path, name)
+    finding = explain_exception(exc)
+    assert finding.id == "extension-abi-mismatch" and f"{name}.so was built against another torch" in finding.message
+    logged = "".join(f"[rank0]: {line}\n" for line in text.splitlines())
+    for pasted in (text, logged):  # not reflowed: a continuation line "symbol: ..." reads as a tool's line
+        assert explain_text(pasted, "stdin").result["matched"] == ["extension-abi-mismatch"]
+
+
+def test_an_undefined_symbol_outside_torch_stays_unknown(tmp_path):
+    name = _extension_needing("torchdoctor_missing_c_function", tmp_path)
+    exc, text = _import_from(tmp_path, name)
+    assert "undefined symbol" in str(exc) and explain_exception(exc) is None
+    assert explain_text(text, "stdin").result["matched"] == []
 
 
 # --- warnings: the run goes on; explained from the lines Python prints for them ----------------------------

@@ -184,6 +184,12 @@ CATALOG_RULES: tuple[Rule, ...] = (
     Rule("scheduler-before-optimizer", r"Detected call of `?lr_scheduler\.step\(\)`? before `?optimizer\.step\(\)`?",
          fixed("lr_scheduler.step() ran before optimizer.step(): step the optimizer first."), (),
          severity=Severity.WARNING),
+    # B45: the dynamic loader's error for an extension built against another torch; the symbol is a mangled C++
+    # name in one of torch's namespaces (at::, c10::, torch::, caffe2::)
+    Rule("extension-abi-mismatch", r"(?:(?P<lib>[^\s/\\:]+\.(?:so|pyd|dylib))[^\s:]*: )?undefined symbol: "
+                                   r"(?P<sym>_Z\w*?(?:2at|3c10|5torch|6caffe2)\w*)",
+         lambda m: (f"{m['lib'] or 'A compiled extension'} was built against another torch: it needs the C++ symbol "
+                    f"{m['sym']}, which this torch lacks."), ("ImportError", "OSError")),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
