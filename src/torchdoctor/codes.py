@@ -997,6 +997,16 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "trace-nondeterministic", "TD645", "error",
+        "torch.jit.trace (also used by SummaryWriter.add_graph) ran the model again to check the trace and got a "
+        "different graph or different outputs.",
+        "A trace records one run: a forward that decides in Python (random numbers, counters, if on a tensor's "
+        "value) or runs dropout in training mode records something else each time, so the trace is not the model.",
+        "Trace in eval mode (model.eval()) with deterministic inputs; for data-dependent control flow use "
+        "torch.export or torch.compile instead of tracing (check_trace=False only hides the difference).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

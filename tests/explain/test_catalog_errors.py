@@ -23,7 +23,8 @@ from torchdoctor.codes import REGISTRY
 from torchdoctor.explain.parse import explain_text
 from torchdoctor.explain.rules import explain_exception
 
-pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning",
+                                        "ignore::torch.jit.TracerWarning")
 
 
 class _NoForward(nn.Module):
@@ -119,6 +120,16 @@ def _nan_in_backward_under_anomaly_mode():
         torch.log(x).mul(0).sum().backward()  # LogBackward0: 0 / 0
 
 
+class _TakesTurns(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, x):  # a Python-side decision that differs between calls
+        self.calls += 1
+        return x * 2 if self.calls % 2 else x + 1
+
+
 REAL_ERRORS = {
     "view-non-contiguous": [lambda: torch.zeros(2, 3).t().view(6),
                             lambda: torch.zeros(2, 3, 4, 4).permute(0, 2, 3, 1).view(2, -1)],
@@ -148,6 +159,7 @@ REAL_ERRORS = {
                           lambda: torch.zeros(4, 1).add_(torch.zeros(4, 3))],
     "amp-import-path": [_import_autocast_as_a_module, _import_apex],
     "nonfinite-backward": [_nan_in_backward_under_anomaly_mode],
+    "trace-nondeterministic": [lambda: torch.jit.trace(_TakesTurns(), torch.randn(2))],
     "scheduler-resume-initial-lr": [lambda: torch.optim.lr_scheduler.StepLR(
         torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), step_size=2, last_epoch=3)],
 }
@@ -199,6 +211,7 @@ def test_the_sentences_name_what_the_message_says():
     assert "grayscale" in sentence("inplace-broadcast") and "grayscale" not in sentence("inplace-broadcast", 1)
     assert "torch.cuda.amp.autocast is not" in sentence("amp-import-path")
     assert "LogBackward0" in sentence("nonfinite-backward")
+    assert "got graphs differed across invocations" in sentence("trace-nondeterministic")
 
 
 # --- an extension built against another torch (B45), as the dynamic loader reports it -----------------------

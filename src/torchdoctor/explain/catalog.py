@@ -190,6 +190,12 @@ CATALOG_RULES: tuple[Rule, ...] = (
                                    r"(?P<sym>_Z\w*?(?:2at|3c10|5torch|6caffe2)\w*)",
          lambda m: (f"{m['lib'] or 'A compiled extension'} was built against another torch: it needs the C++ symbol "
                     f"{m['sym']}, which this torch lacks."), ("ImportError", "OSError")),
+    # A19: torch/jit/_trace.py's check_trace (torch.jit.trace, SummaryWriter.add_graph); the next line, "ERROR:
+    # Graphs differed across invocations!", loses its "ERROR:" to the log-prefix stripping of a paste
+    Rule("trace-nondeterministic", r"Tracing failed sanity checks!?(?: (?:ERROR: )?(?P<what>[^!.]+)[!.])?",
+         lambda m: ("torch.jit.trace ran the model again and got " + (m["what"].lower() if m["what"] else
+                    "something else") + ": its forward is not the same on every run (Python-side decisions, or "
+                    "dropout in training mode)."), ("TracingCheckError",)),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
