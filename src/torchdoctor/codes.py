@@ -1007,6 +1007,15 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "bce-autocast", "TD646", "error",
+        "F.binary_cross_entropy / nn.BCELoss ran inside a GPU autocast region, which refuses it.",
+        "Under autocast the probabilities reaching BCE may be float16, where log(p) near 0 and 1 is not "
+        "representable; a sigmoid followed by BCE is also less stable than the fused form.",
+        "Remove the final sigmoid and use nn.BCEWithLogitsLoss / F.binary_cross_entropy_with_logits on the logits "
+        "(safe under autocast); or compute BCE outside the autocast region on p.float().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

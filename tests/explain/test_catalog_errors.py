@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import pickle
 import shutil
 import subprocess
@@ -381,6 +382,21 @@ def test_device_mismatch_from_recorded_text(text, sentence):
 
 def _overlapping_out(x: torch.Tensor) -> None:
     torch.add(x[:2], 1, out=x[1:3])
+
+
+def test_bce_under_gpu_autocast_from_torchs_own_text():
+    # raised by GPU autocast only (a CPU autocast runs BCE): the message as libtorch_cpu.so holds it
+    library = pathlib.Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
+    if not library.exists():
+        pytest.skip("no libtorch_cpu.so to read")
+    data = library.read_bytes()
+    start = data.find(b"torch.nn.functional.binary_cross_entropy and torch.nn.BCELoss are unsafe")
+    assert start >= 0
+    message = data[start:data.index(b"\0", start)].decode()
+    text = f"Traceback (most recent call last):\n  File \"train.py\", line 9, in <module>\n    loss = bce(p, y)\n" \
+           f"RuntimeError: {message}\n"
+    assert explain_text(text, "stdin").result["matched"] == ["bce-autocast"]
+    assert explain_exception(f"RuntimeError: {message}").id == "bce-autocast"
 
 
 NEAR_MISSES = {

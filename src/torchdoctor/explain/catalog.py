@@ -196,6 +196,10 @@ CATALOG_RULES: tuple[Rule, ...] = (
          lambda m: ("torch.jit.trace ran the model again and got " + (m["what"].lower() if m["what"] else
                     "something else") + ": its forward is not the same on every run (Python-side decisions, or "
                     "dropout in training mode)."), ("TracingCheckError",)),
+    # B19: aten/src/ATen/autocast_mode.cpp binary_cross_entropy_banned, registered for GPU autocast only
+    Rule("bce-autocast", r"binary_cross_entropy and torch\.nn\.BCELoss are unsafe to autocast",
+         fixed("BCELoss / F.binary_cross_entropy was called under GPU autocast: use BCEWithLogitsLoss on the logits "
+               "instead of sigmoid + BCE."), ("RuntimeError",)),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
