@@ -1016,6 +1016,23 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "torchvision-pillow", "TD647", "error",
+        "An old torchvision (< 0.5) imports PIL.PILLOW_VERSION, which Pillow 7.0 removed.",
+        "import torchvision fails as soon as Pillow is upgraded: the two were installed at different times.",
+        "Upgrade torchvision to the release made for your torch (pip install -U torch torchvision); pinning "
+        "Pillow < 7 also works but keeps its old security fixes out.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "conv-groups", "TD648", "error",
+        "A grouped convolution's in_channels or out_channels is not divisible by groups.",
+        "Each group convolves in_channels / groups inputs into out_channels / groups outputs (weight shape "
+        "[out, in / groups, k, k]), so both must divide evenly; depthwise convolution is groups = in_channels.",
+        "Pick groups that divide both channel counts (e.g. groups=in_channels with out_channels a multiple of it "
+        "for depthwise), or change the channel counts.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

@@ -161,6 +161,7 @@ REAL_ERRORS = {
     "amp-import-path": [_import_autocast_as_a_module, _import_apex],
     "nonfinite-backward": [_nan_in_backward_under_anomaly_mode],
     "trace-nondeterministic": [lambda: torch.jit.trace(_TakesTurns(), torch.randn(2))],
+    "conv-groups": [lambda: nn.Conv2d(3, 4, 3, groups=2), lambda: nn.Conv2d(4, 6, 3, groups=4)],
     "scheduler-resume-initial-lr": [lambda: torch.optim.lr_scheduler.StepLR(
         torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), step_size=2, last_epoch=3)],
 }
@@ -213,6 +214,7 @@ def test_the_sentences_name_what_the_message_says():
     assert "torch.cuda.amp.autocast is not" in sentence("amp-import-path")
     assert "LogBackward0" in sentence("nonfinite-backward")
     assert "got graphs differed across invocations" in sentence("trace-nondeterministic")
+    assert "in_channels is not" in sentence("conv-groups") and "out_channels is not" in sentence("conv-groups", 1)
 
 
 # --- an extension built against another torch (B45), as the dynamic loader reports it -----------------------
@@ -399,6 +401,21 @@ def test_bce_under_gpu_autocast_from_torchs_own_text():
     assert explain_exception(f"RuntimeError: {message}").id == "bce-autocast"
 
 
+def test_an_old_torchvision_with_pillow_7(tmp_path):
+    # torchvision < 0.5's transforms/functional.py: `from PIL import Image, ImageOps, ImageEnhance, PILLOW_VERSION`.
+    # Run in a child: with Pillow >= 7 installed that line fails by itself; without Pillow, a PIL package that
+    # lacks the name (as Pillow 7 does) stands in, so this process's modules stay untouched.
+    stand_in = tmp_path / "PIL"
+    stand_in.mkdir()
+    (stand_in / "__init__.py").write_text("__version__ = '7.0.0'\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    code = "from PIL import PILLOW_VERSION\n"
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
+    assert child.returncode == 1 and "ImportError: cannot import name 'PILLOW_VERSION' from 'PIL'" in child.stderr
+    assert explain_text(child.stderr, "stdin").result["matched"] == ["torchvision-pillow"]
+    assert explain_text(mangle(child.stderr), "stdin").result["matched"] == ["torchvision-pillow"]
+
+
 NEAR_MISSES = {
     # view with the wrong number of elements: a shape bug, not a memory-layout one
     "view to a wrong size": lambda: torch.zeros(6).view(7),
@@ -418,6 +435,8 @@ NEAR_MISSES = {
     "attribute of a plain module": lambda: nn.Linear(2, 2).in_channels,
     # an out-of-place op of shapes that do not broadcast: not an in-place one
     "shapes that do not broadcast": lambda: torch.zeros(2) + torch.zeros(3),
+    # a name missing from another package: not Pillow's
+    "another missing name": lambda: exec("from os import PILLOW_VERSION"),
     # a missing module that is not AMP's
     "another missing module": lambda: __import__("torchdoctor_no_such_module"),
     # weights on the CPU, an input on the meta device: not the device mismatch of a GPU and the CPU

@@ -200,6 +200,13 @@ CATALOG_RULES: tuple[Rule, ...] = (
     Rule("bce-autocast", r"binary_cross_entropy and torch\.nn\.BCELoss are unsafe to autocast",
          fixed("BCELoss / F.binary_cross_entropy was called under GPU autocast: use BCEWithLogitsLoss on the logits "
                "instead of sigmoid + BCE."), ("RuntimeError",)),
+    # A1: torchvision < 0.5's `from PIL import PILLOW_VERSION` (Python < 3.7 leaves out "from 'PIL'")
+    Rule("torchvision-pillow", r"cannot import name '?PILLOW_VERSION'?(?: from '?PIL'?(?: |$)|$)",
+         fixed("An old torchvision (< 0.5) imports PIL.PILLOW_VERSION, which Pillow >= 7 no longer has."),
+         ("ImportError",)),
+    # B26: torch/nn/modules/conv.py _ConvNd.__init__
+    Rule("conv-groups", r"(?P<which>in_channels|out_channels) must be divisible by groups",
+         lambda m: f"A convolution's {m['which']} is not divisible by its groups.", ("ValueError",)),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
