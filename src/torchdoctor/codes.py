@@ -1033,6 +1033,23 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "grad-none", "TD649", "error",
+        "A parameter's .grad was used (p.grad.zero_()) while it was None.",
+        "A .grad is None before the first backward, for a parameter the loss does not use (frozen, or a layer "
+        "left out of forward), and after optimizer.zero_grad(), which sets it to None by default since torch 2.0.",
+        "Guard it (if p.grad is not None) or zero with optimizer.zero_grad() / model.zero_grad(); for a manual "
+        "update, run backward first and skip parameters without a gradient.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-device-attribute", "TD650", "error",
+        "A Module was asked for .device, which nn.Module does not have (only tensors do).",
+        "A model's parameters may even sit on several devices, so a Module has no single device attribute.",
+        "next(model.parameters()).device, or keep the device you moved it to (device = torch.device('cuda'); "
+        "model.to(device)) and use that.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

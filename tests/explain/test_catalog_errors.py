@@ -162,6 +162,7 @@ REAL_ERRORS = {
     "nonfinite-backward": [_nan_in_backward_under_anomaly_mode],
     "trace-nondeterministic": [lambda: torch.jit.trace(_TakesTurns(), torch.randn(2))],
     "conv-groups": [lambda: nn.Conv2d(3, 4, 3, groups=2), lambda: nn.Conv2d(4, 6, 3, groups=4)],
+    "grad-none": [lambda: nn.Linear(2, 2).weight.grad.zero_()],  # before any backward (B56)
     "scheduler-resume-initial-lr": [lambda: torch.optim.lr_scheduler.StepLR(
         torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1), step_size=2, last_epoch=3)],
 }
@@ -342,9 +343,10 @@ def _traceback_of(make) -> tuple[BaseException, str]:
 
 @pytest.mark.parametrize(("make", "finding_id", "words"), [
     (_spawned_worker_with_a_lambda, "loader-unpicklable", "<lambda>"),
+    (lambda: _NoForward().device, "module-device-attribute", "_NoForward is an nn.Module"),
     (lambda: _load_a_whole_model_whose_class_is_gone(lambda path: torch.load(path, weights_only=False)),
      "full-module-pickle", f"{_GONE}.Net"),
-], ids=["lambda collate_fn", "whole model"])
+], ids=["lambda collate_fn", "module.device", "whole model"])
 def test_ambiguous_messages_are_explained_by_their_frames(make, finding_id, words):
     exc, text = _traceback_of(make)
     for pasted in (text, mangle(text)):
@@ -357,10 +359,11 @@ def test_ambiguous_messages_are_explained_by_their_frames(make, finding_id, word
 @pytest.mark.parametrize("make", [
     lambda: pickle.dumps(lambda batch: batch),  # user code pickling a lambda, no DataLoader
     lambda: _load_a_whole_model_whose_class_is_gone(_plain_unpickle),  # plain pickle, not torch.load
-], ids=["pickle.dumps", "pickle.loads"])
+    lambda: [torch.ones(1)].device,  # a batch that is a list, not a Module
+], ids=["pickle.dumps", "pickle.loads", "list.device"])
 def test_the_same_messages_without_those_frames_stay_unknown(make):
     _, text = _traceback_of(make)
-    assert "Can't" in text and explain_text(text, "stdin").result["matched"] == []
+    assert "AttributeError" in text and explain_text(text, "stdin").result["matched"] == []
 
 
 @pytest.mark.parametrize(("text", "sentence"), [

@@ -207,6 +207,15 @@ CATALOG_RULES: tuple[Rule, ...] = (
     # B26: torch/nn/modules/conv.py _ConvNd.__init__
     Rule("conv-groups", r"(?P<which>in_channels|out_channels) must be divisible by groups",
          lambda m: f"A convolution's {m['which']} is not divisible by its groups.", ("ValueError",)),
+    # B5 / B56: a grad that does not exist yet (or was set to None by zero_grad) being zeroed by hand
+    Rule("grad-none", r"'NoneType' object has no attribute 'zero_'",
+         fixed("p.grad.zero_() met a .grad that is None (no backward yet, a parameter the loss does not use, or "
+               "zero_grad's set_to_none)."), ("AttributeError",)),
+    # B44: nn.Module.__getattr__ (torch/nn/modules/module.py); the message alone is any object's, so only a
+    # paste whose frames show that __getattr__ is explained
+    Rule("module-device-attribute", r"'(?P<cls>\w+)' object has no attribute 'device'",
+         lambda m: (f"{m['cls']} is an nn.Module, which has no .device: use next(model.parameters()).device."),
+         ("AttributeError",), context=r"nn[\\/]modules[\\/]module\.py\W+line \d+, in __getattr__"),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
