@@ -1,11 +1,12 @@
-"""Rows for the common errors of a training script that the pitfalls catalogs list (view after permute,
-backward of a non-scalar, a leaf changed in place, float indices, devices, optimizer resumes, DataLoader
-options...).
+"""Rows for the common errors and warnings of a training script that the pitfalls catalogs list (view after
+permute, backward of a non-scalar, a leaf changed in place, float indices, devices, optimizer resumes,
+DataLoader options, extension ABI, a few warnings...).
 
-Each row's pattern is torch 2.13's wording, produced by ``tests/explain/test_catalog_errors.py``; the one
-CUDA-only wording (device-mismatch) is the text the catalog quotes. They sit after the table's own rows and
-before its last, catch-all row (``getitem-failed``), so an error raised inside a Dataset names its cause.
-No torch import.
+Each row's pattern is torch 2.13's wording, produced by ``tests/explain/test_catalog_errors.py``; what only a
+GPU raises is matched on the catalog's text (device-mismatch) or on the text libtorch holds (bce-autocast).
+Messages that alone are any Python error's (pickling, a missing attribute) need their traceback's frames
+(``context=``). The rows sit after the table's own rows and before its catch-all row (``getitem-failed``), so
+an error raised inside a Dataset names its cause. No torch import.
 """
 
 from __future__ import annotations
