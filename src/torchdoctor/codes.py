@@ -1050,6 +1050,31 @@ _SPECS = (
         commands=("explain",), explain_only=True,
     ),
     _spec(
+        "tensor-copy-construct", "TD651", "warning",
+        "torch.tensor() was given a tensor (or a list of tensors) to copy.",
+        "torch.tensor always copies and detaches: gradients stop flowing through the copy, and a list of "
+        "tensors is converted element by element, slowly.",
+        "t.detach().clone() for a copy (add .requires_grad_() for a new leaf); torch.stack(list_of_tensors) to "
+        "combine tensors while keeping the graph.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loss-legacy-reduction", "TD652", "warning",
+        "A loss was built with the legacy size_average= / reduce= arguments.",
+        "They are deprecated in favour of reduction=; the combination is easy to misread (reduce=False ignores "
+        "size_average).",
+        "Use reduction='mean' (the default), 'sum' or 'none' instead.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "pin-memory-no-accelerator", "TD653", "info",
+        "DataLoader(pin_memory=True) ran on a machine without an accelerator, so nothing is pinned.",
+        "Pinned memory only speeds up host-to-GPU copies (with non_blocking=True); on a CPU-only run the "
+        "option does nothing but print this warning.",
+        "pin_memory=torch.cuda.is_available() (or drop it on CPU-only machines).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
         "ddp-unused-parameters", "TD701", "error",
         "DDP expected every parameter to get a gradient, but some did not take part in the loss.",
         "DDP's reducer waits for gradients that never come and raises at the next iteration.",

@@ -284,6 +284,9 @@ REAL_WARNINGS = {
     "kl-div-mean": lambda: torch.nn.functional.kl_div(torch.randn(2, 3).log_softmax(-1), torch.rand(2, 3)),
     "nonleaf-grad-access": _nonleaf_grad,
     "scheduler-before-optimizer": _scheduler_first,
+    "tensor-copy-construct": lambda: torch.tensor(torch.ones(2)),
+    "loss-legacy-reduction": lambda: nn.MSELoss(reduce=False),
+    "pin-memory-no-accelerator": lambda: list(DataLoader([1, 2], pin_memory=True)),
 }
 
 
@@ -291,6 +294,8 @@ REAL_WARNINGS = {
 def test_real_warnings_are_explained_from_the_printed_lines(finding_id):
     import warnings
 
+    if finding_id == "pin-memory-no-accelerator" and torch.accelerator.is_available():
+        pytest.skip("torch warns about pin_memory only without an accelerator")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         REAL_WARNINGS[finding_id]()
@@ -299,7 +304,7 @@ def test_real_warnings_are_explained_from_the_printed_lines(finding_id):
     for pasted in (log, mangle(log)):
         report = explain_text(pasted, "stdin")
         assert report.result["matched"] == [finding_id], pasted
-        assert report.findings[0].severity.value == "warning" and report.findings[0].fix
+        assert report.findings[0].severity.value == REGISTRY[finding_id].severity.value and report.findings[0].fix
 
 
 # --- errors whose message alone is ambiguous: explained from the frames of the traceback around them ------

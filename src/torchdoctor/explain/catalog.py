@@ -217,6 +217,17 @@ CATALOG_RULES: tuple[Rule, ...] = (
     Rule("module-device-attribute", r"'(?P<cls>\w+)' object has no attribute 'device'",
          lambda m: (f"{m['cls']} is an nn.Module, which has no .device: use next(model.parameters()).device."),
          ("AttributeError",), context=r"nn[\\/]modules[\\/]module\.py\W+line \d+, in __getattr__"),
+    # more warnings: torch/csrc/utils/tensor_new.cpp (B58), torch/nn/_reduction.py (B63), dataloader.py (B15)
+    Rule("tensor-copy-construct", r"To copy construct from a tensor, it is recommended to use sourceTensor\.",
+         fixed("torch.tensor() copied a tensor (detached): use t.detach().clone(), or torch.stack for a list."),
+         (), severity=Severity.WARNING),
+    Rule("loss-legacy-reduction", r"size_average and reduce args will be deprecated, please use "
+                                  r"reduction='(?P<reduction>\w+)' instead",
+         lambda m: f"A loss uses the legacy size_average/reduce arguments: write reduction='{m['reduction']}'.", (),
+         severity=Severity.WARNING),
+    Rule("pin-memory-no-accelerator", r"'pin_memory' argument is set as true but no accelerator is found",
+         fixed("pin_memory=True on a machine without an accelerator pins nothing (harmless)."), (),
+         severity=Severity.INFO),
     # B17: the Python 2 style dataiter.next() (or loader.next())
     Rule("loader-iter-next", r"'(?:DataLoader|_(?:SingleProcess|MultiProcessing)DataLoaderIter)' object has no "
                              r"attribute 'next'",
