@@ -395,6 +395,15 @@ def _overlapping_out(x: torch.Tensor) -> None:
     torch.add(x[:2], 1, out=x[1:3])
 
 
+def test_numpy_of_a_cuda_tensor_from_recorded_text():
+    # pitfalls B17 on a GPU machine; the same code path raises the meta device's message above
+    text = ("TypeError: can't convert cuda:0 device type tensor to numpy. Use Tensor.cpu() to copy the tensor to "
+            "host memory first.")
+    finding = explain_exception(text)
+    assert finding.id == "numpy-on-device" and "on cuda:0" in finding.message
+    assert explain_text(text, "stdin").result["matched"] == ["numpy-on-device"]
+
+
 def test_bce_under_gpu_autocast_from_torchs_own_text():
     # raised by GPU autocast only (a CPU autocast runs BCE): the message as libtorch_cpu.so holds it
     library = pathlib.Path(torch.__file__).parent / "lib" / "libtorch_cpu.so"
