@@ -346,7 +346,7 @@ _SPECS = (
         "Tensors were saved from a CUDA device.",
         "On a machine without that GPU, torch.load fails unless it is told where to put them.",
         "torch.load(PATH, map_location='cpu')",
-        commands=(INSPECT, FIX), section={INSPECT: "structure", FIX: "output"},
+        commands=(INSPECT, FIX, "explain"), section={INSPECT: "structure", FIX: "output"},
     ),
     _spec(
         "shard-missing", "TD219", "error",
@@ -395,7 +395,7 @@ _SPECS = (
         "A gradient became NaN or inf in backward although the loss was finite.",
         "The optimizer step writes NaN into the weights; every later step is wasted.",
         "Fix the forward op whose derivative blows up (e.g. sqrt at 0: use sqrt(x + eps)); clip gradients.",
-        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
+        commands=("nan-hunt", "watch", "explain"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
     _spec(
         "nonfinite-optimizer", "TD305", "error",
@@ -752,6 +752,326 @@ _SPECS = (
         "Give the batches labels: for causal LM DataCollatorForLanguageModeling(tokenizer, mlm=False); for "
         "classification a 'labels' (or 'label') column; check the collator and remove_unused_columns did not "
         "drop it (TrainingArguments(label_names=[...]) for other names).",
+        commands=("explain",), explain_only=True,
+    ),
+    # pitfalls catalogs A and B: the common errors of a training script, each produced by explain's tests
+    _spec(
+        "view-non-contiguous", "TD618", "error",
+        "view() was called on a non-contiguous tensor (the result of transpose, permute, .t() or expand).",
+        "view only reinterprets the existing memory; after a permute the elements are no longer laid out in the "
+        "order the new shape needs, so PyTorch refuses instead of copying.",
+        "Use .reshape(...) (copies only when it must) or .contiguous().view(...); to flatten features, "
+        "torch.flatten(x, 1).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "backward-non-scalar", "TD619", "error",
+        "backward() was called on a tensor with more than one element.",
+        "backward() without an argument needs a scalar loss: a per-sample loss (reduction='none'), a loss of "
+        "shape [1, ...] or the model's output was passed instead.",
+        "Reduce it first (loss.mean().backward() or loss.sum()), or pass the gradient explicitly: "
+        "out.backward(torch.ones_like(out)).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "leaf-inplace", "TD620", "error",
+        "An in-place op changed a leaf tensor that requires grad (a parameter, or a tensor made with "
+        "requires_grad=True) while autograd was recording.",
+        "A hand-written update (w -= lr * w.grad, w.sub_(...)) or initialisation (w.fill_, w[...] = v) outside "
+        "torch.no_grad() would be recorded as part of the graph, so autograd refuses it.",
+        "Wrap manual updates and initialisation in `with torch.no_grad():`, or use nn.init.* and an optimizer.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "overlapping-inplace-write", "TD621", "error",
+        "An in-place op wrote into a tensor whose elements share memory (an expand()ed or broadcast view).",
+        "expand() returns a view with stride 0: one memory location stands for many elements, so an in-place "
+        "write to it is ambiguous.",
+        "Clone the view before writing (x = x.expand(n, -1).clone()), or use the out-of-place op and reassign.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "index-dtype", "TD622", "error",
+        "A tensor used as indices (x[idx], gather, scatter, index_select) has a floating-point dtype.",
+        "Indices must be integers (int64, or int32 for these ops; bool for masks): float indices come from labels "
+        "read as float, or from a division.",
+        "Convert the index: idx.long() (and use // instead of / to compute it).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "too-many-indices", "TD623", "error",
+        "A tensor (or numpy array) was indexed with more indices than it has dimensions.",
+        "Its shape is not what the code assumes: labels of shape [B] indexed as [B, 1], a batch of one squeezed "
+        "away, or a 1-D output indexed per class. .long() does not fix this (it fixes 'tensors used as indices "
+        "must be long ...').",
+        "Print x.shape before that line and index with as many indices as it has dimensions; squeeze(dim) with "
+        "an explicit dim keeps a batch of one.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "device-mismatch", "TD624", "error",
+        "One op got tensors on different devices (a GPU and the CPU): the model, its input, the labels or a "
+        "loss module's weight are not all moved.",
+        "Tensor.to(device) returns a copy that must be assigned (x = x.to(device)); Module.to moves in place; "
+        "modules kept in a plain list, and tensors created in forward without device=, stay behind.",
+        "Move everything the step uses: model.to(device), x, y = x.to(device), y.to(device), criterion.to(device); "
+        "register sub-modules in nn.ModuleList / ModuleDict and create new tensors with device=x.device.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "optimizer-state-mismatch", "TD625", "error",
+        "optimizer.load_state_dict got a state saved for other parameter groups (a different number of groups, "
+        "or groups of another size).",
+        "The optimizer state stores parameters by position, so it only fits an optimizer built over the same "
+        "parameters in the same order and groups: a changed model, frozen layers left out, or another param-"
+        "group split breaks a resume.",
+        "Build the model and the optimizer exactly as when saving before optimizer.load_state_dict; if the model "
+        "changed on purpose, start with a fresh optimizer state.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "scaler-unscale-twice", "TD626", "error",
+        "GradScaler.unscale_(optimizer) was called twice for one optimizer step.",
+        "unscale_ divides the gradients by the scale once per step; with gradient accumulation calling it every "
+        "micro-batch, or clipping code calling it again, the second call is refused.",
+        "Per optimizer step: scaler.scale(loss).backward() for each micro-batch, then once scaler.unscale_(opt), "
+        "clip_grad_norm_, scaler.step(opt), scaler.update().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-init-missing", "TD627", "error",
+        "A Module subclass assigned a layer or parameter before nn.Module.__init__ ran.",
+        "super().__init__() is missing, comes after the first self.layer = ..., or never runs (a misspelt "
+        "__init, or the class does not inherit nn.Module).",
+        "Call super().__init__() as the first line of the subclass's __init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-forward-missing", "TD628", "error",
+        "A Module subclass has no forward method, so calling it raised nn.Module's placeholder.",
+        "forward is misspelt (foward, forword), nested inside __init__, or indented outside the class.",
+        "Define forward(self, ...) as a method of the class, at the same indentation as __init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "dataset-getitem-missing", "TD629", "error",
+        "A Dataset subclass has no __getitem__, so indexing it raised torch.utils.data.Dataset's placeholder.",
+        "__getitem__ is misspelt (__getitem, __get_item__) or indented outside the class.",
+        "Define __getitem__(self, index) and __len__(self) (returning an int) on the Dataset subclass.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-option-conflict", "TD630", "error",
+        "The DataLoader got options that exclude each other (shuffle with a sampler, batch_size with a "
+        "batch_sampler, or shuffle/sampler with an IterableDataset).",
+        "A sampler already decides the order and a batch_sampler the batches; an IterableDataset yields its own "
+        "order, so the DataLoader refuses to build.",
+        "Keep one: shuffle=True or a sampler (RandomSampler, DistributedSampler(shuffle=True)); batch_sampler "
+        "alone; for an IterableDataset shuffle inside __iter__ (a buffer) and shard with get_worker_info().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "random-split-lengths", "TD631", "error",
+        "random_split got lengths that do not add up to the data set's length.",
+        "int(0.8 * n) + int(0.2 * n) rounds down and loses a sample; lengths must sum to len(dataset) exactly.",
+        "Compute the last length as the rest (n_val = len(ds) - n_train), or pass fractions that sum to 1 "
+        "(random_split(ds, [0.8, 0.2]), torch >= 1.13).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-iter-next", "TD632", "error",
+        "The DataLoader's iterator was called with .next(), which it does not have.",
+        "Python 3 iterators have __next__, not a next() method; the dataiter.next() of old tutorials no longer "
+        "exists.",
+        "next(iter(loader)), or it = iter(loader) then next(it).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "dataparallel-attribute", "TD633", "error",
+        "An attribute of the model was read through its DataParallel / DistributedDataParallel wrapper.",
+        "The wrapper is a Module of its own: the wrapped model's layers, methods and attributes are under "
+        ".module.",
+        "model.module.NAME (or keep a reference to the unwrapped model: net = Net(); model = DDP(net); net.NAME).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "numpy-on-device", "TD634", "error",
+        "numpy() was called on a tensor that is not on the CPU (a GPU, or the meta device).",
+        "NumPy arrays live in host memory; PyTorch does not copy a device tensor implicitly.",
+        "tensor.detach().cpu().numpy()  (or .item() for a scalar, .tolist() for a small tensor)",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loader-unpicklable", "TD635", "error",
+        "The DataLoader's worker processes could not be started: something they need (a lambda or local "
+        "function as collate_fn / worker_init_fn, or the dataset holding one) cannot be pickled.",
+        "With the spawn start method (the default on Windows and macOS, or multiprocessing_context='spawn') "
+        "each worker receives the dataset, collate_fn and worker_init_fn pickled; lambdas and functions defined "
+        "inside another function cannot be.",
+        "Define collate_fn / worker_init_fn at module top level (functools.partial(fn, **options) for "
+        "parameters), or a top-level class with __call__; keep open files and handles out of the dataset's "
+        "__init__.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "inplace-broadcast", "TD636", "error",
+        "An in-place op would have to grow its tensor to the broadcast shape of its operands.",
+        "An in-place result keeps the tensor's own shape; the classic case is transforms.Normalize with 3-channel "
+        "mean/std on grayscale (1-channel) images, which subtracts in place.",
+        "Give Normalize one mean and std per channel the images have (or convert the images to RGB first); "
+        "elsewhere use the out-of-place op (x = x - y).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "amp-import-path", "TD637", "error",
+        "Mixed precision was imported from a path that does not exist: torch.cuda.amp.autocast imported as a "
+        "module, or NVIDIA apex.",
+        "autocast and GradScaler are classes, so `import torch.cuda.amp.autocast` fails; torch.cuda.amp is "
+        "deprecated since torch 2.4 and apex's amp is superseded by torch.amp.",
+        "from torch.amp import autocast, GradScaler; then `with autocast('cuda'):` and GradScaler('cuda').",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "scheduler-resume-initial-lr", "TD638", "error",
+        "An LR scheduler was created with last_epoch >= 0 (to resume) over an optimizer that has no "
+        "'initial_lr' in its param groups.",
+        "Resuming by passing last_epoch needs the optimizer state of the original run, which holds initial_lr; "
+        "a fresh optimizer does not.",
+        "Create the scheduler with the default last_epoch=-1, then scheduler.load_state_dict(saved_scheduler) "
+        "after optimizer.load_state_dict(saved_optimizer); save both in the checkpoint.",
+        commands=("explain",), explain_only=True,
+    ),
+    # warnings torch prints while training goes on: explained from a pasted log
+    _spec(
+        "checkpoint-no-grad-inputs", "TD639", "warning",
+        "torch.utils.checkpoint (use_reentrant=True) got no input that requires grad.",
+        "The reentrant checkpoint then records no graph: the checkpointed block's parameters get no gradients "
+        "and silently stop training (typical for the first block, fed data that never requires grad).",
+        "checkpoint(fn, x, use_reentrant=False) (the recommended form), or x.requires_grad_() before the first "
+        "checkpointed block.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "softmax-implicit-dim", "TD640", "warning",
+        "softmax / log_softmax was called without dim=.",
+        "PyTorch guesses the dimension (dim 0 for 1-D and 3-D input, 1 otherwise), which is the batch dimension "
+        "for some shapes: the probabilities then sum to 1 over the batch, not over the classes.",
+        "Give the class dimension explicitly: F.softmax(x, dim=-1), nn.Softmax(dim=1).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "kl-div-mean", "TD641", "warning",
+        "F.kl_div / nn.KLDivLoss was used with reduction='mean'.",
+        "'mean' divides by the number of elements, not the batch size, so the value is not the KL divergence "
+        "(and kl_div(input, target) expects input as log-probabilities, target as probabilities).",
+        "F.kl_div(q_logits.log_softmax(-1), p, reduction='batchmean') (log_target=True if p is a log-"
+        "probability).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "nonleaf-grad-access", "TD642", "warning",
+        "The .grad of a non-leaf tensor (the result of an op) was read; it is None.",
+        "Autograd keeps gradients only for leaves (parameters, tensors made with requires_grad=True); code that "
+        "inspects or clips such a .grad sees None.",
+        "Call t.retain_grad() before backward, or register a hook (t.register_hook(fn)); for a parameter moved "
+        "with .to(), create it on the device instead.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "scheduler-before-optimizer", "TD643", "warning",
+        "lr_scheduler.step() was called before optimizer.step().",
+        "Since torch 1.1 the scheduler must step after the optimizer, or the first value of the schedule is "
+        "skipped; with AMP it also shows when GradScaler skipped the first optimizer step (harmless then).",
+        "Call optimizer.step() then scheduler.step(); with GradScaler, ignore it if it appears only at the start.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "extension-abi-mismatch", "TD644", "error",
+        "A compiled PyTorch extension (torch_scatter, apex, mmcv, a custom op) needs a C++ symbol of torch that "
+        "this torch does not have.",
+        "The extension's binary was built against another torch version (or CUDA build); torch's C++ ABI changes "
+        "between releases, so it fails to load.",
+        "Install the extension's wheel built for this torch and CUDA version (e.g. pip install torch-scatter -f "
+        "https://data.pyg.org/whl/torch-VERSION+CUDA.html), or rebuild it from source against this torch "
+        "(pip install --no-build-isolation --force-reinstall --no-cache-dir PACKAGE).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "trace-nondeterministic", "TD645", "error",
+        "torch.jit.trace (also used by SummaryWriter.add_graph) ran the model again to check the trace and got a "
+        "different graph or different outputs.",
+        "A trace records one run: a forward that decides in Python (random numbers, counters, if on a tensor's "
+        "value) or runs dropout in training mode records something else each time, so the trace is not the model.",
+        "Trace in eval mode (model.eval()) with deterministic inputs; for data-dependent control flow use "
+        "torch.export or torch.compile instead of tracing (check_trace=False only hides the difference).",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "bce-autocast", "TD646", "error",
+        "F.binary_cross_entropy / nn.BCELoss ran inside a GPU autocast region, which refuses it.",
+        "Under autocast the probabilities reaching BCE may be float16, where log(p) near 0 and 1 is not "
+        "representable; a sigmoid followed by BCE is also less stable than the fused form.",
+        "Remove the final sigmoid and use nn.BCEWithLogitsLoss / F.binary_cross_entropy_with_logits on the logits "
+        "(safe under autocast); or compute BCE outside the autocast region on p.float().",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "torchvision-pillow", "TD647", "error",
+        "An old torchvision (< 0.5) imports PIL.PILLOW_VERSION, which Pillow 7.0 removed.",
+        "import torchvision fails as soon as Pillow is upgraded: the two were installed at different times.",
+        "Upgrade torchvision to the release made for your torch (pip install -U torch torchvision); pinning "
+        "Pillow < 7 also works but keeps its old security fixes out.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "conv-groups", "TD648", "error",
+        "A grouped convolution's in_channels or out_channels is not divisible by groups.",
+        "Each group convolves in_channels / groups inputs into out_channels / groups outputs (weight shape "
+        "[out, in / groups, k, k]), so both must divide evenly; depthwise convolution is groups = in_channels.",
+        "Pick groups that divide both channel counts (e.g. groups=in_channels with out_channels a multiple of it "
+        "for depthwise), or change the channel counts.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "grad-none", "TD649", "error",
+        "A parameter's .grad was used (p.grad.zero_()) while it was None.",
+        "A .grad is None before the first backward, for a parameter the loss does not use (frozen, or a layer "
+        "left out of forward), and after optimizer.zero_grad(), which sets it to None by default since torch 2.0.",
+        "Guard it (if p.grad is not None) or zero with optimizer.zero_grad() / model.zero_grad(); for a manual "
+        "update, run backward first and skip parameters without a gradient.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "module-device-attribute", "TD650", "error",
+        "A Module was asked for .device, which nn.Module does not have (only tensors do).",
+        "A model's parameters may even sit on several devices, so a Module has no single device attribute.",
+        "next(model.parameters()).device, or keep the device you moved it to (device = torch.device('cuda'); "
+        "model.to(device)) and use that.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "tensor-copy-construct", "TD651", "warning",
+        "torch.tensor() was given a tensor (or a list of tensors) to copy.",
+        "torch.tensor always copies and detaches: gradients stop flowing through the copy, and a list of "
+        "tensors is converted element by element, slowly.",
+        "t.detach().clone() for a copy (add .requires_grad_() for a new leaf); torch.stack(list_of_tensors) to "
+        "combine tensors while keeping the graph.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "loss-legacy-reduction", "TD652", "warning",
+        "A loss was built with the legacy size_average= / reduce= arguments.",
+        "They are deprecated in favour of reduction=; the combination is easy to misread (reduce=False ignores "
+        "size_average).",
+        "Use reduction='mean' (the default), 'sum' or 'none' instead.",
+        commands=("explain",), explain_only=True,
+    ),
+    _spec(
+        "pin-memory-no-accelerator", "TD653", "info",
+        "DataLoader(pin_memory=True) ran on a machine without an accelerator, so nothing is pinned.",
+        "Pinned memory only speeds up host-to-GPU copies (with non_blocking=True); on a CPU-only run the "
+        "option does nothing but print this warning.",
+        "pin_memory=torch.cuda.is_available() (or drop it on CPU-only machines).",
         commands=("explain",), explain_only=True,
     ),
     _spec(

@@ -90,7 +90,8 @@ def test_a_device_mismatch_is_not_a_dtype_mismatch():
     # the same sentence torch uses for dtype mismatches, but the two types differ only in the device
     text = ("RuntimeError: Input type (torch.FloatTensor) and weight type (torch.cuda.FloatTensor) should be the "
             "same or input should be a MKLDNN tensor and weight is a dense tensor")
-    assert explain_exception(text) is None
+    device = explain_exception(text)  # explained as what it is (explain/catalog.py)
+    assert device.id == "device-mismatch" and "input is on cpu but the layer's weights are on cuda" in device.message
     double = "RuntimeError: Input type (torch.DoubleTensor) and weight type (torch.cuda.FloatTensor) should be the same"
     assert explain_exception(double).id == "input-dtype-mismatch"
 

@@ -198,7 +198,8 @@ def test_recorded_messages(text, finding_id):
 
 def test_device_only_input_type_message_is_not_a_dtype_mismatch():
     text = "RuntimeError: Input type (torch.cuda.FloatTensor) and weight type (torch.FloatTensor) should be the same"
-    assert explain_exception(text) is None
+    finding = explain_exception(text)  # pitfalls A14: a device mismatch (explain/catalog.py)
+    assert finding.id == "device-mismatch" and "input is on cuda but the layer's weights are on cpu" in finding.message
 
 
 class _RaisesInGetitem(torch.utils.data.Dataset):

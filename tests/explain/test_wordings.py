@@ -80,6 +80,8 @@ def test_bce_integer_targets_are_not_called_an_input_dtype_mismatch():
 # --- older versions, quoted exactly ------------------------------------------------------------------
 
 HISTORICAL = [
+    # torch/hub.py _legacy_zip_load (torch 1.x), quoted by pitfalls B7's seed
+    ("RuntimeError: Only one file(not dir) is allowed in the zipfile", "zip-format-on-old-torch"),
     # THNN ClassNLLCriterion.c, torch <= 1.2 on the CPU (THAssert: "Assertion `%s' failed. " + " at %s:%d")
     ("RuntimeError: Assertion `cur_target >= 0 && cur_target < n_classes' failed.  at "
      "../aten/src/THNN/generic/ClassNLLCriterion.c:94", "label-out-of-range"),

@@ -177,6 +177,12 @@ _AUTOGRAD_ROWS: tuple[Rule, ...] = (
 _OLD_SIZE = r"torch\.Size\(\[[\d, ]*\]\)"
 
 _CHECKPOINT_ROWS: tuple[Rule, ...] = (
+    # torch.hub's _legacy_zip_load (torch 1.x; still in 2.13's torch/hub.py, unreachable since the caller checks
+    # for one member first): a zip-format (>= 1.6) checkpoint met a torch.hub that took every zip for its legacy
+    # single-file zip (pitfalls B7)
+    Rule("zip-format-on-old-torch", r"Only one file\(not dir\) is allowed in the zipfile",
+         fixed("torch.hub of torch < 1.6 took a zip-format checkpoint (torch >= 1.6) for its legacy single-file "
+               "zip."), ("RuntimeError",)),
     # torch 0.2-0.3 load_state_dict (torch/nn/modules/module.py): KeyError('unexpected key "{}" in state_dict')
     Rule("compile-prefix", r"unexpected key \"_orig_mod\.[\w.]*\" in state_dict",
          fixed("The state dict was saved from a torch.compile'd model: its keys start with '_orig_mod.'."), ()),

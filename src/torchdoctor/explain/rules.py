@@ -14,6 +14,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from torchdoctor.codes import make_finding
+from torchdoctor.explain.catalog import CATALOG_RULES
 from torchdoctor.explain.history import HISTORICAL_RULES
 from torchdoctor.explain.rule import Match, Rule, different_dtypes, dtype_name, fixed, numpy_sample_message
 from torchdoctor.report import Finding, Severity
@@ -374,6 +375,7 @@ RULES: tuple[Rule, ...] = (
     *_CHECKPOINT_RULES,
     *_AUTOGRAD_RULES,
     *_CUDA_RULES,
+    *CATALOG_RULES,  # the pitfalls catalogs' common errors
     # last: any other error raised inside a Dataset's __getitem__ as the DataLoader fetched it (in a worker's
     # "Original Traceback" or in the main process); the frames must show the fetch, since a ModuleList's or a
     # dict's __getitem__ raises too
