@@ -51,7 +51,8 @@ class _Axis:
         self.log = log
         self.low, self.high = (math.log10(low), math.log10(high)) if log else (low, high)
         if self.high == self.low:  # a constant (an lr without schedule): centre it, a decade or ±10% around
-            pad = 1.0 if log or self.low == 0 else abs(self.low) / 10
+            # a tenth of a subnormal (5e-324) is 0: then a unit pad, or the scale divides by zero
+            pad = 1.0 if log or self.low == 0 else abs(self.low) / 10 or 1.0
             self.low, self.high = self.low - pad, self.high + pad
         self.start, self.end = start, end
 
