@@ -3,9 +3,9 @@
 A learning rate far too large (nanoGPT at 1e9) throws the weights orders of magnitude away in its first
 update; the next forward or backward overflows, so only one finite loss comes before the NaN and no
 divergence series ever forms (checks.py). What shows the cause is the update itself. A healthy step pays
-one fused copy of each parameter's first ``SNAPSHOT_ELEMENTS`` before ``step()`` and one fused subtraction
-after it; nothing is read back to the host (no sync) until a non-finite value has been found. The slice
-estimates the whole, as watch's update ratios do (learning/stats.py).
+one fused copy of ``SAMPLE`` elements of each parameter before ``step()`` and one fused subtraction after
+it; nothing is read back to the host (no sync) until a non-finite value has been found. The sample
+estimates the whole, as watch's slices do for its update ratios (learning/stats.py).
 """
 
 from __future__ import annotations
@@ -15,9 +15,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from torchdoctor.learning.stats import head
-
 KEPT = 2  # the updates worth judging: the one right before the first NaN, and the one before it
+# Elements of each parameter compared, spread evenly over it: the ratio judged is >= 1 when it matters and
+# ~1e-3 when healthy, so a sample estimates it well enough, while the whole of nanoGPT's embedding would be
+# a copy of 2.5M floats per step. Spread, not the first ones: an embedding's first rows are a few tokens
+# that may not be in the batch at all.
+SAMPLE = 4096
 
 
 @dataclass(frozen=True)
@@ -46,8 +49,10 @@ class _Update:
     params: list[Any]
     places: list[tuple[int, int]]  # (param group, index in it): a name when no model holds the parameter
     lrs: list[Any]  # per param group, as it was at step() (a scheduler changes it right after)
-    before: list[Any]
-    delta: list[Any] = field(default_factory=list)
+    before: list[Any]  # the samples as they were: one flat tensor (see ``_copy``) or one per parameter
+    views: list[Any]  # the samples of the parameters themselves (copies when a parameter is not contiguous)
+    sizes: list[int]  # elements in each sample: where the flat tensor splits
+    delta: list[Any] = field(default_factory=list)  # packed as ``before``
 
 
 class UpdateLog:
@@ -57,6 +62,10 @@ class UpdateLog:
         self.on = True
         self._open: dict[int, _Update] = {}  # id(optimizer) -> its step in flight
         self.recent: deque[_Update] = deque(maxlen=KEPT)
+        # id(optimizer) -> (what the samples were taken of, the samples, their sizes): a view of a contiguous
+        # parameter follows its in-place updates, so taking the samples again each step (three ops per
+        # parameter, most of this log's cost) is needed only when the parameters or their storage change
+        self._views: dict[int, tuple[tuple[tuple[int, int], ...], list[Any], list[int]]] = {}
 
     def before_step(self, optimizer: Any, step: int) -> None:
         if not self.on:
@@ -72,9 +81,21 @@ class UpdateLog:
         if not params:
             return
         lrs = [_frozen(group.get("lr")) for group in optimizer.param_groups]
-        # one fused copy (one kernel on CUDA) of every slice: the weights as they were before this step
-        before = torch._foreach_mul([head(p) for p in params], 1)
-        self._open[id(optimizer)] = _Update(step, type(optimizer).__name__, params, places, lrs, before)
+        views, sizes = self._slices(optimizer, params)
+        self._open[id(optimizer)] = _Update(step, type(optimizer).__name__, params, places, lrs, _copy(views),
+                                            views, sizes)
+
+    def _slices(self, optimizer: Any, params: list[Any]) -> tuple[list[Any], list[int]]:
+        """``sample`` of each parameter and its size, reused while the parameters and their storage stay."""
+        key = tuple((id(p), p.data_ptr()) for p in params)
+        cached = self._views.get(id(optimizer))
+        if cached is not None and cached[0] == key:
+            return cached[1], cached[2]
+        views = [sample(p) for p in params]
+        sizes = [v.numel() for v in views]
+        if all(p.is_contiguous() for p in params):  # else ``sample`` copied: take the samples again next step
+            self._views[id(optimizer)] = (key, views, sizes)
+        return views, sizes
 
     def after_step(self, optimizer: Any) -> None:
         update = self._open.pop(id(optimizer), None)
@@ -82,24 +103,49 @@ class UpdateLog:
             return
         import torch
 
+        live = update.views is self._views.get(id(optimizer), (None, None))[1]  # views, not copies
+        now = update.views if live else [sample(p) for p in update.params]
         try:
-            update.delta = torch._foreach_sub([head(p) for p in update.params], update.before)
+            update.delta = _copy(now)
+            torch._foreach_sub_(update.delta, update.before)
         except RuntimeError:  # a parameter replaced by one of another size inside step(): nothing to compare
             return
+        update.views = []
         self.recent.append(update)
 
     def stop(self) -> None:
         """After the first non-finite value: keep what came before it, measure nothing more."""
         self.on = False
         self._open.clear()
+        self._views.clear()
 
     def jumps(self, before_step: int, names: dict[int, str]) -> list[UpdateJump]:
         """The kept updates of steps before ``before_step``, read back (called once, after training)."""
         return [_read(update, names) for update in self.recent if update.step < before_step]
 
 
+def sample(tensor: Any) -> Any:
+    """At most ``SAMPLE`` elements spread over the flattened tensor (a view when it is contiguous; detached)."""
+    flat = tensor.detach().reshape(-1)
+    return flat[:: -(-flat.numel() // SAMPLE) or 1]
+
+
+def _copy(views: list[Any]) -> list[Any]:
+    """The samples copied into one flat tensor (one op, one kernel on CUDA, whatever the number of
+    parameters), or one copy each when they differ in device or dtype."""
+    import torch
+
+    kinds = {(v.device, v.dtype) for v in views}
+    return [torch.cat(views)] if len(kinds) == 1 else [v.clone() for v in views]
+
+
+def _unpacked(packed: list[Any], sizes: list[int]) -> list[Any]:
+    """One tensor per parameter again."""
+    return list(packed[0].split(sizes)) if len(packed) == 1 and len(sizes) > 1 else packed
+
+
 def _read(update: _Update, names: dict[int, str]) -> UpdateJump:
-    moved, weights = _norms(update.delta), _norms(update.before)
+    moved, weights = (_norms(_unpacked(t, update.sizes)) for t in (update.delta, update.before))
     ratios = [m / w if w > 0 else math.nan for m, w in zip(moved, weights, strict=True)]
     overall = _ratio(math.hypot(*moved), math.hypot(*weights))
     # a zero-initialised bias moves infinitely far relative to itself at any lr: name a parameter that had a size
