@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch import nn
 
+from torchdoctor.learning.runner import run_watch_script
 from torchdoctor.nan.checks import HUGE_UPDATE, HuntFacts, check_hunt
 from torchdoctor.nan.hunt import nan_hunt
 from torchdoctor.nan.records import NonFinite
@@ -35,7 +36,7 @@ def finding(report, finding_id: str):
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
-def test_an_absurd_lr_is_named_as_the_first_update(optimizer, capsys):
+def test_an_absurd_lr_is_named_as_the_first_update(optimizer, capsys, json_contract):
     report = run_script(GPT, ["--lr", "1e9", "--optimizer", optimizer])
     first = report.result["first_nonfinite"]
     assert first["step"] in (1, 2), first
@@ -53,6 +54,14 @@ def test_an_absurd_lr_is_named_as_the_first_update(optimizer, capsys):
     assert "already clipped" in explosion.fix and "Lower the learning rate from 1e+09" in explosion.fix
     assert "update-explosion" in finding(report, f"nonfinite-{first['phase']}").fix
     assert report.exit_code() == 1
+    json_contract(report)
+    capsys.readouterr()
+
+
+def test_watch_names_it_too(capsys):
+    report = run_watch_script(GPT, ["--lr", "1e9", "--steps", "3"])
+    assert ids(report)[0] == "update-explosion" and ids(report)[1].startswith("nonfinite-"), ids(report)
+    assert finding(report, "update-explosion").details["step"] == 0
     capsys.readouterr()
 
 

@@ -155,9 +155,16 @@ def _read(update: _Update, names: dict[int, str]) -> UpdateJump:
     top = max(judged, key=lambda i: ratios[i])
     group, index = update.places[top]
     param = update.params[top]
-    lr = update.lrs[group]
-    return UpdateJump(update.step, update.optimizer, overall, names.get(id(param), f"param_groups[{group}]."
-                      f"params[{index}]"), ratios[top], group, float(lr) if lr is not None else None)
+    name = names.get(id(param), f"param_groups[{group}].params[{index}]")
+    return UpdateJump(update.step, update.optimizer, overall, name, ratios[top], group, _number(update.lrs[group]))
+
+
+def _number(lr: Any) -> float | None:
+    """The lr as a float; None when a custom optimizer keeps something else under "lr"."""
+    try:
+        return float(lr)
+    except (TypeError, ValueError, RuntimeError):
+        return None
 
 
 def _norms(tensors: list[Any]) -> list[float]:
