@@ -130,6 +130,23 @@ def test_update_log_keeps_the_last_steps_and_stops_after_the_first_nonfinite():
     assert [j.step for j in log.jumps(10, {})] == [2, 3]
 
 
+def test_a_tiny_initialised_scale_moving_far_is_named_but_does_not_make_the_step_huge():
+    """A layer-scale initialised at 1e-6 (ConvNeXt, CaiT) moves ~1000x itself in Adam's first step at a normal
+    lr: the step as a whole, which is judged, still moved the weights by ~1e-2 of their norm."""
+    torch.manual_seed(0)
+    model = nn.Linear(64, 64)
+    model.scale = nn.Parameter(torch.full((64,), 1e-6))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    log = UpdateLog()
+    (model(torch.randn(8, 64)) * model.scale).sum().backward()
+    log.before_step(optimizer, 0)
+    optimizer.step()
+    log.after_step(optimizer)
+    (jump,) = log.jumps(1, {id(param): name for name, param in model.named_parameters()})
+    assert jump.param == "scale" and jump.param_ratio > 100
+    assert jump.ratio < HUGE_UPDATE / 10
+
+
 def _facts(ratio: float, *, phase: str = "forward", step: int = 1) -> HuntFacts:
     first = NonFinite("nan", phase, step, op="aten.log")
     return HuntFacts(first=first, steps=step, updates=[UpdateJump(step - 1, "AdamW", ratio, "w", ratio, 0, 1e3)])
