@@ -18,10 +18,14 @@ micro-steps (forward, loss / 4, backward) per optimizer step, clip, step, ``zero
 Localisation: ``--nan-at 20`` turns an activation into NaN at step 20. The time from the start of
 step 20 (the script's timestamp) to the report file's modification time (``--report``, written
 atomically once the producer is named) is compared with one step's time. Goal <= 10x.
+Update log (``--only updates``): in this process, the median step time of the same model under nan-hunt
+with its update log (‖Δw‖/‖w‖ of each optimizer step, for ``update-explosion``) on vs off, paired runs
+of 30 steps; the process figures above are too noisy on a shared machine to show a cost this small.
+Goal: it keeps nan-hunt within its 1.3x, so <= 1.05x here.
 Every child runs with ``OMP_NUM_THREADS=1`` by default (``--threads``): on a small shared machine two
 intra-op threads per process fighting other work made single runs vary 10x; one thread keeps the
 paired ratios stable and affects all three commands alike.
-Run: ``python benchmarks/bench_nan.py [--runs 5] [--threads 1] [--only overhead|accum|localisation]``.
+Run: ``python benchmarks/bench_nan.py [--runs 5] [--threads 1] [--only overhead|accum|localisation|updates]``.
 """
 
 from __future__ import annotations
@@ -171,16 +175,51 @@ def localisation(runs: int) -> None:
     print(f"  localisation / one step: {statistics.median(ratios):.1f}x  (goal <= 10x)")
 
 
+def update_log(runs: int) -> None:
+    import runpy
+
+    import torch
+
+    from torchdoctor.nan.hunt import nan_hunt
+
+    model_class = runpy.run_path(str(SCRIPT))["Model"]
+
+    def step_time(on: bool, steps: int = 30) -> float:
+        torch.manual_seed(0)
+        model = model_class()
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        times = []
+        with nan_hunt() as hunt:
+            hunt._watcher.updates.on = on
+            for _ in range(steps):
+                start = time.perf_counter()
+                tokens = torch.randint(0, 1000, (16, 32))
+                optimizer.zero_grad()
+                loss = torch.nn.functional.cross_entropy(model(tokens).flatten(0, 1), tokens.flatten())
+                loss.backward()
+                optimizer.step()
+                times.append(time.perf_counter() - start)
+        return statistics.median(times[2:])  # the first steps pay one-off warm-up costs
+
+    step_time(True), step_time(False)
+    pairs = [(step_time(True), step_time(False)) for _ in range(runs)]
+    print(f"update log: step with it {statistics.median(p[0] for p in pairs) * 1000:.2f} ms, without "
+          f"{statistics.median(p[1] for p in pairs) * 1000:.2f} ms; paired ratio "
+          f"{statistics.median(on / off for on, off in pairs):.3f}x (goal <= 1.05)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1, help="OMP_NUM_THREADS for the children (0: inherit)")
-    parser.add_argument("--only", choices=("overhead", "accum", "localisation"), default=None)
+    parser.add_argument("--only", choices=("overhead", "accum", "localisation", "updates"), default=None)
     args = parser.parse_args()
     if args.threads:
         CHILD_ENV["OMP_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)  # read when torch is imported, for ``updates``
     print(f"{args.runs} paired runs, OMP_NUM_THREADS={CHILD_ENV.get('OMP_NUM_THREADS', 'unset')}")
-    for name, run in (("overhead", overhead), ("accum", accumulation), ("localisation", localisation)):
+    for name, run in (("overhead", overhead), ("accum", accumulation), ("localisation", localisation),
+                      ("updates", update_log)):
         if args.only in (None, name):
             run(args.runs)
 

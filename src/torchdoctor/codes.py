@@ -448,6 +448,18 @@ _SPECS = (
         "(torch.nn.utils.clip_grad_norm_).",
         commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
     ),
+    _spec(
+        "update-explosion", "TD312", "error",
+        "An optimizer step moved the weights by more than their own norm (‖Δw‖/‖w‖ >= 1) just before the first "
+        "NaN/inf.",
+        "The learning rate is far too large: one update threw the weights orders of magnitude away and the next "
+        "forward or backward overflowed (nanoGPT at lr 1e9: NaN from step 1). Only one finite loss comes before "
+        "the NaN, so no divergence series forms; the op where the NaN appears is not at fault.",
+        "Lower the learning rate (10x-100x down first) or warm it up from a small value; clip gradients for "
+        "SGD-like optimizers (Adam moves each weight by about lr whatever the gradient, so clipping does not "
+        "bound its update).",
+        commands=("nan-hunt", "watch"), section={"nan-hunt": "nan-hunt", "watch": "run"},
+    ),
     # --- 4xx: count ------------------------------------------------------------------------
     _spec(
         "uncounted-ops", "TD401", "warning",

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from torchdoctor.codes import make_finding
 from torchdoctor.nan.records import NonFinite
 from torchdoctor.nan.trends import describe_explosion, loss_explosion
+from torchdoctor.nan.updates import UpdateJump
 from torchdoctor.report import Finding, Severity
 
 PHASE_IDS = {
@@ -23,6 +24,10 @@ MIN_INCREASES = 2
 MIN_GROWTH = 10.0
 # GradScaler halves its scale on every skip; this many skips in a row is no longer calibration.
 STUCK_SKIPS = 20
+# An optimizer step that moved the weights by at least their own norm (‖Δw‖/‖w‖ over all of them): a healthy
+# step moves them by 1e-4..1e-2 of it, while nanoGPT at lr 1e9 moves them 1e10 times. Judged over all the
+# weights, so one tiny-initialised tensor (a layer-scale of 1e-6) moving 1000x its size at a normal lr is not.
+HUGE_UPDATE = 1.0
 _DTYPE_MAX = {"float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 Point = tuple[int, float]
@@ -47,6 +52,7 @@ class HuntFacts:
     first_losses: Sequence[Point] = ()  # the run's first steps, kept apart from the trailing ``losses``
     step_counting: str = "optimizer"  # or "backward": no optimizer stepped, each backward call was a step
     grad_norm_source: str = "gradients"  # "clip_grad_norm_": the norms are what it measured before clipping
+    updates: Sequence[UpdateJump] = ()  # the last optimizer updates before the first non-finite value
 
 
 def check_hunt(facts: HuntFacts) -> list[Finding]:
@@ -56,9 +62,9 @@ def check_hunt(facts: HuntFacts) -> list[Finding]:
     """
     findings = []
     if facts.first is not None:
-        divergence = check_divergence(facts)
-        findings.extend([divergence] if divergence is not None else [])
-        findings.append(check_first(facts.first, diverged=divergence is not None))
+        cause = check_divergence(facts) or check_update(facts)
+        findings.extend([cause] if cause is not None else [])
+        findings.append(check_first(facts.first, cause=cause.id if cause is not None else None))
         findings.extend(f for f in (check_overflow(facts.first),) if f is not None)
     else:
         findings.extend(f for f in (check_explosion(facts),) if f is not None)
@@ -68,25 +74,31 @@ def check_hunt(facts: HuntFacts) -> list[Finding]:
     return findings + ([amp] if amp is not None else [])
 
 
-def check_first(event: NonFinite, count: int = 1, *, diverged: bool = False) -> Finding:
-    """The phase finding; only a warning when the forward ran under no_grad (evaluation, logging)."""
+def check_first(event: NonFinite, count: int = 1, *, cause: str | None = None) -> Finding:
+    """The phase finding; only a warning when the forward ran under no_grad (evaluation, logging).
+
+    ``cause``: the id of the finding reported before it as its cause (``divergence``, ``update-explosion``).
+    """
     message = describe(event)
     if event.no_grad:
         message += f" It ran under no_grad ({count} time(s)), so training was not affected."
     return make_finding(
         PHASE_IDS[event.phase], message, severity=Severity.WARNING if event.no_grad else None,
-        fix=phase_fix(event, diverged=diverged), location=location(event), details=event.to_dict(),
+        fix=phase_fix(event, cause=cause), location=location(event), details=event.to_dict(),
     )
 
 
-def phase_fix(event: NonFinite, *, diverged: bool) -> str:
+def phase_fix(event: NonFinite, *, cause: str | None = None) -> str:
     """The fix for the op actually seen ("" = the registry's); never advice the code already follows.
 
     The registry's loss fix says "use F.cross_entropy instead of log(softmax)": right after ``aten.log``,
     wrong after the fused losses themselves, and beside the point when the run diverged.
     """
-    if diverged:
+    if cause == "divergence":
         return ("A symptom of the divergence reported first: lower the learning rate or clip gradients; "
+                f"{event.op or 'the op'} itself is not at fault.")
+    if cause is not None:
+        return (f"A symptom of the too-large update reported first ({cause}): lower the learning rate; "
                 f"{event.op or 'the op'} itself is not at fault.")
     if event.phase != "loss" or event.op is None or _short(event.op) in _LOG_OPS:
         return ""
@@ -171,6 +183,51 @@ def check_divergence(facts: HuntFacts) -> Finding | None:
     details = {"trajectory": {n: [{"step": s, "value": v} for s, v in r] for n, r in grown.items()},
                "first_nonfinite_step": facts.first.step}
     return make_finding("divergence", message, details=details)
+
+
+def check_update(facts: HuntFacts) -> Finding | None:
+    """An optimizer step right before the first NaN/inf moved the weights by more than their own norm.
+
+    Not for a batch that already held NaN (the data's fault whatever the lr), nor at step 0 (no update yet).
+    """
+    first = facts.first
+    assert first is not None
+    huge = [u for u in facts.updates if u.step < first.step and u.ratio >= HUGE_UPDATE]
+    if first.phase == "input" or not huge:
+        return None
+    jump = max(huge, key=lambda u: u.ratio)
+    what = "NaN" if first.kind == "nan" else "inf"
+    lr = f", lr {jump.lr:.3g}" if jump.lr is not None else ""
+    group = f" (param group {jump.param_group}{lr})" if jump.param_group is not None else ""
+    largest = (f"; '{jump.param}' moved {jump.param_ratio:.3g}x its own norm" if jump.param is not None
+               and jump.param_ratio is not None else "")
+    message = (f"{jump.optimizer}.step() at step {jump.step}{group} changed the weights by {jump.ratio:.3g}x "
+               f"their own norm (‖Δw‖/‖w‖){largest}, and the first {what} followed at step {first.step}: the "
+               "learning rate is far too large for this model, the op named below only overflowed first.")
+    details = {**jump.to_dict(), "threshold": HUGE_UPDATE, "first_nonfinite_step": first.step,
+               "updates": [u.to_dict() for u in facts.updates if u.step < first.step]}
+    fix = update_fix(jump, clipped=facts.grad_norm_source == "clip_grad_norm_")
+    return make_finding("update-explosion", message, fix=fix, details=details)
+
+
+def update_fix(jump: UpdateJump, *, clipped: bool = False) -> str:
+    """Adam-like optimizers move each weight by about lr whatever the gradient: clipping cannot bound that.
+
+    Never advice the code already follows: a run that clips (``clip_grad_norm_`` was called) is told so.
+    """
+    lr = f" from {jump.lr:.3g}" if jump.lr is not None else ""
+    if clipped:
+        return (f"Lower the learning rate{lr} (10x-100x down first) or warm it up from a small value: the "
+                "gradients are already clipped (clip_grad_norm_), and the clipped update is still this large.")
+    if "adam" in jump.optimizer.lower() or jump.optimizer in _SIGN_LIKE:
+        return (f"Lower the learning rate{lr} (10x-100x down first) or warm it up from a small value: "
+                f"{jump.optimizer} moves each weight by about lr whatever the gradient, so clipping gradients "
+                "does not bound this update.")
+    return (f"Lower the learning rate{lr} (10x-100x down first), add warm-up, or clip gradients "
+            "(torch.nn.utils.clip_grad_norm_).")
+
+
+_SIGN_LIKE = frozenset({"RMSprop", "Adagrad", "Adadelta", "Adafactor", "Rprop", "Lion", "Muon"})
 
 
 def geometric_run(points: Sequence[Point], until: int) -> list[Point] | None:

@@ -11,6 +11,7 @@ from torchdoctor.nan.counting import BACKWARD
 from torchdoctor.nan.patches import Patches
 from torchdoctor.nan.records import HuntStopped, NonFinite
 from torchdoctor.nan.tensors import INF, NAN
+from torchdoctor.nan.updates import UpdateJump
 from torchdoctor.nan.watch import Watcher
 from torchdoctor.report import Finding, Report, Section, json_float
 
@@ -130,7 +131,18 @@ def collect_facts(watcher: Watcher) -> HuntFacts:
         no_grad_first=watcher.no_grad_first,
         no_grad_count=watcher.no_grad_count,
         models=[f"{type(m).__module__}.{type(m).__qualname__}" for m in watcher.roots.values()],
+        updates=_updates(watcher),
     )
+
+
+def _updates(watcher: Watcher) -> list[UpdateJump]:
+    """The optimizer updates before the first non-finite value, read back now (the only read of them)."""
+    if watcher.first is None:
+        return []
+    try:
+        return watcher.updates.jumps(watcher.first.step, watcher.locator.param_names())
+    except Exception:  # noqa: BLE001 - a parameter gone with its device: the NaN is still reported, just not this
+        return []
 
 
 def result_dict(facts: HuntFacts, check_inf: bool, max_steps: int | None) -> dict[str, Any]:
@@ -160,6 +172,8 @@ def headline(facts: HuntFacts, findings: Sequence[Finding] = ()) -> str:
         what = "NaN" if first.kind == NAN else "inf"
         where = ", ".join(part for part in (first.op, f"module '{first.module}'" if first.module else None) if part)
         seen = f"first {what} at step {first.step}, in the {first.phase}" + (f" ({where})" if where else "")
+        if "update-explosion" in by_id:
+            return "an optimizer step threw the weights far away; " + seen
         return ("the run diverged; " + seen) if "divergence" in by_id else seen
     if failed is not None:
         return (f"the script failed with {failed.details.get('exc_type', 'an error')} after {step_count(facts)}, "

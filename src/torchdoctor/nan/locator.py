@@ -139,7 +139,7 @@ class Locator:
     def backward(self, optimizer: Any, bad: list[Any]) -> NonFinite:
         """Replay this step's training forwards and backwards; the first node that made the grads non-finite."""
         watcher = self.watcher
-        names = self._param_names()
+        names = self.param_names()
         bad_ids = {id(p) for p in bad}
         if watcher.window.backward_first is not None:  # the loss's own backward ran first and made it
             producer, node = watcher.window.backward_first
@@ -165,7 +165,7 @@ class Locator:
     def optimizer(self, optimizer: Any, bad: list[Any], step: int) -> NonFinite:
         """A weight turned non-finite in ``optimizer.step()``, or (``optimizer`` None) in a hand-written update."""
         kind = worst_kind(bad, self.watcher.kinds) or NAN
-        name = self._param_name(bad[0], optimizer, self._param_names())
+        name = self._param_name(bad[0], optimizer, self.param_names())
         if optimizer is None:  # found before the next model call: the update's own line is not on the stack
             op, source = HAND_UPDATE, None
         else:
@@ -189,7 +189,8 @@ class Locator:
         model = self.watcher.model
         return ([model] if model is not None else []) + list(self.watcher.roots.values())
 
-    def _param_names(self) -> dict[int, str]:
+    def param_names(self) -> dict[int, str]:
+        """id(parameter) -> its name in the first model holding it (every model a root call was found in)."""
         names: dict[int, str] = {}
         for root in self.watcher.containers():
             for name, param in root.named_parameters():

@@ -20,6 +20,7 @@ from torchdoctor.nan.locator import Locator
 from torchdoctor.nan.records import HuntStopped, NonFinite, RootCall
 from torchdoctor.nan.replay import rng_state
 from torchdoctor.nan.tensors import INF, NAN, checkable, leaves, output_sum, total_norm, worst_kind
+from torchdoctor.nan.updates import UpdateLog
 from torchdoctor.nan.window import LossWindow
 
 TRAJECTORY = 64  # steps of loss / grad norm kept for the divergence judgement and the report
@@ -48,6 +49,7 @@ class Watcher:
         self.clipped_from: Any = None  # this step's norm before clip_grad_norm_ (its own return value)
         self.clip_seen = False  # some recorded norm is clip_grad_norm_'s (result.grad_norm_source)
         self.amp = AmpCount()
+        self.updates = UpdateLog()  # ‖Δw‖/‖w‖ of the last steps: a too-large lr before a NaN
         self.roots: dict[int, Any] = {}
         self.placed: dict[int, tuple[Any, str]] = {}  # id(root) -> (outermost module holding it, its path there)
         self.batches = BatchLog()
@@ -244,6 +246,7 @@ class Watcher:
         self.window.close()
         if self.stopped:
             return None
+        self.updates.before_step(optimizer, self.steps)
         closure = closure_of(args, kwargs)
         if callable(closure):  # Lightning, LBFGS: forward and backward run inside step(); judge after them
             return with_closure(args, kwargs, self._checking_closure(optimizer, closure))
@@ -306,6 +309,7 @@ class Watcher:
         self.steps += 1
         self.optimizer_steps.setdefault(id(optimizer), [type(optimizer).__name__, 0])[1] += 1
         self.end_step()
+        self.updates.after_step(optimizer)
         params = _params_with_grads(optimizer)
         if not math.isfinite(total_norm(params)):
             bad = [p for p in params if worst_kind([p], self.kinds)]
@@ -351,6 +355,7 @@ class Watcher:
             (name, count) for name, count in self.optimizer_steps.values()))
         self.bad_steps.add(event.step)
         self.window.forget()
+        self.updates.stop()
         if not self.keep_going:
             self.stop("first-nonfinite")
 
@@ -372,6 +377,7 @@ class Watcher:
         self.losses.clear()
         self.first_losses.clear()
         self.batches = BatchLog()
+        self.updates = UpdateLog()
 
     # --- localisation: done by the Locator, only when something went wrong -----------------------
 
