@@ -67,7 +67,7 @@ def test_divergence_comes_first_and_the_phase_fix_says_it_is_a_symptom():
     ("aten.div", "Guard aten.div", "F.cross_entropy"),
 ])
 def test_the_loss_fix_follows_the_op_seen(op, says, never):
-    fix = phase_fix(NonFinite("nan", "loss", 0, op=op), diverged=False)
+    fix = phase_fix(NonFinite("nan", "loss", 0, op=op), cause=None)
     finding = check_hunt(HuntFacts(first=NonFinite("nan", "loss", 0, op=op), steps=0))[0]
     assert says in finding.fix and (never is None or never not in finding.fix)
     assert fix in ("", finding.fix)
