@@ -193,7 +193,7 @@ def _failure_finding(exc: BaseException, script_dir: Path) -> Finding:
     where = _frame_location(frames[-1]) if frames else None
     headline = _headline(exc)
     condition = _failed_assert(exc, frames)
-    if condition is not None:  # the user's own check: its condition is the cause (a bare assert has no message)
+    if condition is not None and not headline.startswith("assert "):  # pytest's rewritten asserts say it already
         headline = f"{headline} (assert {condition} failed)" if headline else f"assert {condition} failed"
     from torchdoctor.explain.rules import match_exception  # one knowledge base for every command
 
