@@ -11,21 +11,44 @@ from typing import Any
 
 
 def example_inputs(model: Any, input_shapes: Sequence[Sequence[int]] | None) -> tuple[Any, ...] | None:
-    """Inputs for one step: the given shapes, or a guess from the first layer (conv, linear, embedding)."""
+    """Inputs for one step: the given shapes, or a guess from the first layer (conv, linear, embedding).
+
+    Given shapes follow the guess's dtype: a model that starts with an embedding gets token ids below its
+    ``num_embeddings`` as its first input (random floats would fail its lookup), the other inputs floats.
+    """
     import torch
 
     generator = torch.Generator().manual_seed(0)
     if input_shapes:
-        return tuple(torch.randn(tuple(shape), generator=generator) for shape in input_shapes)
-    for module in model.modules():
-        if isinstance(module, torch.nn.Embedding):
-            return (torch.randint(0, module.num_embeddings, (2, 16), generator=generator),)
-        if isinstance(module, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
-            spatial = (32,) * (module.weight.dim() - 2)
-            return (torch.randn((2, module.in_channels, *spatial), generator=generator),)
-        if isinstance(module, torch.nn.Linear):
-            return (torch.randn((2, module.in_features), generator=generator),)
+        vocabulary = token_vocabulary(model)
+        return tuple(torch.randint(0, vocabulary, tuple(shape), generator=generator)
+                     if index == 0 and vocabulary is not None else torch.randn(tuple(shape), generator=generator)
+                     for index, shape in enumerate(input_shapes))
+    first = _first_layer(model)
+    if isinstance(first, torch.nn.Embedding):
+        return (torch.randint(0, first.num_embeddings, (2, 16), generator=generator),)
+    if isinstance(first, (torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)):
+        spatial = (32,) * (first.weight.dim() - 2)
+        return (torch.randn((2, first.in_channels, *spatial), generator=generator),)
+    if isinstance(first, torch.nn.Linear):
+        return (torch.randn((2, first.in_features), generator=generator),)
     return None
+
+
+def token_vocabulary(model: Any) -> int | None:
+    """The first layer's ``num_embeddings`` when it is an embedding (the model takes token ids), else None."""
+    import torch
+
+    first = _first_layer(model)
+    return first.num_embeddings if isinstance(first, torch.nn.Embedding) else None
+
+
+def _first_layer(model: Any) -> Any:
+    """The first conv, linear or embedding in ``model.modules()`` order: what decides the input's kind."""
+    import torch
+
+    kinds = (torch.nn.Embedding, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    return next((module for module in model.modules() if isinstance(module, kinds)), None)
 
 
 def surrogate_loss(output: Any, _targets: Any) -> Any:

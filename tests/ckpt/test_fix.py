@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from fixtures import ckpt_builders as builders
-from fixtures.models import TinyClassifier, TinyConvNet
+from fixtures.models import TiedLM, TinyClassifier, TinyConvNet
 from torch import nn
 
 from torchdoctor.ckpt.fix import VerificationFailed, WriteFailed, fix_checkpoint
@@ -106,6 +106,15 @@ def test_lightning_keys_renamed_to_the_model_and_a_step_trains(tmp_path):
     TinyClassifier().load_state_dict(weights, strict=True)
     model_check = report.result["verified"]["model"]
     assert model_check["load_state_dict"] == "strict=True" and model_check["training_step"]["ok"]
+
+
+def test_an_explicit_input_shape_feeds_a_language_model_token_ids(tmp_path):
+    # nn.Embedding first: --input-shape 3,5 is (batch, sequence) of token ids, as the guess without it is
+    source = tmp_path / "lm.pt"
+    torch.save({f"module.{key}": value for key, value in TiedLM().state_dict().items()}, source)
+    report = fix(source, model=TiedLM(), input_shapes=[(3, 5)], output=tmp_path / "out.pt")
+    step = report.result["verified"]["model"]["training_step"]
+    assert step["ok"] and step["input_shapes"] == [[3, 5]]
 
 
 @pytest.mark.parametrize("to", ["zip", "legacy", "safetensors"])

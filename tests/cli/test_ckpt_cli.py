@@ -2,7 +2,9 @@
 
 import json
 
+import torch
 from fixtures import ckpt_builders as build
+from fixtures.models import TiedLM
 from tests.conftest import run_torchdoctor
 
 
@@ -28,6 +30,15 @@ def test_inspect_with_a_model_spec(cli, tmp_path, repo_root):
     result = cli("ckpt", "inspect", str(build.dataparallel_state_dict(tmp_path)), "--model", spec, "--json")
     report = json.loads(result.stdout)
     assert report["result"]["model"]["training_step"]["ok"] is True
+
+
+def test_inspect_a_language_model_with_an_input_shape(cli, tmp_path, repo_root):
+    source = tmp_path / "lm.pt"
+    torch.save(TiedLM().state_dict(), source)  # Embedding first: --input-shape 3,5 is token ids
+    spec = f"{repo_root / 'fixtures' / 'models.py'}:TiedLM"
+    result = cli("ckpt", "inspect", str(source), "--model", spec, "--input-shape", "3,5", "--json")
+    step = json.loads(result.stdout)["result"]["model"]["training_step"]
+    assert step["ok"] is True and step["input_shapes"] == [[3, 5]], step
 
 
 def test_bad_inputs_exit_2_with_one_line(tmp_path):

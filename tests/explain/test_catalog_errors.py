@@ -249,8 +249,10 @@ def test_an_extension_built_against_another_torch(tmp_path):
     finding = explain_exception(exc)
     assert finding.id == "extension-abi-mismatch" and f"{name}.so was built against another torch" in finding.message
     logged = "".join(f"[rank0]: {line}\n" for line in text.splitlines())
-    for pasted in (text, logged):  # not reflowed: a continuation line "symbol: ..." reads as a tool's line
-        assert explain_text(pasted, "stdin").result["matched"] == ["extension-abi-mismatch"]
+    reflowed = mangle(text)  # "...so: undefined" / "symbol: _ZN...": the wrap leaves "symbol: " opening a line
+    assert "\n[rank0]: symbol: _ZN2at6detail" in reflowed
+    for pasted in (text, logged, reflowed):
+        assert explain_text(pasted, "stdin").result["matched"] == ["extension-abi-mismatch"], pasted
 
 
 def test_an_undefined_symbol_outside_torch_stays_unknown(tmp_path):

@@ -100,6 +100,28 @@ def test_reflowed_message_curly_quotes_and_rank_prefixes():
     assert explain_text(text, "stdin").result["matched"] == ["numpy-requires-grad"]
 
 
+def test_a_reflow_that_opens_a_line_with_word_colon_keeps_the_message(tmp_path):
+    # torch's own message has "word: " pairs ("WeightsUnpickler error: Unsupported global: GLOBAL numpy...")
+    path = tmp_path / "arrays.pt"
+    torch.save({"a": np.zeros(3)}, path)
+    text = formatted(lambda: torch.load(path, weights_only=True))
+    for word in ("error: Unsupported", "global: GLOBAL"):
+        assert word in text
+        reflowed = text.replace(f" {word}", f"\n{word}", 1)  # the line now opens with "error: " / "global: "
+        report = explain_text(reflowed, "stdin")
+        assert report.result["matched"] == ["weights-only-numpy"], reflowed
+        assert "GLOBAL numpy" in report.result["errors_found"][0]["message"]
+
+
+def test_a_tool_line_still_ends_a_message_that_has_no_full_stop():
+    text = formatted(lambda: torch.nn.Linear(3, 2)(torch.zeros(1, 3, dtype=torch.uint8)))
+    assert not text.rstrip().endswith((".", ")"))  # "...but got Byte and Float": a tool line could continue it
+    log = text + "wandb: Waiting for W&B process to finish... (failed 1).\nwandb: Find logs at: wandb/run-1/logs\n"
+    report = explain_text(log, "train.log")
+    assert report.result["matched"] == ["uint8-input"]
+    assert "wandb" not in report.result["errors_found"][0]["message"]
+
+
 def test_cuda_assert_line_outside_the_traceback_is_found():
     # Recorded (CUDA only): the kernel's assert goes to stderr before the Python traceback
     # (aten/src/ATen/native/cuda/Loss.cu); the exception itself only says "device-side assert triggered".

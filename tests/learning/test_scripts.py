@@ -143,3 +143,13 @@ def test_a_loop_calling_the_models_parts_names_layers_by_their_path_in_the_model
 def test_a_loss_input_finding_names_the_class_of_a_module_known_only_by_its_index():
     (finding,) = [f for f in watch_script("double_softmax.py").findings if f.id == "double-softmax"]
     assert finding.location == "3" and "It comes out of '3' (Softmax)." in finding.message
+
+
+def test_a_crash_on_the_users_assert_names_its_condition(monkeypatch):
+    # nanoGPT's block_size check, bare: watch reports the crash as nan-hunt does, the condition included
+    scripts = SCRIPTS.parent / "nan_scripts"
+    monkeypatch.chdir(scripts)
+    report = run_watch_script("block_size_assert.py", ["--bare"])
+    (failed,) = [f for f in report.findings if f.id == "script-failed"]
+    assert failed.message.startswith("AssertionError: assert t <= self.block_size failed at block_size_assert.py:")
+    assert report.result["script_failed"] is True and report.exit_code() == 1

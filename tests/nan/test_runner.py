@@ -131,6 +131,28 @@ def test_shape_error_is_a_script_failure_at_the_users_line(in_scripts_dir, capsy
     assert report.result["script"]["ended"] == "failed" and report.exit_code() == 1
 
 
+@pytest.mark.parametrize(("args", "marker", "headline"), [
+    ((), "# <-- assert", "AssertionError: Cannot forward sequence of length 65, block size is only 64 "
+                         "(assert t <= self.block_size failed)"),
+    (("--bare",), "# <-- bare assert", "AssertionError: assert t <= self.block_size failed"),
+])
+def test_a_users_assert_names_its_condition_message_and_line(args, marker, headline, in_scripts_dir, capsys):
+    # nanoGPT's block_size check: explain knows no cause for it, the user's own line is the cause
+    report = run_script("block_size_assert.py", list(args))
+    (finding,) = report.findings
+    line = marker_line(SCRIPTS / "block_size_assert.py", marker)
+    assert finding.id == "script-failed" and finding.location == f"block_size_assert.py:{line}"
+    assert finding.message == f"{headline} at block_size_assert.py:{line}"
+    assert finding.details["assertion"] == "t <= self.block_size" and "explained_by" not in finding.details
+
+
+def test_an_assert_raised_inside_a_library_is_not_the_users(tmp_path, monkeypatch, capsys):
+    (tmp_path / "train.py").write_text("import unittest\n\nunittest.TestCase().assertEqual(1, 2)\n")
+    monkeypatch.chdir(tmp_path)
+    (finding,) = run_script("train.py").findings
+    assert finding.message == "AssertionError: 1 != 2 at train.py:3" and "assertion" not in finding.details
+
+
 def test_nonzero_exit_code_is_a_finding(in_scripts_dir, capsys):
     report = run_script("exits_3.py")
     (finding,) = report.findings

@@ -40,7 +40,7 @@ def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: A
     first layer like ``ckpt inspect`` makes; ``UsageError`` (exit 2) when neither is possible."""
     import torch
 
-    from torchdoctor.examples import example_inputs
+    from torchdoctor.examples import example_inputs, token_vocabulary
 
     guess = example_inputs(model, None)
     if not shapes:
@@ -49,13 +49,12 @@ def build_inputs(model: Any, shapes: Sequence[Sequence[int]] | None, *, dtype: A
                              "convolution, linear or embedding layer", hint=_NO_SHAPE_HINT)
         # A guess is batch 1: the smallest call, and a count per sample is what a user compares.
         return tuple(_convert(tensor[:1], dtype, device) for tensor in guess)
-    embedding = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
-    ids = guess is not None and not guess[0].is_floating_point() and embedding is not None
+    vocabulary = token_vocabulary(model)  # the same choice as ckpt's training step makes for given shapes
     generator = torch.Generator().manual_seed(0)
     tensors = []
     for index, shape in enumerate(shapes):
-        if index == 0 and ids:
-            tensors.append(_token_ids(torch, tuple(shape), embedding.num_embeddings, device, generator))
+        if index == 0 and vocabulary is not None:
+            tensors.append(_token_ids(torch, tuple(shape), vocabulary, device, generator))
         elif device == "meta":
             tensors.append(torch.empty(tuple(shape), dtype=dtype or torch.float32, device="meta"))
         else:

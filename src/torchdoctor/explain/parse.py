@@ -30,7 +30,9 @@ _EXCEPTION_LINE = re.compile(r"^(?P<type>(?:[A-Za-z_]\w*\.)*[A-Za-z_]\w*(?:Error
                              r"(?::\s?(?P<message>.*))?$")
 _WORKER_WRAPPER = re.compile(r"^Caught \w+ in DataLoader worker process \d+")
 _PROGRESS = re.compile(r"\d+%\|")
-_TOOL_LINE = re.compile(r"^[a-z][\w-]*: ")  # "wandb: ...", "warnings: ..." after a traceback
+_TOOL_LINE = re.compile(r"^(?P<prefix>[a-z][\w-]*: )")  # "wandb: ...", "warnings: ..." after a traceback
+# a line ending so is a finished sentence (or a tool's line): a "word: " line after it is a new line's prefix
+_SENTENCE_END = (".", "!", "?", ")", "]", ":")
 _FRAME = re.compile(r'^\s*File ["\u201c\u201d]')  # curly after copy-paste too
 _SOURCELESS_FRAME = re.compile(r'^\s*File ["\u201c\u201d]<[^>]*>["\u201c\u201d]')
 _STOP = ("Traceback (most recent call last):", "Original Traceback (most recent call last):",
@@ -126,11 +128,26 @@ def _message_end(lines: list[str], prefixed: list[bool], start: int) -> int:
     while end < len(lines) and end - start < MAX_MESSAGE_LINES:
         line = lines[end].strip()
         if (not line or line.startswith(_STOP) or _FRAME.match(line) or _PROGRESS.search(line)
-                or set(line) <= set("^~ ") or prefixed[end] != prefixed[start] or _TOOL_LINE.match(line)
+                or set(line) <= set("^~ ") or prefixed[end] != prefixed[start]
+                or _is_tool_line(lines, end)
                 or _exception_at(lines, end) is not None):
             break
         end += 1
     return end
+
+
+def _is_tool_line(lines: list[str], index: int) -> bool:
+    """A ``wandb: ...`` line from another tool, not a message reflowed where a word met its ``: ``.
+
+    A reflow breaks mid-sentence ("...: undefined" / "symbol: _ZN..."); a tool's line comes after a finished
+    one, or in a run of lines sharing its prefix (wandb prints several).
+    """
+    match = _TOOL_LINE.match(lines[index].strip())
+    if match is None:
+        return False
+    after_finished = lines[index - 1].rstrip().endswith(_SENTENCE_END)
+    in_a_run = index + 1 < len(lines) and lines[index + 1].strip().startswith(match["prefix"])
+    return after_finished or in_a_run
 
 
 def _known_bare_lines(lines: list[str], used: set[int]) -> list[ParsedError]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import enum
+import linecache
 import os
 import sys
 import sysconfig
@@ -191,6 +192,9 @@ def _failure_finding(exc: BaseException, script_dir: Path) -> Finding:
     frames = _user_frames(exc, script_dir)
     where = _frame_location(frames[-1]) if frames else None
     headline = _headline(exc)
+    condition = _failed_assert(exc, frames)
+    if condition is not None and not headline.startswith("assert "):  # pytest's rewritten asserts say it already
+        headline = f"{headline} (assert {condition} failed)" if headline else f"assert {condition} failed"
     from torchdoctor.explain.rules import match_exception  # one knowledge base for every command
 
     explained = match_exception(exc, model_errors=True)
@@ -204,6 +208,8 @@ def _failure_finding(exc: BaseException, script_dir: Path) -> Finding:
     }
     if explained is not None:
         details["explained_by"] = explained.id
+    if condition is not None:
+        details["assertion"] = condition
     return make_finding("script-failed", message, location=where, details=details)
 
 
@@ -245,6 +251,27 @@ def _exit_status(exc: SystemExit) -> int:
 
 def _headline(exc: BaseException) -> str:
     return next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+
+
+def _failed_assert(exc: BaseException, frames: list[traceback.FrameSummary]) -> str | None:
+    """The condition of the user's ``assert`` statement that raised ``exc`` (``t <= self.block_size``).
+
+    None unless ``exc`` is an AssertionError raised in the user's last frame, on a line starting ``assert``
+    (an assert inside torch is torch's, not the user's check). Python 3.11+ marks the failed condition's
+    columns; older ones give the whole line.
+    """
+    raised = traceback.extract_tb(exc.__traceback__)[-1:] if isinstance(exc, AssertionError) else []
+    if not raised or not frames or not (frames[-1].line or "").startswith("assert"):
+        return None
+    frame = frames[-1]
+    if (raised[0].filename, raised[0].lineno) != (frame.filename, frame.lineno):
+        return None
+    columns = (getattr(frame, "colno", None), getattr(frame, "end_colno", None))
+    if getattr(frame, "end_lineno", None) != frame.lineno or None in columns:
+        return frame.line.removeprefix("assert").strip()
+    source = linecache.getline(frame.filename, frame.lineno).encode()  # the columns count UTF-8 bytes
+    condition = source[columns[0]:columns[1]].decode(errors="replace").strip()
+    return condition or frame.line.removeprefix("assert").strip()
 
 
 def _script_facts(script: str, args: Sequence[str], outcome: ScriptOutcome) -> dict[str, Any]:
