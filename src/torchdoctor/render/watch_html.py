@@ -224,15 +224,12 @@ def _curves_section(series: Mapping[str, Any], result: Mapping[str, Any]) -> str
 
 
 def rank_lines(result: Mapping[str, Any]) -> list[Line]:
-    """Each reporting rank's loss curve (``result.ranks`` of a report merged under torchrun), lowest rank first."""
+    """Each reporting rank's loss curve (``result.ranks`` of a report merged under torchrun), in its order: the
+    merge lists rank 0 first, and the first reporting rank is the one whose series the report keeps."""
     listed = result.get("ranks")
     ranks = [mapping(rank) for rank in (listed if isinstance(listed, list) else ())]
-    reported = sorted((rank for rank in ranks if rank.get("reported")), key=lambda rank: _rank_key(rank.get("rank")))
-    return [Line(f"rank {rank.get('rank')}", steps_of(rank), numbers(rank.get("loss"))) for rank in reported]
-
-
-def _rank_key(rank: Any) -> tuple[int, str]:
-    return (rank, "") if isinstance(rank, int) else (1 << 62, str(rank))  # a hand-edited rank sorts last
+    return [Line(f"rank {rank.get('rank')}", steps_of(rank), numbers(rank.get("loss")))
+            for rank in ranks if rank.get("reported")]
 
 
 def _series_rank(result: Mapping[str, Any]) -> str:

@@ -59,9 +59,8 @@ def _whose(result: Mapping[str, Any]) -> tuple[str, str]:
     reported = [rank.get("rank") for rank in ranks if rank.get("reported")]
     if len(reported) < 2:
         return "loss", ""
-    first = min(reported, key=lambda rank: (0, rank, "") if isinstance(rank, int) else (1, 0, str(rank)))
-    shown = _CONTROL.sub("?", str(first))
-    return f"rank {shown} loss", f" · rank {shown} of {len(ranks)}; every rank's loss: result.ranks[].loss"
+    shown = _CONTROL.sub("?", str(reported[0]))  # the merge lists rank 0 first; its series are the report's
+    return f"rank {shown} loss", f" · rank {shown} of {len(ranks)} (each rank's: result.ranks[].loss)"
 
 
 def _columns(length: int, width: int) -> list[range]:
