@@ -23,8 +23,9 @@ __all__ = ["merge_watch_reports"]
 _RUN_SECTION = "run"
 _FAILED = "script-failed"
 # what a collective raises when the rank at the other end went away: gloo's socket errors, NCCL's watchdog,
-# the rendezvous store; ``DistBackendError:`` last, as the vaguest (it also names a peer's own NCCL bug)
-_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "remote process exited",
+# the rendezvous store; ``DistBackendError:`` last, as the vaguest (it also names a peer's own NCCL bug). Not
+# "Broken pipe": a script writing to a closed pipe of its own says that too.
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "remote process exited",
               "DistNetworkError:", "DistBackendError:")
 
 
