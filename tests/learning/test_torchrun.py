@@ -9,10 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
+from tests.learning.rank_reports import watched
 from torch import nn
 
-import torchdoctor
 from torchdoctor.learning.ranks import merge_watch_reports
 from torchdoctor.nan.ranks import rank_context
 from torchdoctor.render.human import render_human
@@ -62,24 +61,6 @@ def test_labels_broken_on_rank_1_are_named_with_that_rank(validate_report):
 
 
 # --- merging real single-process reports --------------------------------------------------------------------
-
-
-def watched(labels_follow_inputs: bool, model: nn.Module | None = None, *, under_ddp: bool = True) -> dict:
-    """One rank's report dict: a real watch of a small loop, its labels learnable or drawn apart from the inputs."""
-    torch.manual_seed(0)
-    model = model or nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    with torchdoctor.watch(every=5) as w:
-        for _ in range(30):
-            x = torch.randn(64, 8)
-            y = (x[:, 0] > 0).long() + (x[:, 1] > 0.5).long() if labels_follow_inputs else torch.randint(0, 3, (64,))
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    report = w.report.to_dict()
-    if under_ddp:  # what run_watch_script(distributed=True) adds: the DDP models this rank trained
-        report["result"]["ddp"] = {"models": ["torch.nn.modules.container.Sequential"]}
-    return report
 
 
 @pytest.fixture(scope="module")

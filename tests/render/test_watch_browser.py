@@ -41,6 +41,21 @@ def test_the_page_loads_without_errors_and_draws_every_heat_cell(tmp_path):
     assert loaded.dom.count("<script>") == 2  # the page's own, and the pointer above
 
 
+def test_a_page_merged_from_several_ranks_loads_without_errors_and_draws_each_ranks_loss(tmp_path):
+    from tests.learning.rank_reports import watched
+
+    from torchdoctor.learning.ranks import merge_watch_reports
+
+    merged = merge_watch_reports({0: watched(True), 1: watched(False)}).to_dict()
+    page = tmp_path / "ranks.html"
+    page.write_text(render_watch_html(merged), encoding="utf-8")
+    loaded = load(page, tmp_path / "profile")
+    assert attribute(loaded.dom, "data-ready") == "1" and attribute(loaded.dom, "data-errors") is None
+    assert loaded.console == []
+    chart = re.search(r'<svg class="chart loss".*?</svg>', loaded.dom).group(0)
+    assert len(re.findall(r"<polyline", chart)) == 2 and ">rank 0</text>" in chart and ">rank 1</text>" in chart
+
+
 def test_a_broken_page_is_caught_so_the_check_above_can_fail(tmp_path):
     """The same load on the page plus a script error and a network fetch: both must show up."""
     html = render_watch_html(watch_report_dict(layers=2, steps=3))

@@ -21,19 +21,27 @@ __all__ = ["merge_watch_reports"]
 # ids whose message says the same thing on every rank where they occur (a NaN, the script's ending): merged
 # by their text, as nan-hunt merges them; watch's own findings carry each rank's numbers: merged by location
 _RUN_SECTION = "run"
+_FAILED = "script-failed"
+# what a collective raises when the rank at the other end went away: gloo's socket errors, NCCL's watchdog,
+# the rendezvous store; ``DistBackendError:`` last, as the vaguest (it also names a peer's own NCCL bug). Not
+# "Broken pipe": a script writing to a closed pipe of its own says that too.
+_LOST_PEER = ("Connection closed by peer", "Connection reset by peer", "remote process exited",
+              "DistNetworkError:", "DistBackendError:")
 
 
 def merge_watch_reports(reports: Mapping[int, Mapping[str, Any] | None]) -> Report:
     """One watch report from every rank's report dict (rank -> dict, None where a rank's file never came)."""
     present = {rank: reports[rank] for rank in sorted(reports) if reports[rank] is not None}
     under_ddp = any((report["result"].get("ddp") or {}).get("models") for report in present.values())
-    findings = by_rank([f for rank, report in present.items() for f in rank_findings(rank, report)],
-                       list(present), under_ddp=under_ddp)
+    findings = fold_knock_ons(by_rank([f for rank, report in present.items() for f in rank_findings(rank, report)],
+                                      list(present), under_ddp=under_ddp))
     findings += check_ranks(reports, command=COMMAND)
     result = dict(present[min(present)]["result"]) if present else {}  # the series and script facts: rank 0's
     result["ranks"] = [rank_summary(rank, reports[rank]) for rank in sorted(reports)]
     result["world_size"] = len(reports)
     result["first_nonfinite"] = earliest_nonfinite(present)
+    result["knock_on_ranks"] = next((f.details["knock_on_ranks"] for f in findings if "knock_on_ranks" in f.details),
+                                    [])
     return Report(COMMAND, tuple(findings), result, merged_sections(tuple(findings), result))
 
 
@@ -60,6 +68,37 @@ def _labelled(group: list[Finding], ranks: Sequence[int], *, under_ddp: bool) ->
         message += (f" DDP keeps the weights the same on every rank and {_ranks(quiet)} did not show this, so the "
                     f"data (or the code path) of {_ranks(seen)} differ from the others'.")
     return replace(first, message=message, details=details)
+
+
+def fold_knock_ons(findings: Sequence[Finding]) -> list[Finding]:
+    """A rank whose script failed only because another rank's crashed (a collective lost its peer) is named inside
+    the crash's finding, as its consequence, instead of as a second error of its own."""
+    failures = [f for f in findings if f.id == _FAILED]
+    causes = [f for f in failures if not lost_peer(f)]
+    echoes = [f for f in failures if lost_peer(f)]
+    if not causes or not echoes:
+        return list(findings)
+    cause, echo_ranks = causes[0], [rank for echo in echoes for rank in echo.details["ranks"]]
+    said = ", ".join(sorted({_peer_error(echo) for echo in echoes}))
+    their = "its" if len(echo_ranks) == 1 else "their"
+    message = (f"{cause.message.rstrip('.')}. {_ranks(echo_ranks).capitalize()} then failed as a knock-on of this "
+               f"crash: {their} collectives lost their peer ({said}).")
+    knock_ons = [{"rank": rank, "exc_type": echo.details.get("exc_type"), "message": echo.details.get("message"),
+                  "location": echo.location} for echo in echoes for rank in echo.details["ranks"]]
+    folded = replace(cause, message=message,
+                     details={**cause.details, "knock_on_ranks": echo_ranks, "knock_ons": knock_ons})
+    return [folded if f is cause else f for f in findings if not any(f is echo for echo in echoes)]
+
+
+def lost_peer(finding: Finding) -> bool:
+    """A ``script-failed`` that says a collective lost its peer (gloo's, NCCL's or the store's words for it)."""
+    text = f"{finding.details.get('exc_type', '')}: {finding.details.get('message', finding.message)}"
+    return any(marker in text for marker in _LOST_PEER)
+
+
+def _peer_error(finding: Finding) -> str:
+    text = f"{finding.details.get('exc_type', '')}: {finding.details.get('message', '')}"
+    return f"{finding.details.get('exc_type', 'error')}: " + next(m for m in _LOST_PEER if m in text).strip(": ")
 
 
 def _ranks(ranks: Sequence[int]) -> str:
@@ -98,10 +137,13 @@ def merged_sections(findings: tuple[Finding, ...], result: Mapping[str, Any]) ->
 def _run_headline(result: Mapping[str, Any]) -> str:
     ranks = result["ranks"]
     first = result.get("first_nonfinite")
-    failed = [r["rank"] for r in ranks if r.get("script_failed")]
+    knock_ons = set(result.get("knock_on_ranks") or ())
+    failed = [r["rank"] for r in ranks if r.get("script_failed") and r["rank"] not in knock_ons]
     text = (f"rank {first['rank']} hit the first {first['kind']} at step {first['step']} ({first['phase']})"
             if first else f"no non-finite value on any of {len(ranks)} ranks")
-    return text + (f"; the script failed on {_ranks(failed)}" if failed else "")
+    their = "its" if len(knock_ons) == 1 else "their"
+    echo = f" ({_ranks(sorted(knock_ons))} then lost {their} peer)" if knock_ons and failed else ""
+    return text + (f"; the script failed on {_ranks(failed)}{echo}" if failed else "")
 
 
 def _dynamics_headline(findings: tuple[Finding, ...], result: Mapping[str, Any]) -> str:

@@ -19,7 +19,7 @@ from torchdoctor.render.watch_series import (
     numbers,
     steps_of,
 )
-from torchdoctor.render.watch_svg import Mark, heatmap, line_chart
+from torchdoctor.render.watch_svg import Line, Mark, heatmap, line_chart, lines_chart
 
 # The page may not load anything: the policy makes the browser refuse (and report) any fetch, so a stray link
 # to a CDN or a font fails the browser test instead of quietly working online and breaking offline.
@@ -106,8 +106,9 @@ def render_watch_html(report_dict: Mapping[str, Any]) -> str:
     unseen = _unseen_modules(findings, layers, activations)
     links = _finding_links(findings, layers + unseen, activations)
     body = [_header(report_dict, result, findings), _findings_section(findings, links.anchor_of),
-            _curves_section(series, result), _heatmaps_section(series, layers, _marks(findings, links)),
-            _layers_section(series, layers, unseen, links), _activations_section(series, activations, links),
+            _curves_section(series, result), _heatmaps_section(series, layers, _marks(findings, links), result),
+            _layers_section(series, layers, unseen, links, _of_rank(result)),
+            _activations_section(series, activations, links, _of_rank(result)),
             f'<footer>torchdoctor {escape(str(report_dict.get("version", "")))} · this page is self-contained '
             "and loads nothing from the network.</footer>"]
     title = f"torchdoctor watch · {result.get('script') or 'training run'}"
@@ -208,13 +209,40 @@ def _curves_section(series: Mapping[str, Any], result: Mapping[str, Any]) -> str
     steps = steps_of(series)
     first = result.get("first_nonfinite")
     marker = first.get("step") if isinstance(first, dict) and isinstance(first.get("step"), int) else None
-    parts = ["<h2>Loss</h2>", line_chart(steps, numbers(series.get("loss")), label="loss", css_class="loss",
-                                         marker_step=marker)]
+    ranks = rank_lines(result)
+    if len(ranks) > 1:
+        parts = ["<h2>Loss</h2><p class=\"note\">Every rank's own loss, each on its own data.</p>",
+                 lines_chart(ranks, label="loss", css_class="loss", marker_step=marker)]
+    else:
+        parts = ["<h2>Loss</h2>", line_chart(steps, numbers(series.get("loss")), label="loss", css_class="loss",
+                                             marker_step=marker)]
     learning_rates = numbers(series.get("lr"))
     if any(value is not None for value in learning_rates):
-        parts += ["<h2>Learning rate</h2>",
+        parts += [f"<h2>Learning rate{_of_rank(result)}</h2>",
                   line_chart(steps, learning_rates, label="learning rate", css_class="lr", height=140)]
     return "".join(parts)
+
+
+def rank_lines(result: Mapping[str, Any]) -> list[Line]:
+    """Each reporting rank's loss curve (``result.ranks`` of a report merged under torchrun), in its order: the
+    merge lists rank 0 first, and the first reporting rank is the one whose series the report keeps."""
+    listed = result.get("ranks")
+    ranks = [mapping(rank) for rank in (listed if isinstance(listed, list) else ())]
+    return [Line(f"rank {rank.get('rank')}", steps_of(rank), numbers(rank.get("loss")))
+            for rank in ranks if rank.get("reported")]
+
+
+def _series_rank(result: Mapping[str, Any]) -> str:
+    """``rank 0`` (escaped) where the report merges several ranks: its series, and so every picture but the loss
+    chart, are the lowest rank's alone; "" for a single run."""
+    ranks = rank_lines(result)
+    return escape(ranks[0].name) if len(ranks) > 1 else ""
+
+
+def _of_rank(result: Mapping[str, Any]) -> str:
+    """`` (rank 0)``, for a heading, where the report merges several ranks; "" for a single run."""
+    rank = _series_rank(result)
+    return f" ({rank})" if rank else ""
 
 
 def _marks(findings: Sequence[Mapping[str, Any]], links: _Links) -> list[Mark]:
@@ -229,22 +257,28 @@ def _marks(findings: Sequence[Mapping[str, Any]], links: _Links) -> list[Mark]:
     return marks
 
 
-def _heatmaps_section(series: Mapping[str, Any], layers: list[str], marks: Sequence[Mark]) -> str:
+def _heatmaps_section(series: Mapping[str, Any], layers: list[str], marks: Sequence[Mark],
+                      result: Mapping[str, Any]) -> str:
     steps = steps_of(series)
+    rank = _series_rank(result)
+    # the merged report keeps one rank's per-layer series (under DDP the all-reduced gradients are alike anyway)
+    whose = f"<p class=\"note\">Drawn from {rank}'s layers alone.</p>" if rank else ""
+    rank = f" ({rank})" if rank else ""
     anchors = [f"layer-{index}" for index in range(len(layers))]
     grad = heatmap(layers, steps, matrix(series.get("grad_norm"), len(layers)), label="gradient norm",
                    css_class="grad-norm", anchors=anchors, marks=marks)
     ratio = heatmap(layers, steps, matrix(series.get("update_ratio"), len(layers)), label="update ratio",
                     css_class="update-ratio", anchors=anchors, band=USUAL_UPDATE_RATIO, marks=marks)
     readout = '<p class="readout">Point at a cell to read its value.</p>'
-    return ("<h2>Gradient norm per layer</h2><p class=\"note\">Layers from input (top) to output (bottom); "
-            "colour on a log scale; a dashed outline marks a finding's layer and steps.</p>"
+    return (f"<h2>Gradient norm per layer{rank}</h2>{whose}<p class=\"note\">Layers from input (top) to output "
+            "(bottom); colour on a log scale; a dashed outline marks a finding's layer and steps.</p>"
             f"{grad}{readout}"
-            "<h2>Update ratio |Δw| / |w| per layer</h2><p class=\"note\">Around 1e-3 per step is usual; "
+            f"<h2>Update ratio |Δw| / |w| per layer{rank}</h2><p class=\"note\">Around 1e-3 per step is usual; "
             f"far above, the learning rate is too high; far below, too low.</p>{ratio}{readout}")
 
 
-def _layers_section(series: Mapping[str, Any], layers: list[str], unseen: list[str], links: _Links) -> str:
+def _layers_section(series: Mapping[str, Any], layers: list[str], unseen: list[str], links: _Links,
+                    rank: str = "") -> str:
     if not layers and not unseen:
         return ""
     grads = matrix(series.get("grad_norm"), len(layers))
@@ -255,18 +289,18 @@ def _layers_section(series: Mapping[str, Any], layers: list[str], unseen: list[s
     rows += [f'<tr id="layer-{index}"><td>{escape(name)}</td><td class="empty" colspan="2">not in the watched '
              f"series</td><td>{_back_links(links, f'layer-{index}')}</td></tr>"
              for index, name in enumerate(unseen, start=len(layers))]
-    return ("<h2>Layers</h2><table><thead><tr><th>layer</th><th>median gradient norm</th>"
+    return (f"<h2>Layers{rank}</h2><table><thead><tr><th>layer</th><th>median gradient norm</th>"
             f"<th>median update ratio</th><th>findings</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
 
-def _activations_section(series: Mapping[str, Any], names: list[str], links: _Links) -> str:
+def _activations_section(series: Mapping[str, Any], names: list[str], links: _Links, rank: str = "") -> str:
     if not names:
         return ""
     dead, saturated = mapping(series.get("dead_fraction")), mapping(series.get("saturated_fraction"))
     rows = [f'<tr id="act-{index}"><td>{escape(display_name(name))}</td><td>{_fraction(dead.get(name))}</td>'
             f"<td>{_fraction(saturated.get(name))}</td><td>{_back_links(links, f'act-{index}')}</td></tr>"
             for index, name in enumerate(names)]
-    return ("<h2>Activations</h2><p class=\"note\">Dead: ReLU-family units inactive for every sample watched. "
+    return (f"<h2>Activations{rank}</h2><p class=\"note\">Dead: ReLU-family units inactive for every sample watched. "
             "Saturated: tanh/sigmoid units pinned at their bounds.</p><table><thead><tr><th>module</th>"
             "<th>dead</th><th>saturated</th><th>findings</th></tr></thead>"
             f"<tbody>{''.join(rows)}</tbody></table>")

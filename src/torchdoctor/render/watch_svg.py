@@ -25,6 +25,8 @@ ROW_HEIGHT = 14  # the least a row gets; small models get taller rows so the pic
 # keeps a 500-step, 300-layer page a few MB; a cell narrower than a few pixels could not be pointed at anyway
 MAX_CELLS = 10_000
 MIN_COLUMNS = 40
+# one colour per line of a chart with a legend: the page's accent first, then hues apart from it and each other
+LINE_COLOURS = ("var(--accent)", "#d0730b", "#7a5af8", "#12b76a", "#e04f9b", "#667085", "#b42318", "#0e9384")
 GAP_FILL, ZERO_FILL, NON_FINITE_FILL = "#cfd4db", "#f3e3cf", "#c0392b"  # grey, sand, red: off the scale
 
 
@@ -66,33 +68,81 @@ class _Axis:
         return _nice_ticks(self.low, self.high)
 
 
+@dataclass(frozen=True)
+class Line:
+    """One named series of a line chart (a rank's loss); ``name`` shows in the legend when there are several."""
+
+    name: str
+    steps: Sequence[int]
+    values: Sequence[float | None]
+
+
 def line_chart(steps: Sequence[int], values: Sequence[float | None], *, label: str, css_class: str,
                height: int = 220, marker_step: int | None = None) -> str:
     """A line over steps (gaps where a value is missing or non-finite); log y when the values span >= 50×."""
+    return lines_chart([Line("", steps, values)], label=label, css_class=css_class, height=height,
+                       marker_step=marker_step)
+
+
+def lines_chart(lines: Sequence[Line], *, label: str, css_class: str, height: int = 220,
+                marker_step: int | None = None) -> str:
+    """Several lines on shared axes, the first in the page's accent colour; a legend names them when there are
+    two or more, in the order given."""
     # drawn within ±1e300 so the axis span stays a finite float (the titles keep the true values)
-    values = [None if v is None else max(-PLOT_LIMIT, min(PLOT_LIMIT, v)) if math.isfinite(v) else v for v in values]
-    points = [(s, v) for s, v in zip(steps, values, strict=False) if v is not None and math.isfinite(v)]
+    lines = [Line(line.name, line.steps, [_clamped(v) for v in line.values]) for line in lines]
+    points = [(s, v) for line in lines for s, v in zip(line.steps, line.values, strict=False)
+              if v is not None and math.isfinite(v)]
     if not points:
         return f'<p class="empty">No {escape(label)} was recorded.</p>'
-    left, right, top, bottom = 64, 16, 12, height - 28
-    width = left + PLOT_WIDTH + right
+    legend = len(lines) > 1
+    left, right, top, bottom = 64, 16, 12 + 18 * legend, height - 28 + 18 * legend
+    width, height = left + PLOT_WIDTH + right, height + 18 * legend
     low, high = min(v for _, v in points), max(v for _, v in points)
-    log = low > 0 and high / low >= 50
+    steps = sorted({s for line in lines for s in line.steps})
     x = _Axis(steps[0], steps[-1], left, left + PLOT_WIDTH)
-    y = _Axis(low, high, bottom, top, log=log)
+    y = _Axis(low, high, bottom, top, log=low > 0 and high / low >= 50)
     parts = [f'<svg class="chart {css_class}" viewBox="0 0 {width} {height}" role="img" '
              f'aria-label="{escape(label)} over steps">']
     parts += _y_grid(y, left, left + PLOT_WIDTH) + _x_axis(x, steps, bottom)
     if marker_step is not None and steps[0] <= marker_step <= steps[-1]:
         parts.append(f'<line class="marker" x1="{x(marker_step):.1f}" x2="{x(marker_step):.1f}" y1="{top}" '
                      f'y2="{bottom}"><title>first non-finite value at step {marker_step}</title></line>')
-    for segment in _segments(steps, values):
-        coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in segment)
-        parts.append(f'<polyline class="line" points="{coords}"/>')
-    parts += [f'<circle class="dot" cx="{x(s):.1f}" cy="{y(v):.1f}" r="3"><title>step {s}: {escape(label)} '
-              f'{format_value(v)}</title></circle>' for s, v in points]
+    for index in reversed(range(len(lines))):  # the first line drawn last: on top where lines cross
+        parts += _line(lines[index], index, x, y, label)
+    if legend:
+        parts += _line_legend(lines, left)
     parts.append("</svg>")
     return "".join(parts)
+
+
+def _clamped(value: float | None) -> float | None:
+    if value is None or not math.isfinite(value):
+        return value
+    return max(-PLOT_LIMIT, min(PLOT_LIMIT, value))
+
+
+def _line(line: Line, index: int, x: _Axis, y: _Axis, label: str) -> list[str]:
+    colour_style = f' style="stroke:{LINE_COLOURS[index % len(LINE_COLOURS)]}"' if index else ""
+    named = f"{escape(line.name)} · " if line.name else ""
+    parts = []
+    for segment in _segments(line.steps, line.values):
+        coords = " ".join(f"{x(s):.1f},{y(v):.1f}" for s, v in segment)
+        parts.append(f'<polyline class="line"{colour_style} points="{coords}"/>')
+    parts += [f'<circle class="dot" cx="{x(s):.1f}" cy="{y(v):.1f}" r="3"><title>{named}step {s}: {escape(label)} '
+              f'{format_value(v)}</title></circle>'
+              for s, v in zip(line.steps, line.values, strict=False) if v is not None and math.isfinite(v)]
+    return parts
+
+
+def _line_legend(lines: Sequence[Line], left: float) -> list[str]:
+    parts, position = ['<g class="legend">'], left
+    for index, line in enumerate(lines):
+        stroke = LINE_COLOURS[index % len(LINE_COLOURS)]
+        parts.append(f'<line class="line" style="stroke:{stroke}" x1="{position}" x2="{position + 18}" y1="10" '
+                     f'y2="10"/><text class="tick" x="{position + 22}" y="14">{escape(line.name)}</text>')
+        position += 30 + 7 * len(line.name)
+    parts.append("</g>")
+    return parts
 
 
 def _segments(steps: Sequence[int], values: Sequence[float | None]) -> list[list[tuple[int, float]]]:

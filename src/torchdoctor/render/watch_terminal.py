@@ -37,17 +37,30 @@ def render_watch_pictures(result: Mapping[str, Any], console: Console) -> None:
     gradient strip share their columns, so a step sits at the same place in both."""
     series = mapping(result.get("series"))
     layers = names(series.get("layers"))
-    label_width = min(LABEL_MAX, max([len("loss")] + [len(display_name(name)) for name in layers]))
+    loss_label, whose = _whose(result)
+    label_width = min(LABEL_MAX, max([len(loss_label)] + [len(display_name(name)) for name in layers]))
     steps = steps_of(series)
     if not steps:
         console.print(Text("watch: no steps were recorded, so there is nothing to draw", style="dim"))
         return
     columns = _columns(len(steps), max(8, console.width - label_width - 2))
     loss = numbers(series.get("loss"))
-    _print(console, _sparkline(loss, columns, label_width))
-    _print(console, _note(label_width, _loss_summary(loss, steps)))
-    _heat_strip(layers, matrix(series.get("grad_norm"), len(layers)), steps, columns, label_width, console)
+    _print(console, _sparkline(loss, columns, label_width, loss_label))
+    _print(console, _note(label_width, _loss_summary(loss, steps) + whose))
+    _heat_strip(layers, matrix(series.get("grad_norm"), len(layers)), steps, columns, label_width, console,
+                loss_label.removesuffix("loss"))
     console.print()  # the report follows: a blank line keeps the pictures apart
+
+
+def _whose(result: Mapping[str, Any]) -> tuple[str, str]:
+    """The sparkline's label and a note: a report merged under torchrun keeps the lowest rank's series alone."""
+    listed = result.get("ranks")
+    ranks = [mapping(rank) for rank in (listed if isinstance(listed, list) else ())]
+    reported = [rank.get("rank") for rank in ranks if rank.get("reported")]
+    if len(reported) < 2:
+        return "loss", ""
+    shown = _CONTROL.sub("?", str(reported[0]))  # the merge lists rank 0 first; its series are the report's
+    return f"rank {shown} loss", f" · rank {shown} of {len(ranks)} (each rank's: result.ranks[].loss)"
 
 
 def _columns(length: int, width: int) -> list[range]:
@@ -66,18 +79,18 @@ def _note(label_width: int, text: str) -> Text:
     return Text(" " * (label_width + 2) + text, style="dim")
 
 
-def _label(name: str, label_width: int) -> Text:
+def _label(name: str, label_width: int, *, bold: bool = False) -> Text:
     name = _CONTROL.sub("?", name)  # a ModuleDict key may hold any text: never let it drive the terminal
     shown = name if len(name) <= label_width else "…" + name[-(label_width - 1):]
-    return Text(f"{shown:>{label_width}}  ", style="bold" if name == "loss" else "")
+    return Text(f"{shown:>{label_width}}  ", style="bold" if bold else "")
 
 
-def _sparkline(loss: Sequence[float | None], columns: Sequence[range], label_width: int) -> Text:
+def _sparkline(loss: Sequence[float | None], columns: Sequence[range], label_width: int, label: str) -> Text:
     """Linear in the loss (a sparkline is read for its trend); gaps blank, non-finite values a red ✗."""
     values = [bucket_mean(loss, column) for column in columns]
     finite = [value for value in values if value is not None and math.isfinite(value)]
     low, high = (min(finite), max(finite)) if finite else (0.0, 0.0)
-    line = _label("loss", label_width)
+    line = _label(label, label_width, bold=True)
     for value in values:
         if value is None:
             line.append(" ")
@@ -98,13 +111,13 @@ def _loss_summary(loss: Sequence[float | None], steps: Sequence[int]) -> str:
 
 
 def _heat_strip(layers: Sequence[str], rows: Sequence[Sequence[float | None]], steps: Sequence[int],
-                columns: Sequence[range], label_width: int, console: Console) -> None:
+                columns: Sequence[range], label_width: int, console: Console, rank: str = "") -> None:
     if not layers:
         return
     scale = LogScale.of(value for row in rows for value in row)
     picked = _pick_rows(len(layers))
     coloured = console.color_system is not None
-    _print(console, _note(label_width, "gradient norm per layer, input (top) → output, log colour"))
+    _print(console, _note(label_width, f"{rank}gradient norm per layer, input (top) → output, log colour"))
     for index in picked:
         line = _label(display_name(layers[index]), label_width)
         for column in columns:
