@@ -108,7 +108,7 @@ def test_update_log_measures_the_relative_change_of_each_parameter():
     weight_before = model.weight.detach().clone()
     _stepped(model, optimizer, log, 0)
     expected = (0.5 * model.weight.grad).norm() / weight_before.norm()  # plain SGD: Δw = lr * grad
-    overall = math.hypot((0.5 * model.weight.grad).norm(), (0.5 * model.bias.grad).norm()) / weight_before.norm()
+    overall = float(math.hypot((0.5 * model.weight.grad).norm(), (0.5 * model.bias.grad).norm()) / weight_before.norm())
     (jump,) = log.jumps(1, {id(model.weight): "weight", id(model.bias): "bias"})
     assert (jump.step, jump.optimizer, jump.param, jump.param_group, jump.lr) == (0, "SGD", "weight", 0, 0.5)
     assert jump.param_ratio == pytest.approx(float(expected), rel=1e-5)
