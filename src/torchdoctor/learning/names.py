@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from torchdoctor.nan.containers import unwrap
+
 
 class Names:
     """Module -> (container, dotted path), parameter -> (layer module, parameter name); refreshed when a root appears.
@@ -32,8 +34,8 @@ class Names:
     def refresh(self) -> bool:
         """Walk roots not seen yet; True when any was new."""
         # a module inside another root (model.encoder called on its own after model) is no new root;
-        # DDP / DataParallel roots are named as the model they wrap
-        roots = [unwrapped(root) for root in self._roots()]
+        # wrapped roots (DDP, DataParallel, torch.compile, Lightning's strategy wrapper) are named as the model
+        roots = [unwrap(root) for root in self._roots()]
         new = [root for root in dict.fromkeys(roots) if root not in self.root_list and root not in self._under_roots]
         for root in new:
             self.root_list.append(root)
@@ -111,13 +113,3 @@ class Names:
                 return self.order[parent] - 0.5  # ancestors finish after their children
         return float(len(self.order))
 
-
-def unwrapped(root: Any) -> Any:
-    """The user's model inside DistributedDataParallel / DataParallel: its layers are named as the user named
-    them (``0.weight``), not with the wrapper's ``module.`` prefix, and the wrapper's own forward is no layer."""
-    from torch.nn import DataParallel
-    from torch.nn.parallel import DistributedDataParallel
-
-    while isinstance(root, (DistributedDataParallel, DataParallel)):
-        root = root.module
-    return root
